@@ -1,0 +1,31 @@
+"""Errors that reach a person: each names the file, the value and the fix.
+
+The CLI turns any :class:`OffroadsegError` into one line on stderr and exit status 2,
+with no traceback. Everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class OffroadsegError(Exception):
+    """A problem with the user's input (file, value, config), not a bug."""
+
+
+class DataError(OffroadsegError):
+    """A bad image, mask or dataset layout."""
+
+
+class ConfigError(OffroadsegError):
+    """A bad config file, key or value."""
+
+
+class ModelError(OffroadsegError):
+    """An unknown model name, unreachable weights source or bad checkpoint."""
+
+
+def close_matches(word: str, choices: list[str] | tuple[str, ...], n: int = 3) -> str:
+    """A short 'did you mean' phrase for an error message ('' when nothing is close)."""
+    import difflib
+
+    found = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
+    return f" (did you mean: {', '.join(found)}?)" if found else ""

@@ -1,0 +1,1 @@
+"""offroadseg.reporting."""
