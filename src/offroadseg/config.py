@@ -1,0 +1,302 @@
+"""Typed configuration: dataclasses loaded from YAML, overridable with dotted keys.
+
+``load_config("configs/phase3_advanced.yaml", ["train.lr=1e-4"])`` returns a
+:class:`Config`. Unknown keys are refused with the close ones listed; the resolved
+config is written into the run directory and travels inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from offroadseg.errors import ConfigError, close_matches
+
+
+@dataclass
+class AugmentConfig:
+    """Probabilities of each training augmentation (0 turns it off)."""
+
+    hflip: float = 0.0
+    vflip: float = 0.0
+    shift_scale_rotate: float = 0.0
+    blur: float = 0.0  # one of Gaussian / median blur
+    brightness_contrast: float = 0.0
+    hue_saturation: float = 0.0
+    shadow: float = 0.0
+    clahe: float = 0.0
+
+
+@dataclass
+class CacheConfig:
+    """On-disk caches that skip repeated work across epochs and runs."""
+
+    decoded: bool = False  # decode + resize images/masks once into a memory-mapped cache
+    features: bool = False  # frozen-backbone features computed once (half precision)
+    views: int = 1  # cached augmented views per image for the feature cache (hflip makes 2)
+    dir: str | None = None  # default: <user cache dir>/offroadseg
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how to read it."""
+
+    root: str = "data"
+    layout: str = "duality"  # duality: <root>/<split>/{Color_Images,Segmentation}; generic: see below
+    taxonomy: str = "duality"  # built-in name or a .yaml/.tsv file
+    label_encoding: str = "auto"  # auto (the taxonomy's) | value | rgb
+    ignore_values: list[int] = field(default_factory=list)  # raw values scored as ignore (void)
+    unknown_values: str = "error"  # error | ignore: label values not in the taxonomy
+    image_size: list[int] = field(default_factory=lambda: [266, 476])  # [H, W] fed to the network
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    # generic layout: <root>/<image_dir>/<name><image suffix>, <root>/<label_dir>/<name><label_suffix>,
+    # split_file lines "<name>\t<split>" (without one, every image is in every split)
+    image_dir: str = "images"
+    label_dir: str = "labels"
+    label_suffix: str = ".png"
+    split_file: str | None = None
+    num_workers: int = -1  # -1: min(4, cpus - 1)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "dinov2_vits14"  # dinov2_vit{s,b,l,g}14[_reg]
+    weights: str | None = None  # HF id | local dir | .pth | offline:dinov2-small | random (None: HF default)
+    layers: int | list[int] = 1  # last n blocks, or explicit block indices
+    frozen: bool = True
+    unfreeze_last: int = 0  # fine-tune the last n blocks (turns the feature cache off)
+
+
+@dataclass
+class HeadConfig:
+    name: str = "conv"  # linear | conv | ppm
+    channels: int | None = None  # head width (None: the head's default)
+    dropout: float | None = None
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class LossConfig:
+    name: str = "ce"  # ce | focal | dice | focal+dice | ce+dice
+    class_weights: str = "none"  # none | auto (w = total / (K * count), scaled so the largest is max_weight)
+    max_weight: float = 5.0
+    focal_gamma: float = 2.0
+    dice_weight: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 2
+    lr: float = 1e-4
+    optimizer: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    scheduler: str = "constant"  # constant | cosine
+    warmup_epochs: float = 0.0  # linear warmup, then the scheduler
+    min_lr: float = 1e-6  # cosine floor
+    accumulate_grad_batches: int = 1
+    precision: str = "32"  # 32 | bf16 | 16 (16/bf16 autocast; fp16 on CUDA only)
+    gradient_clip: float = 0.0  # 0: off
+    early_stopping_patience: int = 0  # epochs without val mIoU gain; 0: off
+    seed: int = 42
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: Any = "auto"  # Lightning devices: auto | n | [ids]
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | ...
+    limit_train_batches: float = 1.0  # fraction or count (smoke runs)
+    limit_val_batches: float = 1.0
+
+
+@dataclass
+class EvalConfig:
+    full_resolution: bool = True  # score at the label's own size (logits upsampled)
+    batch_size: int = 2
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/run"  # the run directory: config, history, plots, checkpoints
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.layout": ("duality", "generic"),
+    "data.label_encoding": ("auto", "value", "rgb"),
+    "data.unknown_values": ("error", "ignore"),
+    "loss.class_weights": ("none", "auto"),
+    "train.optimizer": ("sgd", "adamw"),
+    "train.scheduler": ("constant", "cosine"),
+    "train.precision": ("32", "bf16", "16", "16-mixed", "bf16-mixed", "32-true"),
+}
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _all_keys(hints[f.name], key + ".")
+    return keys
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"config key {key}: bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key}: expected a list, got {value!r}; fix: write [a, b]")
+        (inner,) = typing.get_args(hint) or (Any,)
+        return [_coerce(v, inner, key) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key}: expected a number, got {value!r}") from None
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config key {key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: section {prefix.rstrip('.') or '<top>'} must be a mapping, got {data!r}"
+        )
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            valid = _all_keys(Config)
+            raise ConfigError(
+                f"{source}: unknown config key {full!r}{close_matches(full, valid)}; "
+                f"valid keys in this section: {', '.join(sorted(names))}"
+            )
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, full + ".", source)
+        else:
+            kwargs[key] = _coerce(value, hint, full)
+            if full in CHOICES and str(kwargs[key]) not in CHOICES[full]:
+                raise ConfigError(
+                    f"{source}: {full}={value!r} is not valid{close_matches(str(value), CHOICES[full])}; "
+                    f"choose one of: {', '.join(CHOICES[full])}"
+                )
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)`` (the value is read as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value; fix: write e.g. train.lr=3e-4")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads 3e-4 as a string (no dot): let the typed coercion turn it into a number.
+    return key.strip(), value
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def config_from_dict(data: dict, overrides: list[str] | None = None, *, source: str = "config") -> Config:
+    """Build a :class:`Config` from a nested dict plus ``key=value`` overrides."""
+    data = _deep_copy(data or {})
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    return _build(Config, data, "", source)
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config and apply dotted overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; fix: check the path (see configs/)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    return config_from_dict(data, overrides, source=str(path))
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

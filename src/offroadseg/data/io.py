@@ -1,0 +1,152 @@
+"""Reading images and label masks in every encoding users bring, and atomic writes.
+
+Labels are read with Pillow because it keeps what is on disk: a palette PNG gives its
+indices (not colours), a 16-bit PNG stays uint16, an 8-bit grey PNG stays 8-bit. That
+is what lets :func:`read_label` catch the classic truncation bug (a Duality mask
+saved as 8-bit loses 7100 and 10000).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from offroadseg.errors import DataError
+from offroadseg.taxonomy import Taxonomy
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now so a truncated file fails here, not later in a worker
+    except FileNotFoundError:
+        raise DataError(f"{what} file {path} does not exist; fix: check the path") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(
+            f"{what} file {path} is unreadable or truncated ({exc}); fix: re-export it or remove it "
+            f"(and its pair) from the dataset"
+        ) from None
+    return img
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An RGB image as uint8 [H, W, 3]."""
+    img = _open(Path(path), "image")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image file, read from its header only."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"image file {path} is unreadable ({exc}); fix: re-export it or remove it") from None
+    return h, w
+
+
+def read_label(path: str | Path, taxonomy: Taxonomy) -> np.ndarray:
+    """A label mask in its raw encoding, as the taxonomy expects it.
+
+    Handles raw integers at any bit depth (uint16 stays uint16), palette-index PNGs
+    (the index, not the colour), 3-channel PNGs whose channels are equal (one channel),
+    colour-coded RGB (kept [H, W, 3] for an ``rgb`` taxonomy) and grey levels.
+
+    Returns:
+        [H, W] integer array, or uint8 [H, W, 3] for a colour-coded taxonomy.
+    """
+    path = Path(path)
+    img = _open(path, "mask")
+    mode = img.mode
+    if mode in ("RGBA", "LA"):
+        img = img.convert(mode[:-1])
+        mode = img.mode
+    arr = np.asarray(img)
+    if mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
+        arr = arr.astype(np.uint16)
+    if taxonomy.encoding == "rgb":
+        if arr.ndim == 3:
+            return arr[..., :3]
+        if mode == "P":
+            return np.asarray(img.convert("RGB"))
+        raise DataError(
+            f"mask file {path} is single-channel ({mode}) but taxonomy {taxonomy.name!r} is colour-coded; "
+            f"fix: set data.label_encoding=value (or use colour masks)"
+        )
+    if arr.ndim == 3:
+        if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
+            arr = arr[..., 0]
+        else:
+            raise DataError(
+                f"mask file {path} is colour-coded RGB but taxonomy {taxonomy.name!r} holds raw values; "
+                f"fix: set data.label_encoding=rgb with a taxonomy that lists each class's colour"
+            )
+    if arr.dtype.itemsize == 1 and taxonomy.max_value > 255:
+        raise DataError(
+            f"mask file {path} is 8-bit but taxonomy {taxonomy.name!r} has values up to "
+            f"{taxonomy.max_value}, which 8 bits cannot hold (values above 255 were truncated when it "
+            f"was saved, e.g. by a reader that converts to 8-bit); fix: use the original 16-bit masks"
+        )
+    return arr
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write bytes atomically."""
+    _atomic(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text atomically."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_save(path: str | Path, save: Callable[[Path], None]) -> None:
+    """Call ``save(tmp_path)`` and move the result onto ``path`` atomically."""
+    _atomic(Path(path), save)
+
+
+def write_png(path: str | Path, array: np.ndarray) -> None:
+    """Write uint8 [H, W] / [H, W, 3] or uint16 [H, W] as PNG, atomically.
+
+    uint16 stays 16-bit on disk (mode ``I;16``), so raw Duality values survive.
+    """
+    array = np.ascontiguousarray(array)
+    if array.dtype == np.uint16:
+        img = Image.fromarray(array, mode="I;16") if array.ndim == 2 else None
+        if img is None:
+            raise ValueError(f"uint16 PNG must be single-channel, got shape {array.shape}")
+    elif array.dtype == np.uint8:
+        img = Image.fromarray(array)
+    else:
+        raise ValueError(f"write_png takes uint8 or uint16, got {array.dtype}")
+    atomic_save(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def write_image(path: str | Path, rgb: np.ndarray, *, quality: int = 92) -> None:
+    """Write a uint8 RGB image (PNG or JPEG by suffix), atomically."""
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    fmt = "JPEG" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    kwargs = {"quality": quality} if fmt == "JPEG" else {}
+    atomic_save(path, lambda tmp: img.save(tmp, format=fmt, **kwargs))
