@@ -262,7 +262,7 @@ class CombinedLoss(nn.Module):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Scalar loss for logits ``[B, K, H, W]`` and target ``[B, H, W]``."""
         total = logits.new_zeros((), dtype=torch.float32)
-        for w, loss in zip(self.weights, self.losses):
+        for w, loss in zip(self.weights, self.losses, strict=True):
             total = total + w * loss(logits, target)
         return total
 

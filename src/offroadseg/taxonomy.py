@@ -105,6 +105,18 @@ class Taxonomy:
             self._lut.update(table)
         return self._lut
 
+    def to_dict(self) -> dict:
+        """Plain data (for checkpoints and run folders); :func:`taxonomy_from_dict` reverses it."""
+        return {
+            "name": self.name,
+            "encoding": self.encoding,
+            "ignore_index": self.ignore_index,
+            "ignore_values": list(self.ignore_values),
+            "classes": [
+                {"values": list(c.values), "name": c.name, "color": list(c.color)} for c in self.classes
+            ],
+        }
+
     # ---- encode / decode ---------------------------------------------------------------------
     def encode(self, raw: np.ndarray, *, unknown: str = "error", source: str | None = None) -> np.ndarray:
         """Raw mask -> train ids.
@@ -177,6 +189,17 @@ class Taxonomy:
         lut = np.zeros((256, 3), dtype=np.uint8)
         lut[: self.num_classes] = self.colors
         return lut[np.asarray(ids, dtype=np.uint8)]
+
+
+def taxonomy_from_dict(data: dict) -> Taxonomy:
+    """The inverse of :meth:`Taxonomy.to_dict`."""
+    return Taxonomy(
+        data["name"],
+        tuple(ClassInfo(tuple(c["values"]), c["name"], tuple(c["color"])) for c in data["classes"]),
+        ignore_index=int(data.get("ignore_index", 255)),
+        ignore_values=tuple(data.get("ignore_values", ())),
+        encoding=data.get("encoding", "value"),
+    )
 
 
 def _show_key(key: int, encoding: str) -> str:

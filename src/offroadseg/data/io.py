@@ -134,9 +134,9 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
     """
     array = np.ascontiguousarray(array)
     if array.dtype == np.uint16:
-        img = Image.fromarray(array, mode="I;16") if array.ndim == 2 else None
-        if img is None:
+        if array.ndim != 2:
             raise ValueError(f"uint16 PNG must be single-channel, got shape {array.shape}")
+        img = Image.fromarray(array)  # mode I;16: the values stay 16-bit on disk
     elif array.dtype == np.uint8:
         img = Image.fromarray(array)
     else:

@@ -1,0 +1,876 @@
+"""Procedural synthetic desert scenes, written in the exact Duality dataset layout.
+
+A scene is drawn far to near so nearer things occlude farther ones: a sky gradient
+with clouds (Sky), a distant hazy mountain range (Background: the dataset's
+catch-all, used here only for the far silhouette), dunes or mesas on the horizon and
+the ground plane (Landscape), then every upright or flat object sorted by the image
+row of its foot: dry-grass patches and tufts, ground clutter, flowers, rocks, logs,
+dry bushes, lush bushes and trees. Object size follows the distance to the horizon
+(perspective). Colour and shape are drawn with OpenCV (anti-aliased in the image,
+8-connected in the mask, so the mask never holds a blended value); texture, haze,
+light and grain are a handful of whole-image numpy operations on cheap upsampled
+noise, which keeps a 960x540 scene well under 100 ms on one core.
+
+Every image's generator is derived from ``(seed, split, index)``, so a set is
+reproducible byte for byte and its splits are independent. The test split is drawn
+from a different biome than training by default, as the challenge's real difficulty
+is an unseen desert.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from offroadseg.data.io import atomic_write_text, write_png
+from offroadseg.errors import ConfigError, DataError, close_matches
+from offroadseg.taxonomy import load_taxonomy
+
+__all__ = [
+    "BIOMES",
+    "SPLITS",
+    "BiomeSpec",
+    "SynthSummary",
+    "generate_scene",
+    "write_synthetic_dataset",
+]
+
+RGB = tuple[int, int, int]
+
+# Train ids in the order of load_taxonomy("duality").
+BACKGROUND, TREES, LUSH, DRY_GRASS, DRY_BUSH, CLUTTER, FLOWERS, LOGS, ROCKS, LANDSCAPE, SKY = range(11)
+_TAX = load_taxonomy("duality")
+_RAW_LUT = np.array([c.values[0] for c in _TAX.classes], dtype=np.uint16)
+assert len(_RAW_LUT) == 11 and _RAW_LUT[SKY] == 10000 and _RAW_LUT[LANDSCAPE] == 7100
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ID = {"train": 0, "val": 1, "test": 2}
+_AA = cv2.LINE_AA
+_L8 = cv2.LINE_8
+
+
+@dataclass(frozen=True)
+class BiomeSpec:
+    """Palette, object densities and light of one kind of desert.
+
+    Colours are RGB. Counts are ``(low, high)`` per image (inclusive), independent of
+    the image size; probabilities are per image.
+    """
+
+    name: str
+    description: str
+    sand: RGB
+    soil: RGB  # second ground colour, mixed in low-frequency patches
+    rock: RGB
+    mesa: RGB
+    mountain: RGB
+    sky_top: RGB
+    sky_horizon: RGB
+    haze: RGB
+    grass: RGB
+    lush: RGB
+    dry_bush: RGB
+    canopy: RGB
+    trunk: RGB
+    wood: RGB
+    rocks: tuple[int, int]
+    lush_bushes: tuple[int, int]
+    dry_bushes: tuple[int, int]
+    trees: tuple[int, int]
+    grass_patches: tuple[int, int]
+    tufts: tuple[int, int]
+    clutter: tuple[int, int]
+    flowers: tuple[int, int]
+    p_logs: float
+    p_flowers: float
+    p_mountains: float
+    p_mesas: float
+    p_cactus: float
+    clouds: tuple[float, float]  # cloud cover range, 0..1
+    haze_strength: tuple[float, float]
+    brightness: tuple[float, float]
+    sun_elevation: tuple[float, float]  # degrees; low sun -> warm light, long shadows
+    rock_scale: float = 1.0
+    grain: float = 3.0
+
+
+BIOMES: dict[str, BiomeSpec] = {
+    "desert": BiomeSpec(
+        name="desert",
+        description="pale tan sand, sparse dry grass and bushes, scattered rocks, high sun, light haze",
+        sand=(196, 163, 124),
+        soil=(172, 128, 92),
+        rock=(150, 128, 108),
+        mesa=(186, 150, 118),
+        mountain=(132, 136, 150),
+        sky_top=(92, 142, 206),
+        sky_horizon=(196, 214, 232),
+        haze=(214, 212, 210),
+        grass=(168, 140, 88),
+        lush=(78, 104, 46),
+        dry_bush=(110, 84, 58),
+        canopy=(88, 102, 56),
+        trunk=(92, 74, 58),
+        wood=(142, 118, 94),
+        rocks=(6, 14),
+        lush_bushes=(0, 3),
+        dry_bushes=(3, 8),
+        trees=(0, 2),
+        grass_patches=(3, 8),
+        tufts=(6, 16),
+        clutter=(8, 18),
+        flowers=(1, 4),
+        p_logs=0.4,
+        p_flowers=0.45,
+        p_mountains=0.6,
+        p_mesas=0.25,
+        p_cactus=0.3,
+        clouds=(0.0, 0.5),
+        haze_strength=(0.25, 0.45),
+        brightness=(0.95, 1.1),
+        sun_elevation=(35.0, 70.0),
+    ),
+    "canyon": BiomeSpec(
+        name="canyon",
+        description="red-orange soil and sandstone, mesas, many rocks, little vegetation, low warm sun",
+        sand=(184, 112, 72),
+        soil=(150, 82, 54),
+        rock=(160, 88, 62),
+        mesa=(170, 96, 66),
+        mountain=(140, 110, 120),
+        sky_top=(58, 112, 196),
+        sky_horizon=(180, 196, 220),
+        haze=(206, 182, 168),
+        grass=(176, 140, 84),
+        lush=(70, 96, 52),
+        dry_bush=(96, 70, 50),
+        canopy=(82, 96, 60),
+        trunk=(84, 62, 50),
+        wood=(130, 104, 84),
+        rocks=(12, 24),
+        lush_bushes=(0, 2),
+        dry_bushes=(2, 6),
+        trees=(0, 1),
+        grass_patches=(1, 5),
+        tufts=(3, 10),
+        clutter=(10, 22),
+        flowers=(1, 3),
+        p_logs=0.3,
+        p_flowers=0.35,
+        p_mountains=0.4,
+        p_mesas=0.85,
+        p_cactus=0.2,
+        clouds=(0.0, 0.3),
+        haze_strength=(0.15, 0.35),
+        brightness=(0.9, 1.05),
+        sun_elevation=(12.0, 35.0),
+        rock_scale=1.3,
+    ),
+    "scrubland": BiomeSpec(
+        name="scrubland",
+        description="grey-brown soil, dense dry grass, shrubs and trees, flowers, hazy overcast light",
+        sand=(160, 146, 122),
+        soil=(128, 112, 90),
+        rock=(128, 124, 118),
+        mesa=(150, 140, 124),
+        mountain=(120, 130, 140),
+        sky_top=(136, 160, 190),
+        sky_horizon=(208, 214, 220),
+        haze=(200, 204, 206),
+        grass=(178, 156, 104),
+        lush=(66, 98, 48),
+        dry_bush=(104, 88, 66),
+        canopy=(70, 92, 52),
+        trunk=(80, 70, 60),
+        wood=(120, 108, 92),
+        rocks=(3, 9),
+        lush_bushes=(2, 7),
+        dry_bushes=(4, 10),
+        trees=(1, 4),
+        grass_patches=(6, 12),
+        tufts=(12, 28),
+        clutter=(6, 14),
+        flowers=(2, 6),
+        p_logs=0.5,
+        p_flowers=0.7,
+        p_mountains=0.7,
+        p_mesas=0.05,
+        p_cactus=0.05,
+        clouds=(0.35, 0.85),
+        haze_strength=(0.35, 0.6),
+        brightness=(0.82, 0.98),
+        sun_elevation=(40.0, 80.0),
+        rock_scale=0.9,
+    ),
+}
+
+# Per-class texture amplitudes: ground-plane noise, screen-space mid noise, per-pixel grain.
+_TEX_GROUND = np.zeros(11, np.float32)
+_TEX_GROUND[[LANDSCAPE, DRY_GRASS]] = [0.16, 0.10]
+_TEX_MID = np.array([0.04, 0.10, 0.12, 0.08, 0.10, 0.10, 0.06, 0.12, 0.14, 0.05, 0.0], np.float32)
+_TEX_HI = np.array([0.01, 0.06, 0.06, 0.08, 0.06, 0.10, 0.04, 0.08, 0.07, 0.03, 0.0], np.float32)
+_SOIL_W = np.zeros(11, np.float32)
+_SOIL_W[LANDSCAPE] = 1.0
+_SOIL_W[DRY_GRASS] = 0.3
+_NOT_SKY = np.ones(11, np.float32)
+_NOT_SKY[SKY] = 0.0
+
+
+# ---- small helpers ------------------------------------------------------------------------------
+def _jit(rng: np.random.Generator, c, amount: float = 0.08) -> np.ndarray:
+    return np.clip(np.asarray(c, np.float32) * rng.uniform(1 - amount, 1 + amount, 3), 0, 255)
+
+
+def _col(c) -> tuple[float, float, float]:
+    c = np.clip(c, 0, 255)
+    return (float(c[0]), float(c[1]), float(c[2]))
+
+
+def _noise2d(rng: np.random.Generator, h: int, w: int, gh: int, gw: int) -> np.ndarray:
+    """Smooth noise in about [-1, 1]: a small random grid upsampled (no Python per-pixel loop)."""
+    g = rng.random((max(gh, 2), max(gw, 2)), dtype=np.float32) * 2 - 1
+    return cv2.resize(g, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _noise1d(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    g = rng.random((1, max(k, 2)), dtype=np.float32) * 2 - 1
+    return cv2.resize(g, (n, 1), interpolation=cv2.INTER_CUBIC)[0]
+
+
+def _pts(a) -> np.ndarray:
+    return np.round(np.asarray(a, np.float64)).astype(np.int32).reshape(-1, 1, 2)
+
+
+@dataclass
+class _Scene:
+    rng: np.random.Generator
+    spec: BiomeSpec
+    h: int
+    w: int
+    rgb: np.ndarray
+    ids: np.ndarray
+    horizon: np.ndarray  # horizon row per column (float)
+    y0: float
+    sun: float  # horizontal light direction in [-1, 1]; positive: light from the right
+    shadow_len: float
+    pal: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def scale(self, x: float, y: float) -> float:
+        """Perspective scale of something standing at (x, y): ~0 at the horizon, 1 at the bottom."""
+        xi = int(min(max(x, 0), self.w - 1))
+        return max((y - self.horizon[xi]) / max(self.h - self.y0, 1.0), 0.004)
+
+    # Drawing in both layers: anti-aliased colour, 8-connected ids.
+    def poly(self, pts, color, cls: int) -> None:
+        p = _pts(pts)
+        cv2.fillPoly(self.rgb, [p], _col(color), _AA)
+        cv2.fillPoly(self.ids, [p], cls, _L8)
+
+    def poly_rgb(self, pts, color) -> None:
+        cv2.fillPoly(self.rgb, [_pts(pts)], _col(color), _AA)
+
+    def ellipse(self, c, axes, angle, color, cls: int | None) -> None:
+        c = (round(c[0]), round(c[1]))
+        axes = (max(round(axes[0]), 0), max(round(axes[1]), 0))
+        cv2.ellipse(self.rgb, c, axes, angle, 0, 360, _col(color), -1, _AA)
+        if cls is not None:
+            cv2.ellipse(self.ids, c, axes, angle, 0, 360, cls, -1, _L8)
+
+    def lines(self, segs: list, color, thick: int, cls: int | None) -> None:
+        if not segs:
+            return
+        p = [_pts(s) for s in segs]
+        cv2.polylines(self.rgb, p, False, _col(color), thick, _AA)
+        if cls is not None:
+            cv2.polylines(self.ids, p, False, cls, thick, _L8)
+
+    def shadow(self, cx: float, cy: float, ax: float, ay: float, strength: float = 0.35) -> None:
+        """Darken an elliptic patch of what is already drawn (colour only; a shadow is no class)."""
+        ax, ay = max(ax, 1.0), max(ay, 1.0)
+        x0, x1 = int(max(cx - ax - 2, 0)), int(min(cx + ax + 3, self.w))
+        y0, y1 = int(max(cy - ay - 2, 0)), int(min(cy + ay + 3, self.h))
+        if x1 <= x0 or y1 <= y0:
+            return
+        m = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.ellipse(m, (round(cx - x0), round(cy - y0)), (round(ax), round(ay)), 0, 0, 360, 255, -1, _AA)
+        roi = self.rgb[y0:y1, x0:x1]
+        f = 1.0 - (strength / 255.0) * m.astype(np.float32)
+        roi[:] = (roi * f[..., None]).astype(np.uint8)
+
+    def cast(self, x: float, y: float, width: float, height: float, strength: float = 0.35) -> None:
+        """The ground shadow of an upright object of ``width`` x ``height`` standing at (x, y)."""
+        off = -self.sun * height * 0.5 * self.shadow_len
+        self.shadow(x + off * 0.6, y, width * 0.5 + abs(off) * 0.6, max(width * 0.12, 1.0), strength)
+
+
+# ---- the far layers -------------------------------------------------------------------------------
+def _sky(sc: _Scene, rows: int) -> None:
+    rng, spec, w = sc.rng, sc.spec, sc.w
+    top, hor = _jit(rng, spec.sky_top, 0.08), _jit(rng, spec.sky_horizon, 0.05)
+    t = (np.arange(rows, dtype=np.float32) / max(sc.y0, 1.0)).clip(0, 1) ** 0.7
+    grad = top[None, :] * (1 - t[:, None]) + hor[None, :] * t[:, None]  # [rows, 3]
+    sky = np.broadcast_to(grad[:, None, :], (rows, w, 3)).astype(np.float32)
+    cover = rng.uniform(*spec.clouds)
+    if cover > 0.02:
+        n = _noise2d(rng, rows, w, max(rows // 40, 2), max(w // 60, 3)) * 0.7
+        n += _noise2d(rng, rows, w, max(rows // 12, 3), max(w // 18, 4)) * 0.3
+        thr = 0.55 - cover * 0.8
+        a = np.clip((n - thr) / 0.35, 0, 1)
+        a *= np.clip((sc.y0 - np.arange(rows, dtype=np.float32))[:, None] / (0.15 * sc.y0 + 1), 0, 1)
+        shade = 1.0 - 0.08 * np.clip((n - thr) / 0.6, 0, 1)  # slightly grey cloud cores
+        cloud = _jit(rng, (246, 246, 248), 0.02)
+        sky = sky * (1 - a[..., None]) + (cloud[None, None, :] * shade[..., None]) * a[..., None]
+    sc.rgb[:rows] = np.clip(sky, 0, 255).astype(np.uint8)
+
+
+def _mountains(sc: _Scene) -> None:
+    rng, w, h = sc.rng, sc.w, sc.h
+    xs = np.linspace(-2, w + 2, 96)
+    height = 0.04 + 0.10 * rng.random()
+    ridge = np.abs(_noise1d(rng, 96, int(rng.integers(4, 9)))) * 0.7 + _noise1d(rng, 96, 24) * 0.15 + 0.3
+    ys = np.interp(xs, np.arange(w), sc.horizon) - ridge * height * h
+    pts = np.concatenate([np.stack([xs, ys], 1), [[w + 2, sc.horizon.max() + 3], [-2, sc.horizon.max() + 3]]])
+    col = _jit(rng, sc.spec.mountain) * 0.55 + _jit(rng, sc.spec.haze) * 0.45
+    sc.poly(pts, col, BACKGROUND)
+
+
+def _far_landscape(sc: _Scene) -> None:
+    rng, spec, w, h = sc.rng, sc.spec, sc.w, sc.h
+    base = sc.horizon.max() + 3
+    if rng.random() < spec.p_mesas:
+        for _ in range(int(rng.integers(1, 4))):
+            cx = rng.uniform(-0.1, 1.1) * w
+            top_w = rng.uniform(0.05, 0.25) * w
+            hh = rng.uniform(0.03, 0.12) * h
+            slope = rng.uniform(0.2, 0.6) * hh
+            hz = sc.horizon[int(np.clip(cx, 0, w - 1))]
+            col = _jit(rng, spec.mesa) * 0.75 + _jit(rng, spec.haze) * 0.25
+            pts = [
+                (cx - top_w / 2 - slope, base),
+                (cx - top_w / 2, hz - hh),
+                (cx + top_w / 2, hz - hh * rng.uniform(0.9, 1.05)),
+                (cx + top_w / 2 + slope * 1.3, base),
+            ]
+            sc.poly(pts, col, LANDSCAPE)
+            # A darker band of strata and a shaded flank.
+            band = hz - hh * rng.uniform(0.35, 0.6)
+            side = 1 if sc.sun < 0 else -1
+            flank = [
+                (cx + side * top_w / 2, hz - hh),
+                (cx + side * (top_w / 2 + slope * 1.2), base),
+                (cx + side * top_w * 0.3, base),
+            ]
+            sc.poly_rgb(flank, col * 0.8)
+            sc.lines([[(cx - top_w / 2 - slope * 0.5, band), (cx + top_w / 2 + slope * 0.6, band)]], col * 0.85, max(int(hh * 0.08), 1), None)
+    else:
+        xs = np.linspace(-2, w + 2, 64)
+        amp = rng.uniform(0.005, 0.03) * h
+        dune = np.abs(_noise1d(rng, 64, int(rng.integers(3, 7))))
+        ys = np.interp(xs, np.arange(w), sc.horizon) - dune * amp - 1
+        pts = np.concatenate([np.stack([xs, ys], 1), [[w + 2, base], [-2, base]]])
+        col = _jit(rng, spec.sand) * 0.7 + _jit(rng, spec.haze) * 0.3
+        sc.poly(pts, col, LANDSCAPE)
+
+
+def _ground(sc: _Scene) -> None:
+    w, h = sc.w, sc.h
+    xs = np.linspace(0, w - 1, 64)
+    pts = np.concatenate([np.stack([xs, np.interp(xs, np.arange(w), sc.horizon)], 1), [[w + 1, h + 1], [-1, h + 1]]])
+    sc.poly(pts, sc.pal["sand"], LANDSCAPE)
+
+
+# ---- the objects ----------------------------------------------------------------------------------
+def _rock(sc: _Scene, x: float, y: float, s: float) -> None:
+    rng = sc.rng
+    r = max(s * sc.h * rng.uniform(0.015, 0.06) * sc.spec.rock_scale * (2.2 if rng.random() < 0.1 else 1.0), 1.0)
+    rx, ry = r * rng.uniform(1.0, 1.8), r * rng.uniform(0.55, 1.0)
+    cy = y - ry * 0.55
+    n = int(rng.integers(6, 10))
+    ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+    rad = rng.uniform(0.75, 1.0, n)
+    px = x + rx * rad * np.cos(ang)
+    py = cy - ry * rad * np.sin(ang)
+    py = np.where(py > cy, cy + (py - cy) * 0.55, py)  # a flatter foot
+    pts = np.stack([px, py], 1)
+    sc.cast(x, y, rx * 2, ry * 1.2, 0.4)
+    base = _jit(rng, sc.pal["rock"], 0.12)
+    sc.poly(pts, base * 0.6, ROCKS)
+    c = np.array([x, cy])
+    for k, (f, g) in enumerate(((0.85, 0.9), (0.55, 1.12))):
+        shift = np.array([sc.sun * 0.12 * rx, -0.15 * ry]) * (k + 1)
+        sc.poly_rgb((pts - c) * f + c + shift, np.minimum(base * g + 6 * k, 255))
+    if r > 6 and rng.random() < 0.5:  # a crack
+        a = rng.uniform(0, np.pi)
+        sc.lines([[(x - rx * 0.5 * math.cos(a), cy - ry * 0.4 * math.sin(a)), (x + rx * 0.3, cy + ry * 0.1)]], base * 0.45, 1, None)
+
+
+def _lush_bush(sc: _Scene, x: float, y: float, s: float) -> None:
+    rng = sc.rng
+    big = max(s * sc.h * rng.uniform(0.03, 0.08), 1.5)
+    sc.cast(x, y, big * 2, big * 1.4, 0.35)
+    base = _jit(rng, sc.pal["lush"], 0.12)
+    k = int(rng.integers(4, 9))
+    blobs = [
+        (x + rng.uniform(-0.8, 0.8) * big, y - big * rng.uniform(0.3, 1.1), big * rng.uniform(0.35, 0.6))
+        for _ in range(k)
+    ]
+    blobs.sort(key=lambda b: b[1])  # higher (farther) blobs first, lower ones in front
+    for bx, by, br in blobs:
+        sc.ellipse((bx, by), (br, br * 0.9), 0, base * rng.uniform(0.7, 0.9), LUSH)
+        sc.ellipse((bx + sc.sun * br * 0.25, by - br * 0.25), (br * 0.6, br * 0.5), 0, np.minimum(base * 1.25 + 8, 255), None)
+        if br > 5:  # leaf speckles
+            m = int(min(br, 12))
+            sp = [[(bx + u, by + v), (bx + u + 1, by + v)] for u, v in rng.uniform(-0.7, 0.7, (m, 2)) * br]
+            sc.lines(sp, np.minimum(base * 1.5 + 10, 255), 1, None)
+
+
+def _dry_bush(sc: _Scene, x: float, y: float, s: float) -> None:
+    rng = sc.rng
+    r = max(s * sc.h * rng.uniform(0.03, 0.09), 2.0)
+    sc.cast(x, y, r * 1.6, r, 0.25)
+    base = _jit(rng, sc.pal["dry_bush"], 0.12)
+    thick = max(int(round(r / 22)), 1)
+    n = int(np.clip(r * 1.5, 10, 60))
+    groups: list[list] = [[], [], []]
+    for _ in range(n):
+        a = rng.uniform(-np.pi * 0.95, -np.pi * 0.05)
+        ln = r * rng.uniform(0.5, 1.0)
+        bx = x + rng.uniform(-0.15, 0.15) * r
+        mx, my = bx + math.cos(a) * ln * 0.5, y + math.sin(a) * ln * 0.5
+        a2 = a + rng.uniform(-0.5, 0.5)
+        ex, ey = mx + math.cos(a2) * ln * 0.5, my + math.sin(a2) * ln * 0.5
+        seg = [(bx, y), (mx, my), (ex, ey)]
+        g = int(rng.integers(0, 3))
+        groups[g].append(seg)
+        if rng.random() < 0.4:
+            a3 = a2 + rng.choice([-1, 1]) * rng.uniform(0.4, 0.9)
+            groups[g].append([(mx, my), (mx + math.cos(a3) * ln * 0.3, my + math.sin(a3) * ln * 0.3)])
+    for g, f in zip(groups, (0.7, 1.0, 1.3), strict=True):
+        sc.lines(g, np.minimum(base * f, 255), thick, DRY_BUSH)
+    if rng.random() < 0.6:  # a few dead leaf clumps
+        for _ in range(int(rng.integers(2, 7))):
+            a = rng.uniform(-np.pi, 0)
+            d = r * rng.uniform(0.3, 0.8)
+            sc.ellipse((x + math.cos(a) * d, y + math.sin(a) * d), (r * 0.12, r * 0.08), 0, base * 0.8, DRY_BUSH)
+
+
+def _tree(sc: _Scene, x: float, y: float, s: float) -> None:
+    rng = sc.rng
+    ht = max(s * sc.h * rng.uniform(0.18, 0.45), 4.0)
+    if rng.random() < sc.spec.p_cactus:
+        # Saguaro-like cactus: a thick green column with arms.
+        col = _jit(rng, (96, 116, 70), 0.1)
+        t = max(int(ht * 0.12), 2)
+        sc.cast(x, y, t * 2.5, ht, 0.35)
+        segs = [[(x, y), (x, y - ht)]]
+        for side in rng.choice([-1, 1], int(rng.integers(1, 3)), replace=False):
+            ay = y - ht * rng.uniform(0.35, 0.6)
+            ax = x + side * ht * 0.2
+            segs.append([(x, ay), (ax, ay), (ax, ay - ht * rng.uniform(0.2, 0.35))])
+        sc.lines(segs, col * 0.8, t, TREES)
+        sc.lines([[(px + sc.sun * t * 0.2, py) for px, py in sg] for sg in segs], np.minimum(col * 1.15, 255), max(t // 3, 1), None)
+        return
+    trunk = _jit(rng, sc.pal["trunk"], 0.1)
+    canopy = _jit(rng, sc.pal["canopy"], 0.12)
+    t = max(int(ht * 0.05), 1)
+    sc.cast(x, y, ht * 0.9, ht, 0.4)
+    tx = x + rng.uniform(-0.1, 0.1) * ht
+    ty = y - ht * rng.uniform(0.35, 0.55)
+    segs = [[(x, y), (tx, ty)]]
+    for _ in range(int(rng.integers(2, 5))):
+        segs.append([(tx, ty), (tx + rng.uniform(-0.35, 0.35) * ht, ty - rng.uniform(0.15, 0.35) * ht)])
+    sc.lines(segs, trunk, t, TREES)
+    sc.lines(segs[1:], trunk * 0.85, max(t // 2, 1), TREES)
+    cy = y - ht * 0.72
+    k = int(rng.integers(5, 11))
+    blobs = [
+        (x + rng.uniform(-0.4, 0.4) * ht, cy + rng.uniform(-0.2, 0.15) * ht, ht * rng.uniform(0.12, 0.22))
+        for _ in range(k)
+    ]
+    for bx, by, br in blobs:
+        sc.ellipse((bx, by), (br, br * 0.65), 0, canopy * 0.75, TREES)
+    for bx, by, br in blobs:
+        sc.ellipse((bx + sc.sun * br * 0.2, by - br * 0.2), (br * 0.6, br * 0.35), 0, np.minimum(canopy * 1.15, 255), None)
+
+
+def _log(sc: _Scene, x: float, y: float, s: float) -> None:
+    rng = sc.rng
+    ln = max(s * sc.h * rng.uniform(0.12, 0.3), 3.0)
+    t = max(ln * rng.uniform(0.08, 0.15), 1.5)
+    ang = rng.uniform(-25, 25)
+    cx, cy = x, y - t * 0.5
+    sc.shadow(cx - sc.sun * t * 0.6, y + t * 0.1, ln * 0.55, t * 0.45, 0.4)
+    wood = _jit(rng, sc.pal["wood"], 0.12)
+    box = cv2.boxPoints(((cx, cy), (ln, t), ang))
+    sc.poly(box, wood * 0.65, LOGS)
+    a = math.radians(ang)
+    ux, uy = math.cos(a), math.sin(a)
+    nx, ny = uy, -ux  # the upward normal (image y grows downward)
+    top = cv2.boxPoints(((cx + nx * t * 0.18, cy + ny * t * 0.18), (ln * 0.98, t * 0.45), ang))
+    sc.poly_rgb(top, np.minimum(wood * 1.05, 255))
+    bark = []
+    for _ in range(int(np.clip(ln / 12, 2, 8))):
+        o = rng.uniform(-0.35, 0.35) * t
+        a0, a1 = sorted(rng.uniform(-0.45, 0.45, 2) * ln)
+        bark.append([(cx + ux * a0 + nx * o, cy + uy * a0 + ny * o), (cx + ux * a1 + nx * o, cy + uy * a1 + ny * o)])
+    sc.lines(bark, wood * 0.45, 1, None)
+    end = (cx + ux * ln * 0.5, cy + uy * ln * 0.5)
+    sc.ellipse(end, (t * 0.22, t * 0.5), ang, np.minimum(wood * 1.25 + 10, 255), LOGS)
+    sc.ellipse(end, (t * 0.1, t * 0.25), ang, wood * 0.9, None)
+
+
+def _grass_patch(sc: _Scene, x: float, y: float, s: float, tufts_only: bool = False) -> None:
+    rng = sc.rng
+    base = _jit(rng, sc.pal["grass"], 0.1)
+    if tufts_only:
+        rx, ry, k = s * sc.h * 0.03 + 1, s * sc.h * 0.012 + 1, int(rng.integers(1, 4))
+    else:
+        rx = max(s * sc.h * rng.uniform(0.12, 0.45), 3.0)
+        ry = rx * rng.uniform(0.12, 0.3)
+        n = int(rng.integers(7, 12))
+        ang = np.linspace(0, 2 * np.pi, n, endpoint=False) + rng.uniform(0, 0.5)
+        rad = rng.uniform(0.7, 1.0, n)
+        under = np.stack([x + rx * rad * np.cos(ang), y + ry * rad * np.sin(ang)], 1)
+        sc.poly(under, base * 0.72, DRY_GRASS)
+        k = int(np.clip(rx * ry / 40, 3, 45))
+    bl = max(s * sc.h * rng.uniform(0.03, 0.06), 2.0)
+    thick = max(int(round(bl / 25)), 1)
+    groups: list[list] = [[], [], []]
+    for _ in range(k):
+        u, v = rng.uniform(-1, 1, 2)
+        tx, ty = x + u * rx * 0.9, y + v * ry * 0.7
+        for _b in range(int(rng.integers(5, 12))):
+            a = -np.pi / 2 + rng.uniform(-0.7, 0.7)
+            ll = bl * rng.uniform(0.5, 1.0)
+            groups[int(rng.integers(0, 3))].append([(tx, ty), (tx + math.cos(a) * ll, ty + math.sin(a) * ll)])
+    for g, f in zip(groups, (0.75, 1.0, 1.22), strict=True):
+        sc.lines(g, np.minimum(base * f, 255), thick, DRY_GRASS)
+
+
+def _clutter(sc: _Scene, x: float, y: float, s: float) -> None:
+    rng = sc.rng
+    spread = s * sc.h * rng.uniform(0.03, 0.1) + 2
+    base = _jit(rng, sc.pal["rock"], 0.15)
+    for _ in range(int(rng.integers(5, 18))):
+        px, py = x + rng.uniform(-1, 1) * spread, y + rng.uniform(-0.3, 0.3) * spread
+        r = s * sc.h * rng.uniform(0.002, 0.008) + 0.5
+        c = base * rng.uniform(0.6, 1.3) if rng.random() < 0.7 else _jit(rng, sc.pal["wood"]) * 0.7
+        sc.ellipse((px, py), (r * rng.uniform(1, 1.8), r), rng.uniform(0, 180), c, CLUTTER)
+    if rng.random() < 0.5:  # twigs and debris
+        tw = []
+        for _ in range(int(rng.integers(2, 6))):
+            px, py = x + rng.uniform(-1, 1) * spread, y + rng.uniform(-0.3, 0.3) * spread
+            ln = s * sc.h * rng.uniform(0.005, 0.02) + 1
+            a = rng.uniform(0, np.pi)
+            tw.append([(px, py), (px + math.cos(a) * ln, py + math.sin(a) * ln * 0.4)])
+        sc.lines(tw, _jit(rng, sc.pal["trunk"]) * 0.8, 1, CLUTTER)
+
+
+_FLOWER_COLOURS = ((236, 206, 40), (226, 80, 150), (150, 90, 200), (244, 240, 232), (240, 130, 40), (220, 50, 60))
+
+
+def _flowers(sc: _Scene, x: float, y: float, s: float) -> None:
+    rng = sc.rng
+    spread = s * sc.h * rng.uniform(0.02, 0.06) + 1.5
+    col = _jit(rng, _FLOWER_COLOURS[int(rng.integers(0, len(_FLOWER_COLOURS)))], 0.08)
+    stem_col = _jit(rng, (84, 110, 56), 0.1)
+    r = max(s * sc.h * rng.uniform(0.003, 0.007), 0.6)
+    stems, heads = [], []
+    for _ in range(int(rng.integers(5, 20))):
+        px, py = x + rng.uniform(-1, 1) * spread, y + rng.uniform(-0.35, 0.35) * spread
+        ln = s * sc.h * rng.uniform(0.005, 0.02)
+        stems.append([(px, py), (px + rng.uniform(-0.3, 0.3) * ln, py - ln)])
+        heads.append((px + rng.uniform(-0.3, 0.3) * ln, py - ln))
+    sc.lines(stems, stem_col, 1, FLOWERS)
+    for hx, hy in heads:
+        sc.ellipse((hx, hy), (r * 1.2, r), 0, col * rng.uniform(0.85, 1.05), FLOWERS)
+        if r > 2.5:
+            sc.ellipse((hx, hy), (r * 0.35, r * 0.35), 0, (200, 160, 40), None)
+
+
+# ---- the whole scene ------------------------------------------------------------------------------
+def _counts(rng: np.random.Generator, lo_hi: tuple[int, int]) -> int:
+    return int(rng.integers(lo_hi[0], lo_hi[1] + 1))
+
+
+def _render(rng: np.random.Generator, h: int, w: int, spec: BiomeSpec) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 [H, W, 3] and train ids uint8 [H, W]."""
+    y0 = h * rng.uniform(0.3, 0.52)
+    roll = math.tan(math.radians(rng.uniform(-2.5, 2.5)))
+    hills = _noise1d(rng, w, int(rng.integers(2, 6))) * rng.uniform(0.0, 0.03) * h
+    horizon = (y0 + roll * (np.arange(w, dtype=np.float32) - w / 2) + hills).astype(np.float32)
+    sun = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 1.0))
+    elev = rng.uniform(*spec.sun_elevation)
+    sc = _Scene(
+        rng=rng,
+        spec=spec,
+        h=h,
+        w=w,
+        rgb=np.empty((h, w, 3), np.uint8),
+        ids=np.full((h, w), SKY, np.uint8),
+        horizon=horizon,
+        y0=float(y0),
+        sun=sun,
+        shadow_len=float(np.clip(1.0 / math.tan(math.radians(elev)), 0.3, 3.0)),
+    )
+    for key in ("sand", "rock", "grass", "lush", "dry_bush", "canopy", "trunk", "wood"):
+        sc.pal[key] = _jit(rng, getattr(spec, key), 0.07)
+
+    sky_rows = int(min(h, math.ceil(horizon.max()) + 4))
+    _sky(sc, sky_rows)
+    if rng.random() < spec.p_mountains:
+        _mountains(sc)
+    _far_landscape(sc)
+    _ground(sc)
+
+    # Objects, each at a ground point; far objects are more numerous (perspective).
+    items: list[tuple[float, int, Callable, float, float, float]] = []
+
+    def place(fn: Callable, n: int, power: float = 1.6, margin: float = 0.08) -> None:
+        for _ in range(n):
+            x = rng.uniform(-margin, 1 + margin) * w
+            s_lo = 0.02
+            t = s_lo + (1 - s_lo) * rng.random() ** power
+            xi = int(np.clip(x, 0, w - 1))
+            y = horizon[xi] + t * (h - horizon[xi]) * 1.05
+            items.append((y, len(items), fn, x, y, sc.scale(x, y)))
+
+    place(lambda sc_, x, y, s: _grass_patch(sc_, x, y, s), _counts(rng, spec.grass_patches), power=1.3)
+    place(lambda sc_, x, y, s: _grass_patch(sc_, x, y, s, tufts_only=True), _counts(rng, spec.tufts), power=1.4)
+    place(_clutter, _counts(rng, spec.clutter), power=1.3)
+    if rng.random() < spec.p_flowers:
+        place(_flowers, _counts(rng, spec.flowers), power=1.1)
+    place(_rock, _counts(rng, spec.rocks))
+    if rng.random() < spec.p_logs:
+        place(_log, int(rng.integers(1, 3)), power=1.0)
+    place(_dry_bush, _counts(rng, spec.dry_bushes))
+    place(_lush_bush, _counts(rng, spec.lush_bushes))
+    place(_tree, _counts(rng, spec.trees), power=1.9)
+    items.sort(key=lambda it: (it[0], it[1]))
+    for _, _, fn, x, y, s in items:
+        fn(sc, x, y, s)
+
+    return _finish(sc, elev), sc.ids
+
+
+def _ground_texture(rng: np.random.Generator, sc: _Scene, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two noise fields laid on the ground plane (finer toward the horizon): detail and soil patches.
+
+    A pixel ``d`` rows below the horizon sees ground at depth ~1/d, so texture
+    coordinates are ``(x * c / d, f * c / d)`` (a pinhole camera over a flat ground).
+    """
+    n = 256
+    tex = _noise2d(rng, n, n, 8, 8) * 0.4 + _noise2d(rng, n, n, 32, 32) * 0.35
+    tex += _noise2d(rng, n, n, 96, 96) * 0.25
+    patch = _noise2d(rng, n, n, 5, 5)
+    dd = np.maximum(d, 2.0)
+    depth = sc.h - sc.y0
+    cf = depth * depth / 3.0  # about 3 px per texel (vertically) at the bottom row
+    c = cf / (0.9 * sc.w)
+    xs = np.arange(sc.w, dtype=np.float32)[None, :] - sc.w / 2
+    ou, ov = rng.uniform(0, n, 2)
+    u, v = xs * (c / dd), cf / dd
+    out = cv2.remap(tex, (u + ou).astype(np.float32), (v + ov).astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    ou, ov = rng.uniform(0, n, 2)
+    pat = cv2.remap(patch, (u * 0.25 + ou).astype(np.float32), (v * 0.25 + ov).astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return out, pat
+
+
+def _finish(sc: _Scene, elev: float) -> np.ndarray:
+    rng, spec, h, w, ids = sc.rng, sc.spec, sc.h, sc.w, sc.ids
+    d = np.arange(h, dtype=np.float32)[:, None] - sc.horizon[None, :]  # rows below the horizon
+    g_detail, g_patch = _ground_texture(rng, sc, d)
+    mid = _noise2d(rng, h, w, max(h // 8, 2), max(w // 8, 2))
+    hi = rng.random((h, w), dtype=np.float32) * 2 - 1
+    # Texture fades toward the horizon, where the ground is far and detail is lost.
+    fade = np.clip(d / (0.2 * (h - sc.y0) + 1), 0.1, 1.0)
+    mod = 1.0 + _TEX_GROUND[ids] * g_detail * fade + _TEX_MID[ids] * mid + _TEX_HI[ids] * hi
+    img = sc.rgb.astype(np.float32)
+    img *= mod[..., None]
+    # Soil-colour patches on bare ground.
+    pa = np.clip(g_patch * 1.6, 0, 1) * _SOIL_W[ids] * fade
+    img += (_jit(rng, spec.soil, 0.06) - sc.pal["sand"])[None, None, :] * pa[..., None]
+    # Haze: distant things fade into the haze colour (the sky stays as drawn).
+    hs = rng.uniform(*spec.haze_strength)
+    scale = 0.12 * (h - sc.y0) + 1
+    f = hs * np.exp(-np.maximum(d, 0) / scale) * _NOT_SKY[ids]
+    img += (_jit(rng, spec.haze, 0.04)[None, None, :] - img) * f[..., None]
+    # Light: brightness and colour temperature (low sun is warmer), then sensor grain.
+    warm = np.clip((45 - elev) / 40, 0, 1)
+    gain = rng.uniform(*spec.brightness) * np.array([1 + 0.06 * warm, 1.0, 1 - 0.08 * warm], np.float32)
+    gain *= rng.uniform(0.96, 1.04, 3).astype(np.float32)
+    img *= gain[None, None, :]
+    img += hi[..., None] * spec.grain
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# ---- public API -----------------------------------------------------------------------------------
+def _biome(name: str) -> BiomeSpec:
+    if name not in BIOMES:
+        raise ConfigError(
+            f"unknown biome {name!r}{close_matches(str(name), list(BIOMES))}; valid biomes: {', '.join(BIOMES)}"
+        )
+    return BIOMES[name]
+
+
+def _size(size) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ConfigError(f"size {size!r} is not (height, width); fix: give two integers, e.g. (540, 960)") from None
+    if h < 32 or w < 32:
+        raise ConfigError(f"size {size!r} is too small; fix: use at least 32 x 32 pixels")
+    return h, w
+
+
+def generate_scene(
+    rng: np.random.Generator, *, size: tuple[int, int] = (540, 960), biome: str = "desert"
+) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic scene.
+
+    Args:
+        rng: the generator that draws everything (same state -> same scene).
+        size: (height, width) in pixels.
+        biome: a key of :data:`BIOMES`.
+
+    Returns:
+        RGB uint8 [H, W, 3] and the raw mask uint16 [H, W] holding Duality raw values.
+    """
+    spec = _biome(biome)
+    h, w = _size(size)
+    rgb, ids = _render(rng, h, w, spec)
+    return rgb, _RAW_LUT[ids]
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    """What :func:`write_synthetic_dataset` wrote."""
+
+    out: Path
+    seed: int
+    size: tuple[int, int]
+    biomes: dict[str, str]  # split -> biome
+    counts: dict[str, int]  # split -> images
+    class_share: dict[str, float]  # class name -> share of all pixels written
+    seconds: float
+    images_per_s: float
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def _default_test_biome(biome: str) -> str:
+    return next(b for b in ("scrubland", "desert", "canyon", *BIOMES) if b != biome)
+
+
+def write_synthetic_dataset(
+    out: str | Path,
+    *,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    seed: int = 0,
+    size: tuple[int, int] = (540, 960),
+    biome: str = "desert",
+    test_biome: str | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> SynthSummary:
+    """Write a synthetic set as ``<out>/{train,val,test}/{Color_Images,Segmentation}/<name>.png``.
+
+    Images are RGB PNGs, masks 16-bit PNGs of Duality raw values under the same name.
+    Train and val use ``biome``; test uses ``test_biome`` (by default a different biome,
+    as the challenge tests on an unseen desert). ``<out>/README.txt`` records the seed,
+    biomes and counts. Image ``i`` of a split is drawn from ``default_rng([seed,
+    split_id, i])``, so the set is reproducible and the splits are independent.
+
+    Args:
+        out: the dataset root; must be absent or empty unless ``overwrite``.
+        overwrite: replace the split folders (train/val/test) in a non-empty ``out``;
+            nothing else there is touched.
+        progress: called as ``progress(done, total)`` after each image.
+    """
+    out = Path(out)
+    counts = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
+    for split, n in counts.items():
+        if n < 0:
+            raise ConfigError(f"n_{split} is {n}; fix: give a count of 0 or more")
+    if sum(counts.values()) == 0:
+        raise ConfigError("nothing to write: n_train, n_val and n_test are all 0; fix: ask for at least one image")
+    h, w = _size(size)
+    test_biome = _default_test_biome(biome) if test_biome is None else test_biome
+    biomes = {"train": biome, "val": biome, "test": test_biome}
+    specs = {split: _biome(b) for split, b in biomes.items()}
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output {out} exists and is not a folder; fix: choose another path")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError(
+                f"output folder {out} is not empty; fix: choose an empty or new folder, or pass --overwrite "
+                f"(overwrite=True) to replace its train/val/test folders"
+            )
+        for split in SPLITS:
+            if (out / split).is_dir():
+                shutil.rmtree(out / split)
+            elif (out / split).exists():
+                (out / split).unlink()
+
+    total = sum(counts.values())
+    pixels = np.zeros(11, np.int64)
+    done = 0
+    t0 = time.perf_counter()
+    for split in SPLITS:
+        img_dir, seg_dir = out / split / "Color_Images", out / split / "Segmentation"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        seg_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(counts[split]):
+            rng = np.random.default_rng([int(seed), _SPLIT_ID[split], i])
+            rgb, ids = _render(rng, h, w, specs[split])
+            pixels += np.bincount(ids.ravel(), minlength=11)
+            name = f"synth_{split}_{i:06d}.png"
+            write_png(img_dir / name, rgb)
+            write_png(seg_dir / name, _RAW_LUT[ids])
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    seconds = time.perf_counter() - t0
+    share = {c.name: float(p) / max(int(pixels.sum()), 1) for c, p in zip(_TAX.classes, pixels, strict=True)}
+    summary = SynthSummary(
+        out=out,
+        seed=int(seed),
+        size=(h, w),
+        biomes=biomes,
+        counts=counts,
+        class_share=share,
+        seconds=seconds,
+        images_per_s=total / seconds if seconds > 0 else float("inf"),
+    )
+    atomic_write_text(out / "README.txt", _readme(summary))
+    return summary
+
+
+def _readme(s: SynthSummary) -> str:
+    lines = [
+        "Synthetic desert scenes generated by offroadseg (offroadseg.data.synth).",
+        "Layout as the Duality dataset: <split>/Color_Images/<name>.png (RGB) and",
+        "<split>/Segmentation/<name>.png (16-bit raw values: 0 Background, 100 Trees, 200 Lush Bushes,",
+        "300 Dry Grass, 500 Dry Bushes, 550 Ground Clutter, 600 Flowers, 700 Logs, 800 Rocks,",
+        "7100 Landscape, 10000 Sky).",
+        "",
+        f"seed: {s.seed}",
+        f"size: {s.size[0]}x{s.size[1]} (height x width)",
+    ]
+    for split in SPLITS:
+        lines.append(f"{split}: {s.counts[split]} images, biome {s.biomes[split]} ({BIOMES[s.biomes[split]].description})")
+    lines += ["", "class share of pixels:"]
+    lines += [f"  {name}: {share * 100:.2f}%" for name, share in s.class_share.items()]
+    lines.append(f"\nwritten in {s.seconds:.1f} s ({s.images_per_s:.1f} images/s)")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,80 @@
+"""Evaluate a checkpoint on a dataset split: dataset-level scores at the label's resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from offroadseg.data.datasets import SegmentationDataset, collate, list_samples
+from offroadseg.inference.checkpoint import LoadedModel
+from offroadseg.metrics import BatchMeanIoU, ConfusionMatrixMetric, scores_from_confusion
+from offroadseg.training.module import full_resolution_predictions
+
+
+@dataclass
+class EvalResult:
+    split: str
+    images: int
+    scores: dict  # SegmentationScores.to_dict
+    batch_mean_iou: float  # the reference pipeline's figure, for comparison only
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def evaluate_loaded(
+    loaded: LoadedModel,
+    *,
+    data_root: str | None = None,
+    split: str = "val",
+    batch_size: int | None = None,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    """Run the model over a split and score it from one confusion matrix."""
+    cfg = loaded.config
+    data_cfg = dataclasses.replace(cfg.data, root=data_root) if data_root else cfg.data
+    samples = list_samples(data_cfg, split)
+    dataset = SegmentationDataset(
+        samples,
+        loaded.taxonomy,
+        image_size=tuple(data_cfg.image_size),
+        unknown=data_cfg.unknown_values,
+        full_res=cfg.eval.full_resolution,
+    )
+    loader = DataLoader(dataset, batch_size=batch_size or cfg.eval.batch_size, collate_fn=collate)
+    dev = pick_device(device)
+    model = loaded.model.to(dev).eval()
+    k = loaded.taxonomy.num_classes
+    cm = ConfusionMatrixMetric(k, ignore_index=loaded.taxonomy.ignore_index).to(dev)
+    batch_iou = BatchMeanIoU(k, ignore_index=loaded.taxonomy.ignore_index).to(dev)
+    done = 0
+    for batch in loader:
+        logits = model(batch["image"].to(dev)).float()
+        moved = {key: _to(value, dev) for key, value in batch.items()}
+        preds, targets = full_resolution_predictions(logits, moved)
+        for pred, target in zip(preds, targets, strict=True):
+            cm.update(pred, target)
+            batch_iou.update(pred, target)
+        done += len(batch["name"])
+        if progress:
+            progress(done, len(dataset))
+    scores = scores_from_confusion(cm.compute()).to_dict(loaded.taxonomy.names)
+    return EvalResult(split, len(dataset), scores, float(batch_iou.compute()))
+
+
+def _to(value, dev):
+    if isinstance(value, torch.Tensor):
+        return value.to(dev)
+    if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+        return [v.to(dev) for v in value]
+    return value

@@ -1,0 +1,65 @@
+"""Callbacks: the run directory's history files, and atomic checkpoint writes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from offroadseg.data.io import atomic_write_bytes, atomic_write_text
+
+HISTORY_FIELDS = [
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "train_miou",
+    "val_miou",
+    "train_dice",
+    "val_dice",
+    "train_acc",
+    "val_acc",
+    "val_batch_mean_iou",
+    "lr",
+    "epoch_time_s",
+]
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    """``history.json`` and ``history.csv`` in the run directory, atomically."""
+    atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in HISTORY_FIELDS})
+    atomic_write_text(run_dir / "history.csv", buf.getvalue())
+
+
+class HistoryWriter(L.Callback):
+    """Writes the module's history after every validation epoch (rank 0 only)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        write_history(self.run_dir, pl_module.history)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints go to a temporary file first and are renamed into place, so a crash or a
+    full disk never leaves a truncated ``best.ckpt`` where a good one was."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write_bytes(path, buf.getvalue())

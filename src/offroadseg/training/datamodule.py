@@ -1,0 +1,69 @@
+"""DataModule: datasets and loaders for a config (workers and pinned memory by default)."""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from offroadseg.config import Config
+from offroadseg.data.datasets import Sample, SegmentationDataset, collate, list_samples, taxonomy_for
+from offroadseg.data.transforms import build_train_transform
+from offroadseg.taxonomy import Taxonomy
+
+
+def default_workers(requested: int) -> int:
+    """-1 means: leave one core for the main process, at most 4 workers."""
+    if requested >= 0:
+        return requested
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+class SegDataModule(L.LightningDataModule):
+    """Train and val loaders of a config.
+
+    ``train_dataset`` / ``val_dataset`` may be replaced before ``fit`` (the caches do).
+    """
+
+    def __init__(self, cfg: Config, taxonomy: Taxonomy | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.taxonomy = taxonomy or taxonomy_for(cfg.data)
+        self.train_samples: list[Sample] = list_samples(cfg.data, cfg.data.train_split)
+        self.val_samples: list[Sample] = list_samples(cfg.data, cfg.data.val_split)
+        size = tuple(cfg.data.image_size)
+        self.train_dataset: Dataset = SegmentationDataset(
+            self.train_samples,
+            self.taxonomy,
+            image_size=size,
+            transform=build_train_transform(cfg.data.augment, ignore_index=self.taxonomy.ignore_index),
+            unknown=cfg.data.unknown_values,
+        )
+        self.val_dataset: Dataset = SegmentationDataset(
+            self.val_samples,
+            self.taxonomy,
+            image_size=size,
+            unknown=cfg.data.unknown_values,
+            full_res=cfg.eval.full_resolution,
+        )
+
+    def _loader(self, dataset: Dataset, *, batch_size: int, shuffle: bool) -> DataLoader:
+        workers = default_workers(self.cfg.data.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            collate_fn=getattr(dataset, "collate", collate),
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, batch_size=self.cfg.train.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, batch_size=self.cfg.eval.batch_size, shuffle=False)

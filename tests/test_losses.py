@@ -1,0 +1,194 @@
+"""Known-answer tests for offroadseg.losses."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from offroadseg.errors import ConfigError
+from offroadseg.losses import (
+    LOSSES,
+    CombinedLoss,
+    CrossEntropyLoss,
+    DiceLoss,
+    FocalLoss,
+    class_weights_from_counts,
+    create_loss,
+    cross_entropy,
+    dice_loss,
+    focal_loss,
+)
+
+K = 4
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, K, 5, 6, generator=g)
+    target = torch.randint(0, K, (2, 5, 6), generator=g)
+    target[0, 0, :3] = 255
+    target[1, 4, 2] = 255
+    return logits, target
+
+
+def _logits_from_probs(p0: list[float]) -> torch.Tensor:
+    """2-class logits [1, 2, 2, 2] whose softmax gives p(class 0) = p0 (row-major)."""
+    p = torch.tensor(p0, dtype=torch.float64).reshape(1, 2, 2)
+    return torch.stack([p.log(), (1 - p).log()], dim=1)
+
+
+# class weights
+
+
+def test_class_weights_known_answer() -> None:
+    # total 100, K 4: total/(K*count) = 2.5, 0.8333, 0.41667, (count 0 -> 0); x2 puts the max at 5.
+    w = class_weights_from_counts(np.array([10, 30, 60, 0]))
+    assert w.dtype == torch.float32
+    torch.testing.assert_close(w, torch.tensor([5.0, 5 / 3, 5 / 6, 0.0]))
+    torch.testing.assert_close(class_weights_from_counts([1, 1], max_weight=2.0), torch.tensor([2.0, 2.0]))
+
+
+def test_class_weights_reject_bad_counts() -> None:
+    with pytest.raises(ValueError, match="zero"):
+        class_weights_from_counts([0, 0])
+    with pytest.raises(ValueError, match="non-negative"):
+        class_weights_from_counts([3, -1])
+
+
+# cross-entropy and focal
+
+
+def test_cross_entropy_matches_torch() -> None:
+    logits, target = _batch()
+    w = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    torch.testing.assert_close(
+        cross_entropy(logits, target), F.cross_entropy(logits, target, ignore_index=255)
+    )
+    torch.testing.assert_close(
+        cross_entropy(logits, target, weight=w), F.cross_entropy(logits, target, weight=w, ignore_index=255)
+    )
+
+
+def test_focal_gamma0_equals_cross_entropy() -> None:
+    logits, target = _batch()
+    assert torch.equal(focal_loss(logits, target, gamma=0.0), cross_entropy(logits, target))
+    torch.testing.assert_close(
+        focal_loss(logits, target, gamma=0.0), F.cross_entropy(logits, target, ignore_index=255)
+    )
+
+
+def test_focal_known_answer() -> None:
+    # Pixel 0: p_t = 0.8 (target 0); pixel 1: p_t = 0.6 (target 1); pixel 2 ignored; pixel 3: p_t = 0.5.
+    logits = _logits_from_probs([0.8, 0.4, 0.1, 0.5])
+    target = torch.tensor([[[0, 1], [255, 0]]])
+    w = torch.tensor([2.0, 1.0])
+    terms = [2.0 * 0.2**2 * -math.log(0.8), 1.0 * 0.4**2 * -math.log(0.6), 2.0 * 0.5**2 * -math.log(0.5)]
+    expected = sum(terms) / 3  # divided by the number of valid pixels, not the weight sum
+    got = focal_loss(logits, target, gamma=2.0, weight=w)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_focal_down_weights_easy_pixels() -> None:
+    logits, target = _batch()
+    assert focal_loss(logits, target, gamma=2.0) < cross_entropy(logits, target)
+
+
+# dice
+
+
+def test_dice_hand_computed_two_class() -> None:
+    # p(class 0) = [0.8, 0.4, 0.1, 0.5], target [0, 0, 1, 1], smooth 1.
+    # class 0: I = 1.2, sum p = 1.8, sum y = 2 -> dice = 3.4 / 4.8
+    # class 1: I = 1.4, sum p = 2.2, sum y = 2 -> dice = 3.8 / 5.2
+    logits = _logits_from_probs([0.8, 0.4, 0.1, 0.5])
+    target = torch.tensor([[[0, 0], [1, 1]]])
+    expected = ((1 - 3.4 / 4.8) + (1 - 3.8 / 5.2)) / 2
+    assert dice_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dice_ignored_pixel_and_absent_class() -> None:
+    # Pixel 2 ignored: valid pixels 0, 1, 3.
+    # class 0: I = 0.8 + 0.4 = 1.2, sum p = 0.8 + 0.4 + 0.5 = 1.7, sum y = 2 -> dice = 3.4 / 4.7
+    # class 1: I = 0.5, sum p = 0.2 + 0.6 + 0.5 = 1.3, sum y = 1 -> dice = 2.0 / 3.3
+    logits = _logits_from_probs([0.8, 0.4, 0.1, 0.5])
+    target = torch.tensor([[[0, 0], [255, 1]]])
+    expected = ((1 - 3.4 / 4.7) + (1 - 2.0 / 3.3)) / 2
+    assert dice_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    # Only class 0 present (pixels 0, 1): I = 1.2, sum p = 1.2, sum y = 2; class 1 is left out.
+    target = torch.tensor([[[0, 0], [255, 255]]])
+    assert dice_loss(logits, target).item() == pytest.approx(1 - 3.4 / 4.2, rel=1e-6)
+
+
+def test_dice_perfect_prediction_is_zero() -> None:
+    target = torch.randint(0, K, (2, 6, 6))
+    logits = F.one_hot(target, K).permute(0, 3, 1, 2).float() * 100.0
+    assert dice_loss(logits, target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dice_class_weights() -> None:
+    logits = _logits_from_probs([0.8, 0.4, 0.1, 0.5])
+    target = torch.tensor([[[0, 0], [1, 1]]])
+    w = torch.tensor([3.0, 1.0])
+    expected = (3 * (1 - 3.4 / 4.8) + 1 * (1 - 3.8 / 5.2)) / 4
+    assert dice_loss(logits, target, weight=w).item() == pytest.approx(expected, rel=1e-6)
+
+
+# shared behaviour of every loss
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_ignored_pixels_with_garbage_logits_change_nothing(name: str) -> None:
+    loss = create_loss(name, num_classes=K, class_weights=torch.tensor([1.0, 2.0, 0.5, 3.0]))
+    logits, target = _batch()
+    ignored = (target == 255).unsqueeze(1).expand_as(logits)
+    garbage = torch.where(ignored, torch.randn_like(logits) * 1e3, logits)
+    a_in, b_in = logits.clone().requires_grad_(), garbage.clone().requires_grad_()
+    a, b = loss(a_in, target), loss(b_in, target)
+    assert torch.equal(a, b)
+    a.backward()
+    b.backward()
+    assert torch.equal(a_in.grad, b_in.grad)
+    assert (a_in.grad[ignored] == 0).all()
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_all_ignored_gives_zero_not_nan(name: str) -> None:
+    loss = create_loss(name, num_classes=K)
+    logits = torch.randn(1, K, 3, 3, requires_grad=True)
+    value = loss(logits, torch.full((1, 3, 3), 255))
+    assert value.item() == 0.0
+    value.backward()
+
+
+def test_create_loss_combinations() -> None:
+    logits, target = _batch()
+    w = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    fd = create_loss("focal+dice", num_classes=K, class_weights=w, focal_gamma=1.5, dice_weight=0.25)
+    expected = focal_loss(logits, target, gamma=1.5, weight=w) + 0.25 * dice_loss(logits, target)
+    torch.testing.assert_close(fd(logits, target), expected)
+    cd = create_loss("ce+dice", num_classes=K, class_weights=w)
+    expected = cross_entropy(logits, target, weight=w) + 0.5 * dice_loss(logits, target)
+    torch.testing.assert_close(cd(logits, target), expected)
+    assert isinstance(create_loss("ce", num_classes=K), CrossEntropyLoss)
+    assert isinstance(create_loss("focal", num_classes=K), FocalLoss)
+    assert isinstance(create_loss("dice", num_classes=K), DiceLoss)
+    assert isinstance(fd, CombinedLoss)
+
+
+def test_create_loss_errors() -> None:
+    with pytest.raises(ConfigError, match="did you mean: focal") as info:
+        create_loss("focl", num_classes=K)
+    for name in LOSSES:
+        assert name in str(info.value)
+    with pytest.raises(ConfigError, match="one weight per class"):
+        create_loss("ce", num_classes=K, class_weights=torch.ones(3))
+
+
+def test_class_weights_are_buffers() -> None:
+    loss = create_loss("focal", num_classes=K, class_weights=torch.ones(K))
+    assert "weight" in dict(loss.named_buffers())
+    assert "weight" in loss.state_dict()
