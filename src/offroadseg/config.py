@@ -111,7 +111,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warmup, then the scheduler
     min_lr: float = 1e-6  # cosine floor
     accumulate_grad_batches: int = 1
-    precision: str = "32"  # 32 | bf16 | 16 (16/bf16 autocast; fp16 on CUDA only)
+    precision: str = "32"  # 32 | bf16 | 16 | amp (amp: fp16 autocast on CUDA, fp32 on CPU)
     gradient_clip: float = 0.0  # 0: off
     early_stopping_patience: int = 0  # epochs without val mIoU gain; 0: off
     seed: int = 42
@@ -155,7 +155,7 @@ CHOICES = {
     "loss.class_weights": ("none", "auto"),
     "train.optimizer": ("sgd", "adamw"),
     "train.scheduler": ("constant", "cosine"),
-    "train.precision": ("32", "bf16", "16", "16-mixed", "bf16-mixed", "32-true"),
+    "train.precision": ("32", "bf16", "16", "amp", "16-mixed", "bf16-mixed", "32-true"),
 }
 
 

@@ -35,6 +35,7 @@ def test_output_shapes(arch, size):
     assert backbone.out_channels == [48, 48]
     assert backbone.layer_indices == [0, 1]
     assert backbone.is_random and backbone.source == "random"
+    assert backbone.model.config._attn_implementation == "sdpa"
     h, w = size
     features = backbone(torch.randn(2, 3, h, w))
     assert [tuple(f.shape) for f in features] == [(2, 48, h // 14, w // 14)] * 2

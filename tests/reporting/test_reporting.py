@@ -12,7 +12,6 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from offroadseg.reporting.plots import (
-    BATCH_MEAN_LABEL,
     DPI,
     best_epoch,
     evaluation_text,

@@ -24,6 +24,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -211,32 +212,45 @@ BIOMES: dict[str, BiomeSpec] = {
     ),
 }
 
-# Per-class texture amplitudes: ground-plane noise, screen-space mid noise, per-pixel grain.
-_TEX_GROUND = np.zeros(11, np.float32)
-_TEX_GROUND[[LANDSCAPE, DRY_GRASS]] = [0.16, 0.10]
-_TEX_MID = np.array([0.04, 0.10, 0.12, 0.08, 0.10, 0.10, 0.06, 0.12, 0.14, 0.05, 0.0], np.float32)
-_TEX_HI = np.array([0.01, 0.06, 0.06, 0.08, 0.06, 0.10, 0.04, 0.08, 0.07, 0.03, 0.0], np.float32)
-_SOIL_W = np.zeros(11, np.float32)
-_SOIL_W[LANDSCAPE] = 1.0
-_SOIL_W[DRY_GRASS] = 0.3
-_NOT_SKY = np.ones(11, np.float32)
-_NOT_SKY[SKY] = 0.0
+# Per-class texture amplitudes (256-entry tables for cv2.LUT over train ids): ground-plane
+# noise, screen-space mid noise, per-pixel grain; soil-patch weight; 0 for the sky.
+def _lut(values: dict[int, float] | list[float]) -> np.ndarray:
+    t = np.zeros(256, np.float32)
+    items = values.items() if isinstance(values, dict) else enumerate(values)
+    for k, v in items:
+        t[k] = v
+    return t
+
+
+_TEX_GROUND = _lut({LANDSCAPE: 0.16, DRY_GRASS: 0.10})
+_TEX_MID = _lut([0.04, 0.10, 0.12, 0.08, 0.10, 0.10, 0.06, 0.12, 0.14, 0.05, 0.0])
+_TEX_HI = _lut([0.01, 0.06, 0.06, 0.08, 0.06, 0.10, 0.04, 0.08, 0.07, 0.03, 0.0])
+_SOIL_W = _lut({LANDSCAPE: 1.0, DRY_GRASS: 0.3})
+_NOT_SKY = _lut([1.0] * 10 + [0.0])
 
 
 # ---- small helpers ------------------------------------------------------------------------------
 def _jit(rng: np.random.Generator, c, amount: float = 0.08) -> np.ndarray:
-    return np.clip(np.asarray(c, np.float32) * rng.uniform(1 - amount, 1 + amount, 3), 0, 255)
+    """A colour with random brightness (+-amount) and a smaller per-channel hue shift."""
+    f = rng.uniform(1 - amount, 1 + amount) * rng.uniform(1 - amount / 3, 1 + amount / 3, 3)
+    return np.minimum(np.asarray(c, np.float32) * f.astype(np.float32), 255)
 
 
 def _col(c) -> tuple[float, float, float]:
-    c = np.clip(c, 0, 255)
-    return (float(c[0]), float(c[1]), float(c[2]))
+    return (min(max(float(c[0]), 0.0), 255.0), min(max(float(c[1]), 0.0), 255.0), min(max(float(c[2]), 0.0), 255.0))
 
 
 def _noise2d(rng: np.random.Generator, h: int, w: int, gh: int, gw: int) -> np.ndarray:
     """Smooth noise in about [-1, 1]: a small random grid upsampled (no Python per-pixel loop)."""
     g = rng.random((max(gh, 2), max(gw, 2)), dtype=np.float32) * 2 - 1
     return cv2.resize(g, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _tile_noise(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """Tileable smooth noise [n, n] in about [-1, 1] (a k x k grid upsampled with wrap-around)."""
+    g = rng.random((k, k), dtype=np.float32) * 2 - 1
+    big = cv2.resize(np.tile(g, (3, 3)), (3 * n, 3 * n), interpolation=cv2.INTER_CUBIC)
+    return np.ascontiguousarray(big[n : 2 * n, n : 2 * n])
 
 
 def _noise1d(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -279,14 +293,15 @@ class _Scene:
     def ellipse(self, c, axes, angle, color, cls: int | None) -> None:
         c = (round(c[0]), round(c[1]))
         axes = (max(round(axes[0]), 0), max(round(axes[1]), 0))
-        cv2.ellipse(self.rgb, c, axes, angle, 0, 360, _col(color), -1, _AA)
+        cv2.ellipse(self.rgb, c, axes, float(angle), 0, 360, _col(color), -1, _AA)
         if cls is not None:
-            cv2.ellipse(self.ids, c, axes, angle, 0, 360, cls, -1, _L8)
+            cv2.ellipse(self.ids, c, axes, float(angle), 0, 360, cls, -1, _L8)
 
-    def lines(self, segs: list, color, thick: int, cls: int | None) -> None:
-        if not segs:
+    def lines(self, segs, color, thick: int, cls: int | None) -> None:
+        """Open polylines: ``segs`` is an array [N, K, 2] (N lines of K points)."""
+        if len(segs) == 0:
             return
-        p = [_pts(s) for s in segs]
+        p = list(np.round(np.asarray(segs, np.float64)).astype(np.int32))
         cv2.polylines(self.rgb, p, False, _col(color), thick, _AA)
         if cls is not None:
             cv2.polylines(self.ids, p, False, cls, thick, _L8)
@@ -312,22 +327,26 @@ class _Scene:
 
 # ---- the far layers -------------------------------------------------------------------------------
 def _sky(sc: _Scene, rows: int) -> None:
+    """Gradient and clouds, computed at a quarter of the resolution (the sky is smooth) and upsampled."""
     rng, spec, w = sc.rng, sc.spec, sc.w
+    rq, wq = max(rows // 4, 2), max(w // 4, 2)
+    y = np.linspace(0, rows, rq, dtype=np.float32)
     top, hor = _jit(rng, spec.sky_top, 0.08), _jit(rng, spec.sky_horizon, 0.05)
-    t = (np.arange(rows, dtype=np.float32) / max(sc.y0, 1.0)).clip(0, 1) ** 0.7
-    grad = top[None, :] * (1 - t[:, None]) + hor[None, :] * t[:, None]  # [rows, 3]
-    sky = np.broadcast_to(grad[:, None, :], (rows, w, 3)).astype(np.float32)
+    t = (y / max(sc.y0, 1.0)).clip(0, 1) ** 0.7
+    grad = top[None, :] * (1 - t[:, None]) + hor[None, :] * t[:, None]  # [rq, 3]
+    sky = np.repeat(grad[:, None, :], wq, axis=1)
     cover = rng.uniform(*spec.clouds)
     if cover > 0.02:
-        n = _noise2d(rng, rows, w, max(rows // 40, 2), max(w // 60, 3)) * 0.7
-        n += _noise2d(rng, rows, w, max(rows // 12, 3), max(w // 18, 4)) * 0.3
+        n = _noise2d(rng, rq, wq, max(rows // 40, 2), max(w // 60, 3)) * 0.7
+        n += _noise2d(rng, rq, wq, max(rows // 12, 3), max(w // 18, 4)) * 0.3
         thr = 0.55 - cover * 0.8
         a = np.clip((n - thr) / 0.35, 0, 1)
-        a *= np.clip((sc.y0 - np.arange(rows, dtype=np.float32))[:, None] / (0.15 * sc.y0 + 1), 0, 1)
+        a *= np.clip((sc.y0 - y)[:, None] / (0.15 * sc.y0 + 1), 0, 1)
         shade = 1.0 - 0.08 * np.clip((n - thr) / 0.6, 0, 1)  # slightly grey cloud cores
         cloud = _jit(rng, (246, 246, 248), 0.02)
         sky = sky * (1 - a[..., None]) + (cloud[None, None, :] * shade[..., None]) * a[..., None]
-    sc.rgb[:rows] = np.clip(sky, 0, 255).astype(np.uint8)
+    sky = cv2.resize(np.clip(sky, 0, 255).astype(np.uint8), (w, rows), interpolation=cv2.INTER_LINEAR)
+    sc.rgb[:rows] = sky
 
 
 def _mountains(sc: _Scene) -> None:
@@ -339,6 +358,10 @@ def _mountains(sc: _Scene) -> None:
     pts = np.concatenate([np.stack([xs, ys], 1), [[w + 2, sc.horizon.max() + 3], [-2, sc.horizon.max() + 3]]])
     col = _jit(rng, sc.spec.mountain) * 0.55 + _jit(rng, sc.spec.haze) * 0.45
     sc.poly(pts, col, BACKGROUND)
+    # A lit and a shaded flank: a second, lower ridge in a slightly different tone.
+    ys2 = ys + np.abs(_noise1d(rng, 96, int(rng.integers(6, 12)))) * height * h * 0.5
+    pts2 = np.concatenate([np.stack([xs, ys2], 1), [[w + 2, sc.horizon.max() + 3], [-2, sc.horizon.max() + 3]]])
+    sc.poly_rgb(pts2, col * rng.uniform(0.9, 1.05))
 
 
 def _far_landscape(sc: _Scene) -> None:
@@ -359,8 +382,7 @@ def _far_landscape(sc: _Scene) -> None:
                 (cx + top_w / 2 + slope * 1.3, base),
             ]
             sc.poly(pts, col, LANDSCAPE)
-            # A darker band of strata and a shaded flank.
-            band = hz - hh * rng.uniform(0.35, 0.6)
+            # A shaded flank away from the sun and darker bands of strata.
             side = 1 if sc.sun < 0 else -1
             flank = [
                 (cx + side * top_w / 2, hz - hh),
@@ -368,7 +390,9 @@ def _far_landscape(sc: _Scene) -> None:
                 (cx + side * top_w * 0.3, base),
             ]
             sc.poly_rgb(flank, col * 0.8)
-            sc.lines([[(cx - top_w / 2 - slope * 0.5, band), (cx + top_w / 2 + slope * 0.6, band)]], col * 0.85, max(int(hh * 0.08), 1), None)
+            bands = hz - hh * rng.uniform(0.2, 0.8, int(rng.integers(1, 4)))
+            segs = np.array([[(cx - top_w / 2 - slope * 0.3, b), (cx + top_w / 2 + slope * 0.4, b)] for b in bands])
+            sc.lines(segs, col * 0.85, max(int(hh * 0.06), 1), None)
     else:
         xs = np.linspace(-2, w + 2, 64)
         amp = rng.uniform(0.005, 0.03) * h
@@ -389,7 +413,8 @@ def _ground(sc: _Scene) -> None:
 # ---- the objects ----------------------------------------------------------------------------------
 def _rock(sc: _Scene, x: float, y: float, s: float) -> None:
     rng = sc.rng
-    r = max(s * sc.h * rng.uniform(0.015, 0.06) * sc.spec.rock_scale * (2.2 if rng.random() < 0.1 else 1.0), 1.0)
+    big = 2.2 if rng.random() < 0.1 else 1.0
+    r = max(s * sc.h * rng.uniform(0.015, 0.06) * sc.spec.rock_scale * big, 1.0)
     rx, ry = r * rng.uniform(1.0, 1.8), r * rng.uniform(0.55, 1.0)
     cy = y - ry * 0.55
     n = int(rng.integers(6, 10))
@@ -408,74 +433,76 @@ def _rock(sc: _Scene, x: float, y: float, s: float) -> None:
         sc.poly_rgb((pts - c) * f + c + shift, np.minimum(base * g + 6 * k, 255))
     if r > 6 and rng.random() < 0.5:  # a crack
         a = rng.uniform(0, np.pi)
-        sc.lines([[(x - rx * 0.5 * math.cos(a), cy - ry * 0.4 * math.sin(a)), (x + rx * 0.3, cy + ry * 0.1)]], base * 0.45, 1, None)
+        crack = [[(x - rx * 0.5 * math.cos(a), cy - ry * 0.4 * math.sin(a)), (x + rx * 0.3, cy + ry * 0.1)]]
+        sc.lines(crack, base * 0.45, 1, None)
 
 
 def _lush_bush(sc: _Scene, x: float, y: float, s: float) -> None:
     rng = sc.rng
-    big = max(s * sc.h * rng.uniform(0.03, 0.08), 1.5)
+    big = max(s * sc.h * rng.uniform(0.035, 0.1), 1.5)
     sc.cast(x, y, big * 2, big * 1.4, 0.35)
     base = _jit(rng, sc.pal["lush"], 0.12)
     k = int(rng.integers(4, 9))
-    blobs = [
-        (x + rng.uniform(-0.8, 0.8) * big, y - big * rng.uniform(0.3, 1.1), big * rng.uniform(0.35, 0.6))
-        for _ in range(k)
-    ]
-    blobs.sort(key=lambda b: b[1])  # higher (farther) blobs first, lower ones in front
-    for bx, by, br in blobs:
-        sc.ellipse((bx, by), (br, br * 0.9), 0, base * rng.uniform(0.7, 0.9), LUSH)
-        sc.ellipse((bx + sc.sun * br * 0.25, by - br * 0.25), (br * 0.6, br * 0.5), 0, np.minimum(base * 1.25 + 8, 255), None)
-        if br > 5:  # leaf speckles
-            m = int(min(br, 12))
-            sp = [[(bx + u, by + v), (bx + u + 1, by + v)] for u, v in rng.uniform(-0.7, 0.7, (m, 2)) * br]
-            sc.lines(sp, np.minimum(base * 1.5 + 10, 255), 1, None)
+    bx = x + rng.uniform(-0.8, 0.8, k) * big
+    by = y - big * rng.uniform(0.3, 1.1, k)
+    br = big * rng.uniform(0.35, 0.6, k)
+    shade = rng.uniform(0.7, 0.9, k)
+    light = np.minimum(base * 1.25 + 8, 255)
+    for i in np.argsort(by):  # higher (farther) blobs first, lower ones in front
+        sc.ellipse((bx[i], by[i]), (br[i], br[i] * 0.9), 0, base * shade[i], LUSH)
+        sc.ellipse((bx[i] + sc.sun * br[i] * 0.25, by[i] - br[i] * 0.25), (br[i] * 0.6, br[i] * 0.5), 0, light, None)
+    if big > 8:  # leaf speckles
+        m = int(min(big * 3, 80))
+        p = np.stack([x + rng.uniform(-1.1, 1.1, m) * big, y - big * rng.uniform(0.1, 1.4, m)], 1)
+        sc.lines(np.stack([p, p + (1, 0)], 1), np.minimum(base * 1.6 + 12, 255), 1, None)
+        sc.lines(np.stack([p + (1, 2), p + (2, 2)], 1), base * 0.55, 1, None)
 
 
 def _dry_bush(sc: _Scene, x: float, y: float, s: float) -> None:
     rng = sc.rng
-    r = max(s * sc.h * rng.uniform(0.03, 0.09), 2.0)
+    r = max(s * sc.h * rng.uniform(0.04, 0.12), 2.0)
     sc.cast(x, y, r * 1.6, r, 0.25)
     base = _jit(rng, sc.pal["dry_bush"], 0.12)
     thick = max(int(round(r / 22)), 1)
-    n = int(np.clip(r * 1.5, 10, 60))
-    groups: list[list] = [[], [], []]
-    for _ in range(n):
-        a = rng.uniform(-np.pi * 0.95, -np.pi * 0.05)
-        ln = r * rng.uniform(0.5, 1.0)
-        bx = x + rng.uniform(-0.15, 0.15) * r
-        mx, my = bx + math.cos(a) * ln * 0.5, y + math.sin(a) * ln * 0.5
-        a2 = a + rng.uniform(-0.5, 0.5)
-        ex, ey = mx + math.cos(a2) * ln * 0.5, my + math.sin(a2) * ln * 0.5
-        seg = [(bx, y), (mx, my), (ex, ey)]
-        g = int(rng.integers(0, 3))
-        groups[g].append(seg)
-        if rng.random() < 0.4:
-            a3 = a2 + rng.choice([-1, 1]) * rng.uniform(0.4, 0.9)
-            groups[g].append([(mx, my), (mx + math.cos(a3) * ln * 0.3, my + math.sin(a3) * ln * 0.3)])
-    for g, f in zip(groups, (0.7, 1.0, 1.3), strict=True):
-        sc.lines(g, np.minimum(base * f, 255), thick, DRY_BUSH)
+    n = int(np.clip(r * 1.5, 10, 70))
+    a = rng.uniform(-np.pi * 0.95, -np.pi * 0.05, n)
+    ln = r * rng.uniform(0.5, 1.0, n)
+    bx = x + rng.uniform(-0.15, 0.15, n) * r
+    mx, my = bx + np.cos(a) * ln * 0.5, y + np.sin(a) * ln * 0.5
+    a2 = a + rng.uniform(-0.5, 0.5, n)
+    ex, ey = mx + np.cos(a2) * ln * 0.5, my + np.sin(a2) * ln * 0.5
+    twigs = np.stack([np.stack([bx, np.full(n, y)], 1), np.stack([mx, my], 1), np.stack([ex, ey], 1)], 1)
+    a3 = a2 + rng.choice([-1, 1], n) * rng.uniform(0.4, 0.9, n)
+    side = np.stack([np.stack([mx, my], 1), np.stack([mx + np.cos(a3) * ln * 0.3, my + np.sin(a3) * ln * 0.3], 1)], 1)
+    side = side[rng.random(n) < 0.5]
+    g1, g2 = rng.integers(0, 3, n), rng.integers(0, 3, len(side))
+    for g, f in enumerate((0.7, 1.0, 1.3)):
+        c = np.minimum(base * f, 255)
+        sc.lines(twigs[g1 == g], c, thick, DRY_BUSH)
+        sc.lines(side[g2 == g], c, max(thick - 1, 1), DRY_BUSH)
     if rng.random() < 0.6:  # a few dead leaf clumps
-        for _ in range(int(rng.integers(2, 7))):
-            a = rng.uniform(-np.pi, 0)
-            d = r * rng.uniform(0.3, 0.8)
-            sc.ellipse((x + math.cos(a) * d, y + math.sin(a) * d), (r * 0.12, r * 0.08), 0, base * 0.8, DRY_BUSH)
+        k = int(rng.integers(2, 7))
+        aa, dd = rng.uniform(-np.pi, 0, k), r * rng.uniform(0.3, 0.8, k)
+        for i in range(k):
+            sc.ellipse((x + math.cos(aa[i]) * dd[i], y + math.sin(aa[i]) * dd[i]), (r * 0.12, r * 0.08), 0, base * 0.8, DRY_BUSH)
 
 
 def _tree(sc: _Scene, x: float, y: float, s: float) -> None:
     rng = sc.rng
-    ht = max(s * sc.h * rng.uniform(0.18, 0.45), 4.0)
+    ht = max(s * sc.h * rng.uniform(0.2, 0.5), 4.0)
     if rng.random() < sc.spec.p_cactus:
         # Saguaro-like cactus: a thick green column with arms.
         col = _jit(rng, (96, 116, 70), 0.1)
         t = max(int(ht * 0.12), 2)
         sc.cast(x, y, t * 2.5, ht, 0.35)
-        segs = [[(x, y), (x, y - ht)]]
+        segs = [[(x, y), (x, y), (x, y - ht)]]
         for side in rng.choice([-1, 1], int(rng.integers(1, 3)), replace=False):
             ay = y - ht * rng.uniform(0.35, 0.6)
             ax = x + side * ht * 0.2
             segs.append([(x, ay), (ax, ay), (ax, ay - ht * rng.uniform(0.2, 0.35))])
-        sc.lines(segs, col * 0.8, t, TREES)
-        sc.lines([[(px + sc.sun * t * 0.2, py) for px, py in sg] for sg in segs], np.minimum(col * 1.15, 255), max(t // 3, 1), None)
+        segs_a = np.array(segs)
+        sc.lines(segs_a, col * 0.8, t, TREES)
+        sc.lines(segs_a + (sc.sun * t * 0.2, 0), np.minimum(col * 1.15, 255), max(t // 3, 1), None)
         return
     trunk = _jit(rng, sc.pal["trunk"], 0.1)
     canopy = _jit(rng, sc.pal["canopy"], 0.12)
@@ -483,21 +510,31 @@ def _tree(sc: _Scene, x: float, y: float, s: float) -> None:
     sc.cast(x, y, ht * 0.9, ht, 0.4)
     tx = x + rng.uniform(-0.1, 0.1) * ht
     ty = y - ht * rng.uniform(0.35, 0.55)
-    segs = [[(x, y), (tx, ty)]]
-    for _ in range(int(rng.integers(2, 5))):
-        segs.append([(tx, ty), (tx + rng.uniform(-0.35, 0.35) * ht, ty - rng.uniform(0.15, 0.35) * ht)])
-    sc.lines(segs, trunk, t, TREES)
-    sc.lines(segs[1:], trunk * 0.85, max(t // 2, 1), TREES)
+    nb = int(rng.integers(2, 5))
+    br = np.stack(
+        [
+            np.tile([tx, ty], (nb, 1)),
+            np.stack([tx + rng.uniform(-0.35, 0.35, nb) * ht, ty - rng.uniform(0.15, 0.35, nb) * ht], 1),
+        ],
+        1,
+    )
+    sc.lines(np.array([[(x, y), (tx, ty)]]), trunk, t, TREES)
+    sc.lines(br, trunk * 0.85, max(t * 2 // 3, 1), TREES)
     cy = y - ht * 0.72
     k = int(rng.integers(5, 11))
-    blobs = [
-        (x + rng.uniform(-0.4, 0.4) * ht, cy + rng.uniform(-0.2, 0.15) * ht, ht * rng.uniform(0.12, 0.22))
-        for _ in range(k)
-    ]
-    for bx, by, br in blobs:
-        sc.ellipse((bx, by), (br, br * 0.65), 0, canopy * 0.75, TREES)
-    for bx, by, br in blobs:
-        sc.ellipse((bx + sc.sun * br * 0.2, by - br * 0.2), (br * 0.6, br * 0.35), 0, np.minimum(canopy * 1.15, 255), None)
+    bx = x + rng.uniform(-0.4, 0.4, k) * ht
+    by = cy + rng.uniform(-0.2, 0.15, k) * ht
+    rr = ht * rng.uniform(0.12, 0.22, k)
+    for i in range(k):
+        sc.ellipse((bx[i], by[i]), (rr[i], rr[i] * 0.65), 0, canopy * 0.75, TREES)
+    light = np.minimum(canopy * 1.15, 255)
+    for i in range(k):
+        sc.ellipse((bx[i] + sc.sun * rr[i] * 0.2, by[i] - rr[i] * 0.2), (rr[i] * 0.6, rr[i] * 0.35), 0, light, None)
+    if ht > 30:  # foliage speckles
+        m = int(min(ht * 2, 150))
+        i = rng.integers(0, k, m)
+        p = np.stack([bx[i] + rng.uniform(-0.9, 0.9, m) * rr[i], by[i] + rng.uniform(-0.6, 0.6, m) * rr[i]], 1)
+        sc.lines(np.stack([p, p + (1, 0)], 1), canopy * 0.55, 1, None)
 
 
 def _log(sc: _Scene, x: float, y: float, s: float) -> None:
@@ -515,11 +552,10 @@ def _log(sc: _Scene, x: float, y: float, s: float) -> None:
     nx, ny = uy, -ux  # the upward normal (image y grows downward)
     top = cv2.boxPoints(((cx + nx * t * 0.18, cy + ny * t * 0.18), (ln * 0.98, t * 0.45), ang))
     sc.poly_rgb(top, np.minimum(wood * 1.05, 255))
-    bark = []
-    for _ in range(int(np.clip(ln / 12, 2, 8))):
-        o = rng.uniform(-0.35, 0.35) * t
-        a0, a1 = sorted(rng.uniform(-0.45, 0.45, 2) * ln)
-        bark.append([(cx + ux * a0 + nx * o, cy + uy * a0 + ny * o), (cx + ux * a1 + nx * o, cy + uy * a1 + ny * o)])
+    nbark = int(np.clip(ln / 12, 2, 8))
+    o = rng.uniform(-0.35, 0.35, nbark) * t
+    along = np.sort(rng.uniform(-0.45, 0.45, (nbark, 2)) * ln, axis=1)
+    bark = np.stack([np.stack([cx + ux * along[:, j] + nx * o, cy + uy * along[:, j] + ny * o], 1) for j in (0, 1)], 1)
     sc.lines(bark, wood * 0.45, 1, None)
     end = (cx + ux * ln * 0.5, cy + uy * ln * 0.5)
     sc.ellipse(end, (t * 0.22, t * 0.5), ang, np.minimum(wood * 1.25 + 10, 255), LOGS)
@@ -532,44 +568,45 @@ def _grass_patch(sc: _Scene, x: float, y: float, s: float, tufts_only: bool = Fa
     if tufts_only:
         rx, ry, k = s * sc.h * 0.03 + 1, s * sc.h * 0.012 + 1, int(rng.integers(1, 4))
     else:
-        rx = max(s * sc.h * rng.uniform(0.12, 0.45), 3.0)
+        rx = max(s * sc.h * rng.uniform(0.12, 0.5), 3.0)
         ry = rx * rng.uniform(0.12, 0.3)
         n = int(rng.integers(7, 12))
         ang = np.linspace(0, 2 * np.pi, n, endpoint=False) + rng.uniform(0, 0.5)
         rad = rng.uniform(0.7, 1.0, n)
         under = np.stack([x + rx * rad * np.cos(ang), y + ry * rad * np.sin(ang)], 1)
-        sc.poly(under, base * 0.72, DRY_GRASS)
-        k = int(np.clip(rx * ry / 40, 3, 45))
-    bl = max(s * sc.h * rng.uniform(0.03, 0.06), 2.0)
+        ground = np.asarray(sc.pal["sand"], np.float32)
+        sc.poly(under, ground * 0.55 + base * 0.35, DRY_GRASS)
+        k = int(np.clip(rx * ry / 30, 3, 80))
+    bl = max(s * sc.h * rng.uniform(0.03, 0.07), 2.0)
     thick = max(int(round(bl / 25)), 1)
-    groups: list[list] = [[], [], []]
-    for _ in range(k):
-        u, v = rng.uniform(-1, 1, 2)
-        tx, ty = x + u * rx * 0.9, y + v * ry * 0.7
-        for _b in range(int(rng.integers(5, 12))):
-            a = -np.pi / 2 + rng.uniform(-0.7, 0.7)
-            ll = bl * rng.uniform(0.5, 1.0)
-            groups[int(rng.integers(0, 3))].append([(tx, ty), (tx + math.cos(a) * ll, ty + math.sin(a) * ll)])
-    for g, f in zip(groups, (0.75, 1.0, 1.22), strict=True):
-        sc.lines(g, np.minimum(base * f, 255), thick, DRY_GRASS)
+    per = rng.integers(5, 13, k)
+    tx = np.repeat(x + rng.uniform(-0.9, 0.9, k) * rx, per)
+    ty = np.repeat(y + rng.uniform(-0.7, 0.7, k) * ry, per)
+    nb = len(tx)
+    a = -np.pi / 2 + rng.uniform(-0.75, 0.75, nb)
+    ll = bl * rng.uniform(0.4, 1.0, nb)
+    blades = np.stack([np.stack([tx, ty], 1), np.stack([tx + np.cos(a) * ll, ty + np.sin(a) * ll], 1)], 1)
+    g = rng.integers(0, 3, nb)
+    for gi, f in enumerate((0.72, 1.0, 1.25)):
+        sc.lines(blades[g == gi], np.minimum(base * f, 255), thick, DRY_GRASS)
 
 
 def _clutter(sc: _Scene, x: float, y: float, s: float) -> None:
     rng = sc.rng
     spread = s * sc.h * rng.uniform(0.03, 0.1) + 2
     base = _jit(rng, sc.pal["rock"], 0.15)
-    for _ in range(int(rng.integers(5, 18))):
-        px, py = x + rng.uniform(-1, 1) * spread, y + rng.uniform(-0.3, 0.3) * spread
-        r = s * sc.h * rng.uniform(0.002, 0.008) + 0.5
-        c = base * rng.uniform(0.6, 1.3) if rng.random() < 0.7 else _jit(rng, sc.pal["wood"]) * 0.7
-        sc.ellipse((px, py), (r * rng.uniform(1, 1.8), r), rng.uniform(0, 180), c, CLUTTER)
+    wood = _jit(rng, sc.pal["wood"]) * 0.7
+    n = int(rng.integers(5, 18))
+    px, py = x + rng.uniform(-1, 1, n) * spread, y + rng.uniform(-0.3, 0.3, n) * spread
+    r = s * sc.h * rng.uniform(0.002, 0.008, n) + 0.5
+    asp, rot, tone, woody = rng.uniform(1, 1.8, n), rng.uniform(0, 180, n), rng.uniform(0.6, 1.3, n), rng.random(n) > 0.7
+    for i in range(n):
+        sc.ellipse((px[i], py[i]), (r[i] * asp[i], r[i]), rot[i], wood if woody[i] else base * tone[i], CLUTTER)
     if rng.random() < 0.5:  # twigs and debris
-        tw = []
-        for _ in range(int(rng.integers(2, 6))):
-            px, py = x + rng.uniform(-1, 1) * spread, y + rng.uniform(-0.3, 0.3) * spread
-            ln = s * sc.h * rng.uniform(0.005, 0.02) + 1
-            a = rng.uniform(0, np.pi)
-            tw.append([(px, py), (px + math.cos(a) * ln, py + math.sin(a) * ln * 0.4)])
+        m = int(rng.integers(2, 6))
+        qx, qy = x + rng.uniform(-1, 1, m) * spread, y + rng.uniform(-0.3, 0.3, m) * spread
+        ln, a = s * sc.h * rng.uniform(0.005, 0.02, m) + 1, rng.uniform(0, np.pi, m)
+        tw = np.stack([np.stack([qx, qy], 1), np.stack([qx + np.cos(a) * ln, qy + np.sin(a) * ln * 0.4], 1)], 1)
         sc.lines(tw, _jit(rng, sc.pal["trunk"]) * 0.8, 1, CLUTTER)
 
 
@@ -582,17 +619,16 @@ def _flowers(sc: _Scene, x: float, y: float, s: float) -> None:
     col = _jit(rng, _FLOWER_COLOURS[int(rng.integers(0, len(_FLOWER_COLOURS)))], 0.08)
     stem_col = _jit(rng, (84, 110, 56), 0.1)
     r = max(s * sc.h * rng.uniform(0.003, 0.007), 0.6)
-    stems, heads = [], []
-    for _ in range(int(rng.integers(5, 20))):
-        px, py = x + rng.uniform(-1, 1) * spread, y + rng.uniform(-0.35, 0.35) * spread
-        ln = s * sc.h * rng.uniform(0.005, 0.02)
-        stems.append([(px, py), (px + rng.uniform(-0.3, 0.3) * ln, py - ln)])
-        heads.append((px + rng.uniform(-0.3, 0.3) * ln, py - ln))
-    sc.lines(stems, stem_col, 1, FLOWERS)
-    for hx, hy in heads:
-        sc.ellipse((hx, hy), (r * 1.2, r), 0, col * rng.uniform(0.85, 1.05), FLOWERS)
+    n = int(rng.integers(5, 20))
+    px, py = x + rng.uniform(-1, 1, n) * spread, y + rng.uniform(-0.35, 0.35, n) * spread
+    ln = s * sc.h * rng.uniform(0.005, 0.02, n)
+    hx, hy = px + rng.uniform(-0.3, 0.3, n) * ln, py - ln
+    sc.lines(np.stack([np.stack([px, py], 1), np.stack([hx, hy], 1)], 1), stem_col, 1, FLOWERS)
+    tone = rng.uniform(0.85, 1.05, n)
+    for i in range(n):
+        sc.ellipse((hx[i], hy[i]), (r * 1.2, r), 0, col * tone[i], FLOWERS)
         if r > 2.5:
-            sc.ellipse((hx, hy), (r * 0.35, r * 0.35), 0, (200, 160, 40), None)
+            sc.ellipse((hx[i], hy[i]), (r * 0.35, r * 0.35), 0, (200, 160, 40), None)
 
 
 # ---- the whole scene ------------------------------------------------------------------------------
@@ -630,28 +666,28 @@ def _render(rng: np.random.Generator, h: int, w: int, spec: BiomeSpec) -> tuple[
     _far_landscape(sc)
     _ground(sc)
 
-    # Objects, each at a ground point; far objects are more numerous (perspective).
+    # Objects stand on ground points; far ones are more numerous (perspective). They are
+    # drawn in order of the row of their foot, so nearer things occlude farther ones.
     items: list[tuple[float, int, Callable, float, float, float]] = []
 
     def place(fn: Callable, n: int, power: float = 1.6, margin: float = 0.08) -> None:
-        for _ in range(n):
-            x = rng.uniform(-margin, 1 + margin) * w
-            s_lo = 0.02
-            t = s_lo + (1 - s_lo) * rng.random() ** power
-            xi = int(np.clip(x, 0, w - 1))
-            y = horizon[xi] + t * (h - horizon[xi]) * 1.05
-            items.append((y, len(items), fn, x, y, sc.scale(x, y)))
+        xs = rng.uniform(-margin, 1 + margin, n) * w
+        ts = 0.02 + 0.98 * rng.random(n) ** power
+        for x, t in zip(xs, ts, strict=True):
+            hz = float(horizon[int(np.clip(x, 0, w - 1))])
+            y = hz + t * (h - hz) * 1.05
+            items.append((y, len(items), fn, float(x), y, sc.scale(x, y)))
 
-    place(lambda sc_, x, y, s: _grass_patch(sc_, x, y, s), _counts(rng, spec.grass_patches), power=1.3)
-    place(lambda sc_, x, y, s: _grass_patch(sc_, x, y, s, tufts_only=True), _counts(rng, spec.tufts), power=1.4)
+    place(_grass_patch, _counts(rng, spec.grass_patches), power=1.3)
+    place(partial(_grass_patch, tufts_only=True), _counts(rng, spec.tufts), power=1.4)
     place(_clutter, _counts(rng, spec.clutter), power=1.3)
     if rng.random() < spec.p_flowers:
         place(_flowers, _counts(rng, spec.flowers), power=1.1)
     place(_rock, _counts(rng, spec.rocks))
     if rng.random() < spec.p_logs:
         place(_log, int(rng.integers(1, 3)), power=1.0)
-    place(_dry_bush, _counts(rng, spec.dry_bushes))
-    place(_lush_bush, _counts(rng, spec.lush_bushes))
+    place(_dry_bush, _counts(rng, spec.dry_bushes), power=1.4)
+    place(_lush_bush, _counts(rng, spec.lush_bushes), power=1.4)
     place(_tree, _counts(rng, spec.trees), power=1.9)
     items.sort(key=lambda it: (it[0], it[1]))
     for _, _, fn, x, y, s in items:
@@ -665,22 +701,27 @@ def _ground_texture(rng: np.random.Generator, sc: _Scene, d: np.ndarray) -> tupl
 
     A pixel ``d`` rows below the horizon sees ground at depth ~1/d, so texture
     coordinates are ``(x * c / d, f * c / d)`` (a pinhole camera over a flat ground).
+    Only rows that hold ground are mapped; the texture tiles, so coordinates wrap.
     """
     n = 256
-    tex = _noise2d(rng, n, n, 8, 8) * 0.4 + _noise2d(rng, n, n, 32, 32) * 0.35
-    tex += _noise2d(rng, n, n, 96, 96) * 0.25
-    patch = _noise2d(rng, n, n, 5, 5)
-    dd = np.maximum(d, 2.0)
+    tex = _tile_noise(rng, n, 8) * 0.4 + _tile_noise(rng, n, 32) * 0.35 + _tile_noise(rng, n, 96) * 0.25
+    patch = _tile_noise(rng, n, 4)
+    r0 = int(max(math.floor(float(sc.horizon.min())), 0))
+    dd = np.maximum(d[r0:], 2.0)
     depth = sc.h - sc.y0
     cf = depth * depth / 3.0  # about 3 px per texel (vertically) at the bottom row
     c = cf / (0.9 * sc.w)
+    inv = 1.0 / dd
     xs = np.arange(sc.w, dtype=np.float32)[None, :] - sc.w / 2
-    ou, ov = rng.uniform(0, n, 2)
-    u, v = xs * (c / dd), cf / dd
-    out = cv2.remap(tex, (u + ou).astype(np.float32), (v + ov).astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    ou, ov = rng.uniform(0, n, 2)
-    pat = cv2.remap(patch, (u * 0.25 + ou).astype(np.float32), (v * 0.25 + ov).astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    return out, pat
+    u, v = xs * (c * inv), cf * inv
+    detail = np.zeros(d.shape, np.float32)
+    soil = np.zeros(d.shape, np.float32)
+    for out, src, k in ((detail, tex, 1.0), (soil, patch, 0.25)):
+        ou, ov = rng.uniform(0, n, 2)
+        mu = np.mod(u * k + ou, n).astype(np.float32)
+        mv = np.mod(v * k + ov, n).astype(np.float32)
+        out[r0:] = cv2.remap(src, mu, mv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+    return detail, soil
 
 
 def _finish(sc: _Scene, elev: float) -> np.ndarray:
@@ -688,26 +729,34 @@ def _finish(sc: _Scene, elev: float) -> np.ndarray:
     d = np.arange(h, dtype=np.float32)[:, None] - sc.horizon[None, :]  # rows below the horizon
     g_detail, g_patch = _ground_texture(rng, sc, d)
     mid = _noise2d(rng, h, w, max(h // 8, 2), max(w // 8, 2))
-    hi = rng.random((h, w), dtype=np.float32) * 2 - 1
+    hi = rng.random((h, w), dtype=np.float32)
+    hi -= 0.5
     # Texture fades toward the horizon, where the ground is far and detail is lost.
-    fade = np.clip(d / (0.2 * (h - sc.y0) + 1), 0.1, 1.0)
-    mod = 1.0 + _TEX_GROUND[ids] * g_detail * fade + _TEX_MID[ids] * mid + _TEX_HI[ids] * hi
-    img = sc.rgb.astype(np.float32)
-    img *= mod[..., None]
-    # Soil-colour patches on bare ground.
-    pa = np.clip(g_patch * 1.6, 0, 1) * _SOIL_W[ids] * fade
-    img += (_jit(rng, spec.soil, 0.06) - sc.pal["sand"])[None, None, :] * pa[..., None]
+    fade = np.clip(d * (1.0 / (0.2 * (h - sc.y0) + 1)), 0.1, 1.0)
+    mod = cv2.LUT(ids, _TEX_GROUND) * g_detail * fade
+    mod += cv2.LUT(ids, _TEX_MID) * mid
+    mod += cv2.LUT(ids, _TEX_HI) * hi * 2
+    mod += 1.0
     # Haze: distant things fade into the haze colour (the sky stays as drawn).
     hs = rng.uniform(*spec.haze_strength)
-    scale = 0.12 * (h - sc.y0) + 1
-    f = hs * np.exp(-np.maximum(d, 0) / scale) * _NOT_SKY[ids]
-    img += (_jit(rng, spec.haze, 0.04)[None, None, :] - img) * f[..., None]
+    f = cv2.exp(np.maximum(d, 0) * (-1.0 / (0.12 * (h - sc.y0) + 1)))
+    f *= cv2.LUT(ids, _NOT_SKY) * hs
     # Light: brightness and colour temperature (low sun is warmer), then sensor grain.
     warm = np.clip((45 - elev) / 40, 0, 1)
     gain = rng.uniform(*spec.brightness) * np.array([1 + 0.06 * warm, 1.0, 1 - 0.08 * warm], np.float32)
-    gain *= rng.uniform(0.96, 1.04, 3).astype(np.float32)
-    img *= gain[None, None, :]
-    img += hi[..., None] * spec.grain
+    gain = (gain * rng.uniform(0.96, 1.04, 3)).astype(np.float32)
+    soil = (_jit(rng, spec.soil, 0.06) - sc.pal["sand"]).astype(np.float32)
+    haze = _jit(rng, spec.haze, 0.04).astype(np.float32)
+    # img = ((rgb * mod + soil * pa) * (1 - f) + haze * f) * gain + grain
+    keep = 1.0 - f
+    a = mod * keep
+    pa = np.clip(g_patch * 1.6, 0, 1) * cv2.LUT(ids, _SOIL_W) * fade * keep
+    img = sc.rgb.astype(np.float32)
+    img *= a[..., None]
+    img += pa[..., None] * soil
+    img += f[..., None] * haze
+    img *= gain
+    img += (hi * (2 * spec.grain))[..., None]
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

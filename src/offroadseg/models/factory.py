@@ -29,7 +29,7 @@ def build_segmentor(cfg: ModelConfig, num_classes: int, *, for_checkpoint: bool 
         backbone = create_backbone(cfg.backbone.name, weights=weights, layers=cfg.backbone.layers)
     backbone.freeze()
     if not cfg.backbone.frozen:
-        backbone.unfreeze_last(backbone.num_layers)
+        backbone.unfreeze()
     elif cfg.backbone.unfreeze_last > 0:
         backbone.unfreeze_last(cfg.backbone.unfreeze_last)
     head = create_head(

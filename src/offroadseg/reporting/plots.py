@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from offroadseg.data.io import atomic_save
 
@@ -62,8 +63,10 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: str | Path) -> None:
-    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+def _save(fig: Figure, path: str | Path, *, tight: bool = False) -> None:
+    # tight: the constrained layout can misjudge long tick labels beside an equal-aspect image
+    kwargs = {"bbox_inches": "tight", "pad_inches": 0.15} if tight else {}
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, **kwargs))
 
 
 def _finite(value: Any) -> float | None:
@@ -89,7 +92,7 @@ def _epochs(history: Sequence[Mapping[str, Any]]) -> list[float]:
 def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
     """(epochs, values) of the rows where ``key`` holds a finite number."""
     xs, ys = [], []
-    for epoch, row in zip(_epochs(history), history):
+    for epoch, row in zip(_epochs(history), history, strict=True):
         v = _finite(row.get(key))
         if v is not None:
             xs.append(epoch)
@@ -146,9 +149,10 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> None:
     fig = _figure(11, 7.5)
     axes = fig.subplots(2, 2).ravel()
     best = best_epoch(history)
+    epochs = _epochs(history)
     n = len(history)
     marker = "o" if n <= 40 else None
-    for ax, (title, ylabel, train_key, val_key) in zip(axes, _PANELS):
+    for ax, (title, ylabel, train_key, val_key) in zip(axes, _PANELS, strict=True):
         drawn = False
         for key, label, color in ((train_key, "train", TRAIN_COLOR), (val_key, "val", VAL_COLOR)):
             xs, ys = _series(history, key)
@@ -189,7 +193,9 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> None:
                     label=f"best val mIoU {best[1]:.4f} (epoch {best[0]:g})",
                     zorder=5,
                 )
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(set(epochs)) == 1:
+            ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
         ax.legend(fontsize=LEGEND_SIZE, loc="best", framealpha=0.85)
     if n == 0:
         fig.suptitle("Training curves (empty history)", fontsize=TITLE_SIZE + 1)
@@ -269,7 +275,7 @@ def plot_per_class_iou(
         _save(fig, path)
         return
     ypos = np.arange(k)[::-1]  # first item on top
-    for y, (name, value, idx) in zip(ypos, ordered):
+    for y, (_, value, idx) in zip(ypos, ordered, strict=True):
         if value is None:
             ax.text(
                 0.01, y, "absent", va="center", ha="left", fontsize=TICK_SIZE, style="italic", color="0.45"
@@ -334,7 +340,7 @@ def plot_confusion_matrix(scores: Mapping[str, Any], path: str | Path) -> None:
     k = norm.shape[0]
     if len(names) != k:
         names = [str(i) for i in range(k)]
-    side = min(max(5.5, 0.62 * k + 2.8), 22.0)
+    side = min(max(5.5, (0.62 if k <= 12 else 0.4) * k + 2.8), 22.0)
     fig = _figure(side + 1.2, side)
     ax = fig.subplots()
     cmap = ListedColormap(_blues(256)).with_extremes(bad="#d9d9d9")
@@ -365,7 +371,7 @@ def plot_confusion_matrix(scores: Mapping[str, Any], path: str | Path) -> None:
     cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
     cbar.ax.tick_params(labelsize=TICK_SIZE)
     cbar.set_label("share of the ground-truth row", fontsize=LABEL_SIZE)
-    _save(fig, path)
+    _save(fig, path, tight=True)
 
 
 def _blues(n: int) -> np.ndarray:
@@ -400,7 +406,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, left: int = 
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
 
     def line(cells: Sequence[str]) -> str:
-        parts = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        parts = [
+            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
         return "  ".join(parts).rstrip()
 
     out = [line(header), "  ".join("-" * w for w in widths)]
@@ -466,7 +474,7 @@ def evaluation_text(
         cols = [c for c in _EPOCH_COLUMNS if any(_finite(r.get(c[0])) is not None for r in history)]
         header = ["Epoch"] + [c[1] for c in cols]
         rows = []
-        for epoch, row in zip(_epochs(history), history):
+        for epoch, row in zip(_epochs(history), history, strict=True):
             mark = " *" if best is not None and epoch == best[0] else ""
             rows.append([f"{epoch:g}{mark}"] + [_fmt(row.get(key), spec) for key, _, spec in cols])
         lines += ["Per-epoch history", "-" * 17, *_table(header, rows), ""]

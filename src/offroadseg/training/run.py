@@ -43,8 +43,10 @@ class TrainResult:
 
 def resolve_precision(precision: str, accelerator: str) -> str:
     """Config precision -> Lightning precision; fp16 needs CUDA."""
-    value = PRECISIONS[str(precision)]
     on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if precision == "amp":  # what the reference meant by AMP: fp16 autocast on a GPU
+        return "16-mixed" if on_cuda else "32-true"
+    value = PRECISIONS[str(precision)]
     if value == "16-mixed" and not on_cuda:
         raise ConfigError(
             "train.precision=16 (fp16 autocast) needs a CUDA GPU; fix: use train.precision=bf16 or 32 on CPU"

@@ -1,95 +1,16 @@
-"""Command line: parse -> config -> call one function -> print for a person.
-
-Every :class:`~offroadseg.errors.OffroadsegError` becomes one line on stderr and exit
-status 2, with no traceback.
-"""
+"""Core commands: train, evaluate, score, stats."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import sys
 import time
-import warnings
-from collections.abc import Callable
-from pathlib import Path
 
 from offroadseg import __version__
-from offroadseg.errors import OffroadsegError
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
-
-
-def command(name: str):
-    def register(fn: Callable[[argparse.Namespace], int]):
-        COMMANDS[name] = fn
-        return fn
-
-    return register
-
-
-def _write_json(path: str | None, payload: dict) -> None:
-    if not path:
-        return
-    from offroadseg.data.io import atomic_write_text
-
-    atomic_write_text(path, json.dumps(payload, indent=2, default=_nan_none))
-    print(f"wrote {path}")
-
-
-def _nan_none(obj):
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(type(obj).__name__)
-
-
-def _fmt(x: float | None, digits: int = 4) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _bar(desc: str, total: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
-
-
-def _progress(desc: str):
-    """A (done, total) callback that drives one tqdm bar."""
-    state: dict = {}
-
-    def update(done: int, total: int) -> None:
-        if "bar" not in state:
-            state["bar"] = _bar(desc, total)
-        bar = state["bar"]
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return update
-
-
-def print_scores(scores: dict, *, header: str) -> None:
-    print(header)
-    names = list(scores["per_class_iou"])
-    width = max(len(n) for n in names) + 2
-    print(f"  {'class':<{width}} {'IoU':>7} {'Dice':>7}")
-    for name in names:
-        iou = scores["per_class_iou"][name]
-        dice = scores["per_class_dice"][name]
-        print(f"  {name:<{width}} {_fmt(iou):>7} {_fmt(dice):>7}" + ("   (absent)" if iou is None else ""))
-    print(
-        f"  mIoU {_fmt(scores['miou'])}   mean Dice {_fmt(scores['mean_dice'])}   "
-        f"pixel accuracy {_fmt(scores['pixel_accuracy'])}"
-    )
+from offroadseg.cli.common import fmt, print_scores, progress, write_json
+from offroadseg.errors import ConfigError
 
 
 # ---- train ------------------------------------------------------------------------------------
-@command("train")
 def cmd_train(args: argparse.Namespace) -> int:
     from offroadseg.config import load_config
     from offroadseg.training.run import train
@@ -108,9 +29,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.val_scores:
         print_scores(result.val_scores, header="validation (best epoch, dataset-level):")
     last = result.history[-1] if result.history else {}
-    print(f"  reference batch-mean IoU (comparison only): {_fmt(last.get('val_batch_mean_iou'))}")
+    print(f"  reference batch-mean IoU (comparison only): {fmt(last.get('val_batch_mean_iou'))}")
     print(f"best checkpoint: {result.best_checkpoint}")
-    _write_json(
+    write_json(
         args.json,
         {
             "run_dir": str(result.run_dir),
@@ -133,7 +54,6 @@ def _announce_weights(source: str | None) -> None:
 
 
 # ---- evaluate ---------------------------------------------------------------------------------
-@command("evaluate")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from offroadseg.inference.checkpoint import load_checkpoint
     from offroadseg.inference.evaluate import evaluate_loaded
@@ -145,11 +65,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split=args.split,
         batch_size=args.batch_size,
         device=args.device,
-        progress=_progress(f"evaluate {args.split}"),
+        progress=progress(f"evaluate {args.split}"),
     )
     print_scores(result.scores, header=f"{args.split}: {result.images} images (dataset-level scores)")
-    print(f"  reference batch-mean IoU (comparison only): {_fmt(result.batch_mean_iou)}")
-    _write_json(
+    print(f"  reference batch-mean IoU (comparison only): {fmt(result.batch_mean_iou)}")
+    write_json(
         args.json,
         {
             "split": args.split,
@@ -162,21 +82,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # ---- score ------------------------------------------------------------------------------------
-@command("score")
 def cmd_score(args: argparse.Namespace) -> int:
     from offroadseg.inference.score import score_folders
     from offroadseg.taxonomy import load_taxonomy
 
     tax = load_taxonomy(args.taxonomy, encoding=args.label_encoding, ignore_values=args.ignore_values)
-    result = score_folders(args.pred_dir, args.gt_dir, tax, progress=_progress("score"))
+    result = score_folders(args.pred_dir, args.gt_dir, tax, progress=progress("score"))
     print_scores(result.scores, header=f"{result.images} masks scored against {args.gt_dir}")
-    _write_json(args.json, {**result.scores, "images": result.images, "per_image": result.per_image})
+    write_json(args.json, {**result.scores, "images": result.images, "per_image": result.per_image})
     return 0
 
 
 # ---- stats ------------------------------------------------------------------------------------
-@command("stats")
 def cmd_stats(args: argparse.Namespace) -> int:
+    if not args.root and not args.config:
+        raise ConfigError("stats needs ROOT or --config; fix: offroadseg stats /path/to/data")
     from offroadseg.config import DataConfig
     from offroadseg.data.datasets import taxonomy_for
     from offroadseg.data.stats import dataset_stats
@@ -193,10 +113,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     tax = taxonomy_for(data_cfg)
     bars: dict = {}
 
-    def progress(split: str, done: int, total: int) -> None:
-        bars.setdefault(split, _progress(f"check {split}"))(done, total)
+    def on_progress(split: str, done: int, total: int) -> None:
+        bars.setdefault(split, progress(f"check {split}"))(done, total)
 
-    stats = dataset_stats(data_cfg, args.splits or None, progress=progress)
+    stats = dataset_stats(data_cfg, args.splits or None, progress=on_progress)
     payload: dict = {"root": data_cfg.root, "taxonomy": tax.name, "splits": {}}
     for s in stats:
         print(f"{s.split}: {s.images} images, sizes {s.sizes}, ignored pixels {s.ignored}")
@@ -215,18 +135,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     for i, name in enumerate(tax.names):
         print(f"  {name:<{width}} {100 * train.share[i]:7.2f} %   weight {weights[i]:.3f}")
     print("all images and masks read and valid.")
-    _write_json(args.json, payload)
+    write_json(args.json, payload)
     return 0
 
 
-# ---- parser -----------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="offroadseg",
-        description="Semantic segmentation of off-road scenes on frozen DINOv2 backbones.",
-    )
-    p.add_argument("--version", action="version", version=f"offroadseg {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def register(sub) -> None:
+    """Add train, evaluate, score and stats to the subcommand parser."""
 
     t = sub.add_parser("train", help="train from a YAML config (key=value overrides)")
     t.add_argument("config")
@@ -234,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from <run.dir>/checkpoints/last.ckpt")
     t.add_argument("--epochs", type=int, default=None, help="shorthand for train.epochs=N")
     t.add_argument("--json", help="also write the result as JSON to this file")
+    t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="score a checkpoint on a dataset split")
     e.add_argument("checkpoint")
@@ -242,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=None)
     e.add_argument("--device", default="auto", help="auto | cpu | cuda")
     e.add_argument("--json")
+    e.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("score", help="score predicted masks on disk against ground truth")
     s.add_argument("pred_dir")
@@ -250,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-encoding", default=None, choices=["value", "rgb"])
     s.add_argument("--ignore-values", type=int, nargs="*", default=None, help="raw values to ignore (void)")
     s.add_argument("--json")
+    s.set_defaults(func=cmd_score)
 
     st = sub.add_parser("stats", help="pixel share per class and loss weights; validates every file")
     st.add_argument("root", nargs="?", default=None)
@@ -260,34 +177,4 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--splits", nargs="*", default=None)
     st.add_argument("--max-weight", type=float, default=5.0)
     st.add_argument("--json")
-
-    for extra in EXTRA_PARSERS:
-        extra(sub)
-    return p
-
-
-EXTRA_PARSERS: list[Callable] = []
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "stats" and not args.root and not args.config:
-        print(
-            "offroadseg: error: stats needs ROOT or --config; fix: offroadseg stats /path/to/data",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            return COMMANDS[args.command](args)
-    except OffroadsegError as exc:
-        print(f"offroadseg: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("offroadseg: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    st.set_defaults(func=cmd_stats)

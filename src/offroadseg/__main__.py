@@ -1,0 +1,7 @@
+"""``python -m offroadseg`` runs the command line."""
+
+import sys
+
+from offroadseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,53 @@
+"""Command line: parse -> config -> call one function -> print for a person.
+
+Each command module exposes ``register(subparsers)`` and sets ``func`` on its parser.
+Every :class:`~offroadseg.errors.OffroadsegError` becomes one line on stderr and exit
+status 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+
+from offroadseg import __version__
+from offroadseg.errors import OffroadsegError
+
+# Command modules, in the order their commands are listed in --help.
+COMMAND_MODULES = ("core", "synth", "predict", "export", "bench", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="offroadseg",
+        description="Train, evaluate and serve semantic segmentation of off-road scenes (frozen DINOv2 + heads).",
+    )
+    parser.add_argument("--version", action="version", version=f"offroadseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"offroadseg.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"offroadseg.cli.{name}":
+                continue  # a command module not in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+            warnings.filterwarnings("ignore", message=".*litlogger.*")
+            return int(args.func(args) or 0)
+    except OffroadsegError as exc:
+        print(f"offroadseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("offroadseg: interrupted", file=sys.stderr)
+        return 130
