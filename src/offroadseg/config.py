@@ -127,6 +127,10 @@ class TrainConfig:
 class EvalConfig:
     full_resolution: bool = True  # score at the label's own size (logits upsampled)
     batch_size: int = 2
+    tta: str = "none"  # none | flip | scales | flip+scales (test-time augmentation, logits averaged)
+    scales: list[float] = field(default_factory=lambda: [0.75, 1.0, 1.25])  # for tta=scales
+    sliding_window: bool = False  # tile images larger than data.image_size instead of resizing them
+    window_overlap: float = 0.33  # fraction of a window shared with its neighbour
 
 
 @dataclass
@@ -154,6 +158,7 @@ CHOICES = {
     "data.unknown_values": ("error", "ignore"),
     "loss.class_weights": ("none", "auto"),
     "train.optimizer": ("sgd", "adamw"),
+    "eval.tta": ("none", "flip", "scales", "flip+scales"),
     "train.scheduler": ("constant", "cosine"),
     "train.precision": ("32", "bf16", "16", "amp", "16-mixed", "bf16-mixed", "32-true"),
 }
