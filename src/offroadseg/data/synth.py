@@ -29,8 +29,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from offroadseg.data.io import atomic_write_text, write_png
+from offroadseg.data.io import atomic_save, atomic_write_text, write_png
 from offroadseg.errors import ConfigError, DataError, close_matches
 from offroadseg.taxonomy import load_taxonomy
 
@@ -48,8 +49,9 @@ RGB = tuple[int, int, int]
 # Train ids in the order of load_taxonomy("duality").
 BACKGROUND, TREES, LUSH, DRY_GRASS, DRY_BUSH, CLUTTER, FLOWERS, LOGS, ROCKS, LANDSCAPE, SKY = range(11)
 _TAX = load_taxonomy("duality")
-_RAW_LUT = np.array([c.values[0] for c in _TAX.classes], dtype=np.uint16)
-assert len(_RAW_LUT) == 11 and _RAW_LUT[SKY] == 10000 and _RAW_LUT[LANDSCAPE] == 7100
+_RAW_LUT = np.zeros(256, np.uint16)  # train id -> raw value (a cv2.LUT table)
+_RAW_LUT[: _TAX.num_classes] = [c.values[0] for c in _TAX.classes]
+assert _TAX.num_classes == 11 and _RAW_LUT[SKY] == 10000 and _RAW_LUT[LANDSCAPE] == 7100
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ID = {"train": 0, "val": 1, "test": 2}
@@ -124,8 +126,8 @@ BIOMES: dict[str, BiomeSpec] = {
         lush_bushes=(0, 3),
         dry_bushes=(3, 8),
         trees=(0, 2),
-        grass_patches=(3, 8),
-        tufts=(6, 16),
+        grass_patches=(4, 10),
+        tufts=(12, 30),
         clutter=(8, 18),
         flowers=(1, 4),
         p_logs=0.4,
@@ -195,8 +197,8 @@ BIOMES: dict[str, BiomeSpec] = {
         lush_bushes=(2, 7),
         dry_bushes=(4, 10),
         trees=(1, 4),
-        grass_patches=(6, 12),
-        tufts=(12, 28),
+        grass_patches=(5, 10),
+        tufts=(10, 22),
         clutter=(6, 14),
         flowers=(2, 6),
         p_logs=0.5,
@@ -212,8 +214,8 @@ BIOMES: dict[str, BiomeSpec] = {
     ),
 }
 
-# Per-class texture amplitudes (256-entry tables for cv2.LUT over train ids): ground-plane
-# noise, screen-space mid noise, per-pixel grain; soil-patch weight; 0 for the sky.
+
+# Per-class strength of texture and grain (a 256-entry table for cv2.LUT over train ids).
 def _lut(values: dict[int, float] | list[float]) -> np.ndarray:
     t = np.zeros(256, np.float32)
     items = values.items() if isinstance(values, dict) else enumerate(values)
@@ -222,11 +224,7 @@ def _lut(values: dict[int, float] | list[float]) -> np.ndarray:
     return t
 
 
-_TEX_GROUND = _lut({LANDSCAPE: 0.16, DRY_GRASS: 0.10})
-_TEX_MID = _lut([0.04, 0.10, 0.12, 0.08, 0.10, 0.10, 0.06, 0.12, 0.14, 0.05, 0.0])
-_TEX_HI = _lut([0.01, 0.06, 0.06, 0.08, 0.06, 0.10, 0.04, 0.08, 0.07, 0.03, 0.0])
-_SOIL_W = _lut({LANDSCAPE: 1.0, DRY_GRASS: 0.3})
-_NOT_SKY = _lut([1.0] * 10 + [0.0])
+_TEX = _lut([0.05, 0.12, 0.13, 0.12, 0.12, 0.16, 0.07, 0.14, 0.14, 0.07, 0.02])
 
 
 # ---- small helpers ------------------------------------------------------------------------------
@@ -237,20 +235,28 @@ def _jit(rng: np.random.Generator, c, amount: float = 0.08) -> np.ndarray:
 
 
 def _col(c) -> tuple[float, float, float]:
-    return (min(max(float(c[0]), 0.0), 255.0), min(max(float(c[1]), 0.0), 255.0), min(max(float(c[2]), 0.0), 255.0))
+    return (
+        min(max(float(c[0]), 0.0), 255.0),
+        min(max(float(c[1]), 0.0), 255.0),
+        min(max(float(c[2]), 0.0), 255.0),
+    )
 
 
-def _noise2d(rng: np.random.Generator, h: int, w: int, gh: int, gw: int) -> np.ndarray:
+def _noise2d(
+    rng: np.random.Generator, h: int, w: int, gh: int, gw: int, interp: int = cv2.INTER_CUBIC
+) -> np.ndarray:
     """Smooth noise in about [-1, 1]: a small random grid upsampled (no Python per-pixel loop)."""
     g = rng.random((max(gh, 2), max(gw, 2)), dtype=np.float32) * 2 - 1
-    return cv2.resize(g, (w, h), interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(g, (w, h), interpolation=interp)
 
 
 def _tile_noise(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    """Tileable smooth noise [n, n] in about [-1, 1] (a k x k grid upsampled with wrap-around)."""
-    g = rng.random((k, k), dtype=np.float32) * 2 - 1
-    big = cv2.resize(np.tile(g, (3, 3)), (3 * n, 3 * n), interpolation=cv2.INTER_CUBIC)
-    return np.ascontiguousarray(big[n : 2 * n, n : 2 * n])
+    """Tileable smooth noise [n, n] in about [-1, 1] (k must divide n): a k x k grid, padded
+    by wrap-around so the cubic kernel sees the other side, upsampled and cropped."""
+    g = np.pad(rng.random((k, k), dtype=np.float32) * 2 - 1, 2, mode="wrap")
+    c = n // k
+    big = cv2.resize(g, ((k + 4) * c, (k + 4) * c), interpolation=cv2.INTER_CUBIC)
+    return np.ascontiguousarray(big[2 * c : 2 * c + n, 2 * c : 2 * c + n])
 
 
 def _noise1d(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -360,7 +366,9 @@ def _mountains(sc: _Scene) -> None:
     sc.poly(pts, col, BACKGROUND)
     # A lit and a shaded flank: a second, lower ridge in a slightly different tone.
     ys2 = ys + np.abs(_noise1d(rng, 96, int(rng.integers(6, 12)))) * height * h * 0.5
-    pts2 = np.concatenate([np.stack([xs, ys2], 1), [[w + 2, sc.horizon.max() + 3], [-2, sc.horizon.max() + 3]]])
+    pts2 = np.concatenate(
+        [np.stack([xs, ys2], 1), [[w + 2, sc.horizon.max() + 3], [-2, sc.horizon.max() + 3]]]
+    )
     sc.poly_rgb(pts2, col * rng.uniform(0.9, 1.05))
 
 
@@ -391,7 +399,9 @@ def _far_landscape(sc: _Scene) -> None:
             ]
             sc.poly_rgb(flank, col * 0.8)
             bands = hz - hh * rng.uniform(0.2, 0.8, int(rng.integers(1, 4)))
-            segs = np.array([[(cx - top_w / 2 - slope * 0.3, b), (cx + top_w / 2 + slope * 0.4, b)] for b in bands])
+            segs = np.array(
+                [[(cx - top_w / 2 - slope * 0.3, b), (cx + top_w / 2 + slope * 0.4, b)] for b in bands]
+            )
             sc.lines(segs, col * 0.85, max(int(hh * 0.06), 1), None)
     else:
         xs = np.linspace(-2, w + 2, 64)
@@ -404,10 +414,60 @@ def _far_landscape(sc: _Scene) -> None:
 
 
 def _ground(sc: _Scene) -> None:
-    w, h = sc.w, sc.h
+    """The ground plane (Landscape), textured in perspective with soil-colour patches.
+
+    The texture is computed at half resolution (it is smooth; grain comes later) and
+    written only inside the ground polygon, keeping its anti-aliased horizon edge.
+    """
+    rng, w, h = sc.rng, sc.w, sc.h
     xs = np.linspace(0, w - 1, 64)
-    pts = np.concatenate([np.stack([xs, np.interp(xs, np.arange(w), sc.horizon)], 1), [[w + 1, h + 1], [-1, h + 1]]])
+    pts = np.concatenate(
+        [np.stack([xs, np.interp(xs, np.arange(w), sc.horizon)], 1), [[w + 1, h + 1], [-1, h + 1]]]
+    )
     sc.poly(pts, sc.pal["sand"], LANDSCAPE)
+    r0 = int(min(max(math.floor(float(sc.horizon.min())) - 1, 0), h - 1))
+    gh, gw = max((h - r0 + 1) // 2, 1), max((w + 1) // 2, 1)
+    gy = r0 + np.arange(gh, dtype=np.float32) * ((h - r0) / gh) + 0.5
+    gx = np.arange(gw, dtype=np.float32) * (w / gw) + 0.5
+    d = gy[:, None] - np.interp(gx, np.arange(w), sc.horizon).astype(np.float32)[None, :]
+    detail, patch = _ground_texture(rng, sc, d, gx - w / 2)
+    fade = np.clip(d * (1.0 / (0.2 * (h - sc.y0) + 1)), 0.1, 1.0)
+    sand = np.asarray(sc.pal["sand"], np.float32)
+    soil = _jit(rng, sc.spec.soil, 0.06) - sand
+    amp = rng.uniform(0.12, 0.2)
+    col = sand * (1 + amp * detail * fade)[..., None] + soil * (np.clip(patch * 1.6, 0, 1) * fade)[..., None]
+    col = np.maximum(col, 0)
+    col = cv2.resize(cv2.convertScaleAbs(col), (w, h - r0), interpolation=cv2.INTER_LINEAR)
+    inside = np.zeros((h - r0, w), np.uint8)
+    cv2.fillPoly(inside, [_pts(pts - (0, r0))], 1, _L8)
+    cv2.copyTo(col, inside, sc.rgb[r0:])
+
+
+def _ground_texture(
+    rng: np.random.Generator, sc: _Scene, d: np.ndarray, xs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two noise fields laid on the ground plane (finer toward the horizon): detail and soil patches.
+
+    A pixel ``d`` rows below the horizon and ``xs`` columns right of the centre sees
+    ground at depth ~1/d, so texture coordinates are ``(xs * c / d, f * c / d)`` (a
+    pinhole camera over flat ground). The texture tiles, so coordinates wrap.
+    """
+    n = 256
+    tex = _tile_noise(rng, n, 8) * 0.4 + _tile_noise(rng, n, 32) * 0.35 + _tile_noise(rng, n, 64) * 0.25
+    patch = _tile_noise(rng, 64, 4)  # soil patches: 16 texels a cell, sampled at 1/16 scale
+    depth = sc.h - sc.y0
+    cf = depth * depth / 3.0  # about 3 px per texel (vertically) at the bottom row
+    c = cf / (0.9 * sc.w)
+    inv = 1.0 / np.maximum(d, 2.0)
+    u, v = xs[None, :] * (c * inv), cf * inv
+    outs = []
+    for src, k, m in ((tex, 1.0, n), (patch, 0.0625, 64)):
+        ou, ov = (float(o) for o in rng.uniform(0, m, 2))
+        mu, mv = u * k + ou, v * k + ov
+        mu -= np.floor(mu * (1.0 / m)) * m  # wrap into [0, m): remap is slow far outside
+        mv -= np.floor(mv * (1.0 / m)) * m
+        outs.append(cv2.remap(src, mu, mv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP))
+    return outs[0], outs[1]
 
 
 # ---- the objects ----------------------------------------------------------------------------------
@@ -429,7 +489,7 @@ def _rock(sc: _Scene, x: float, y: float, s: float) -> None:
     sc.poly(pts, base * 0.6, ROCKS)
     c = np.array([x, cy])
     for k, (f, g) in enumerate(((0.85, 0.9), (0.55, 1.12))):
-        shift = np.array([sc.sun * 0.12 * rx, -0.15 * ry]) * (k + 1)
+        shift = np.array([sc.sun * 0.07 * rx, -0.09 * ry]) * (k + 1)  # stays inside the outline
         sc.poly_rgb((pts - c) * f + c + shift, np.minimum(base * g + 6 * k, 255))
     if r > 6 and rng.random() < 0.5:  # a crack
         a = rng.uniform(0, np.pi)
@@ -450,7 +510,9 @@ def _lush_bush(sc: _Scene, x: float, y: float, s: float) -> None:
     light = np.minimum(base * 1.25 + 8, 255)
     for i in np.argsort(by):  # higher (farther) blobs first, lower ones in front
         sc.ellipse((bx[i], by[i]), (br[i], br[i] * 0.9), 0, base * shade[i], LUSH)
-        sc.ellipse((bx[i] + sc.sun * br[i] * 0.25, by[i] - br[i] * 0.25), (br[i] * 0.6, br[i] * 0.5), 0, light, None)
+        sc.ellipse(
+            (bx[i] + sc.sun * br[i] * 0.25, by[i] - br[i] * 0.25), (br[i] * 0.6, br[i] * 0.5), 0, light, None
+        )
     if big > 8:  # leaf speckles
         m = int(min(big * 3, 80))
         p = np.stack([x + rng.uniform(-1.1, 1.1, m) * big, y - big * rng.uniform(0.1, 1.4, m)], 1)
@@ -473,7 +535,9 @@ def _dry_bush(sc: _Scene, x: float, y: float, s: float) -> None:
     ex, ey = mx + np.cos(a2) * ln * 0.5, my + np.sin(a2) * ln * 0.5
     twigs = np.stack([np.stack([bx, np.full(n, y)], 1), np.stack([mx, my], 1), np.stack([ex, ey], 1)], 1)
     a3 = a2 + rng.choice([-1, 1], n) * rng.uniform(0.4, 0.9, n)
-    side = np.stack([np.stack([mx, my], 1), np.stack([mx + np.cos(a3) * ln * 0.3, my + np.sin(a3) * ln * 0.3], 1)], 1)
+    side = np.stack(
+        [np.stack([mx, my], 1), np.stack([mx + np.cos(a3) * ln * 0.3, my + np.sin(a3) * ln * 0.3], 1)], 1
+    )
     side = side[rng.random(n) < 0.5]
     g1, g2 = rng.integers(0, 3, n), rng.integers(0, 3, len(side))
     for g, f in enumerate((0.7, 1.0, 1.3)):
@@ -484,7 +548,13 @@ def _dry_bush(sc: _Scene, x: float, y: float, s: float) -> None:
         k = int(rng.integers(2, 7))
         aa, dd = rng.uniform(-np.pi, 0, k), r * rng.uniform(0.3, 0.8, k)
         for i in range(k):
-            sc.ellipse((x + math.cos(aa[i]) * dd[i], y + math.sin(aa[i]) * dd[i]), (r * 0.12, r * 0.08), 0, base * 0.8, DRY_BUSH)
+            sc.ellipse(
+                (x + math.cos(aa[i]) * dd[i], y + math.sin(aa[i]) * dd[i]),
+                (r * 0.12, r * 0.08),
+                0,
+                base * 0.8,
+                DRY_BUSH,
+            )
 
 
 def _tree(sc: _Scene, x: float, y: float, s: float) -> None:
@@ -529,11 +599,15 @@ def _tree(sc: _Scene, x: float, y: float, s: float) -> None:
         sc.ellipse((bx[i], by[i]), (rr[i], rr[i] * 0.65), 0, canopy * 0.75, TREES)
     light = np.minimum(canopy * 1.15, 255)
     for i in range(k):
-        sc.ellipse((bx[i] + sc.sun * rr[i] * 0.2, by[i] - rr[i] * 0.2), (rr[i] * 0.6, rr[i] * 0.35), 0, light, None)
+        sc.ellipse(
+            (bx[i] + sc.sun * rr[i] * 0.2, by[i] - rr[i] * 0.2), (rr[i] * 0.6, rr[i] * 0.35), 0, light, None
+        )
     if ht > 30:  # foliage speckles
         m = int(min(ht * 2, 150))
         i = rng.integers(0, k, m)
-        p = np.stack([bx[i] + rng.uniform(-0.9, 0.9, m) * rr[i], by[i] + rng.uniform(-0.6, 0.6, m) * rr[i]], 1)
+        p = np.stack(
+            [bx[i] + rng.uniform(-0.9, 0.9, m) * rr[i], by[i] + rng.uniform(-0.6, 0.6, m) * rr[i]], 1
+        )
         sc.lines(np.stack([p, p + (1, 0)], 1), canopy * 0.55, 1, None)
 
 
@@ -555,7 +629,9 @@ def _log(sc: _Scene, x: float, y: float, s: float) -> None:
     nbark = int(np.clip(ln / 12, 2, 8))
     o = rng.uniform(-0.35, 0.35, nbark) * t
     along = np.sort(rng.uniform(-0.45, 0.45, (nbark, 2)) * ln, axis=1)
-    bark = np.stack([np.stack([cx + ux * along[:, j] + nx * o, cy + uy * along[:, j] + ny * o], 1) for j in (0, 1)], 1)
+    bark = np.stack(
+        [np.stack([cx + ux * along[:, j] + nx * o, cy + uy * along[:, j] + ny * o], 1) for j in (0, 1)], 1
+    )
     sc.lines(bark, wood * 0.45, 1, None)
     end = (cx + ux * ln * 0.5, cy + uy * ln * 0.5)
     sc.ellipse(end, (t * 0.22, t * 0.5), ang, np.minimum(wood * 1.25 + 10, 255), LOGS)
@@ -575,11 +651,11 @@ def _grass_patch(sc: _Scene, x: float, y: float, s: float, tufts_only: bool = Fa
         rad = rng.uniform(0.7, 1.0, n)
         under = np.stack([x + rx * rad * np.cos(ang), y + ry * rad * np.sin(ang)], 1)
         ground = np.asarray(sc.pal["sand"], np.float32)
-        sc.poly(under, ground * 0.55 + base * 0.35, DRY_GRASS)
-        k = int(np.clip(rx * ry / 30, 3, 80))
+        sc.poly(under, ground * 0.3 + base * 0.5, DRY_GRASS)
+        k = int(np.clip(rx * ry / 16, 3, 90))
     bl = max(s * sc.h * rng.uniform(0.03, 0.07), 2.0)
     thick = max(int(round(bl / 25)), 1)
-    per = rng.integers(5, 13, k)
+    per = rng.integers(4, 10, k)
     tx = np.repeat(x + rng.uniform(-0.9, 0.9, k) * rx, per)
     ty = np.repeat(y + rng.uniform(-0.7, 0.7, k) * ry, per)
     nb = len(tx)
@@ -599,18 +675,34 @@ def _clutter(sc: _Scene, x: float, y: float, s: float) -> None:
     n = int(rng.integers(5, 18))
     px, py = x + rng.uniform(-1, 1, n) * spread, y + rng.uniform(-0.3, 0.3, n) * spread
     r = s * sc.h * rng.uniform(0.002, 0.008, n) + 0.5
-    asp, rot, tone, woody = rng.uniform(1, 1.8, n), rng.uniform(0, 180, n), rng.uniform(0.6, 1.3, n), rng.random(n) > 0.7
+    asp, rot, tone, woody = (
+        rng.uniform(1, 1.8, n),
+        rng.uniform(0, 180, n),
+        rng.uniform(0.6, 1.3, n),
+        rng.random(n) > 0.7,
+    )
     for i in range(n):
-        sc.ellipse((px[i], py[i]), (r[i] * asp[i], r[i]), rot[i], wood if woody[i] else base * tone[i], CLUTTER)
+        sc.ellipse(
+            (px[i], py[i]), (r[i] * asp[i], r[i]), rot[i], wood if woody[i] else base * tone[i], CLUTTER
+        )
     if rng.random() < 0.5:  # twigs and debris
         m = int(rng.integers(2, 6))
         qx, qy = x + rng.uniform(-1, 1, m) * spread, y + rng.uniform(-0.3, 0.3, m) * spread
         ln, a = s * sc.h * rng.uniform(0.005, 0.02, m) + 1, rng.uniform(0, np.pi, m)
-        tw = np.stack([np.stack([qx, qy], 1), np.stack([qx + np.cos(a) * ln, qy + np.sin(a) * ln * 0.4], 1)], 1)
+        tw = np.stack(
+            [np.stack([qx, qy], 1), np.stack([qx + np.cos(a) * ln, qy + np.sin(a) * ln * 0.4], 1)], 1
+        )
         sc.lines(tw, _jit(rng, sc.pal["trunk"]) * 0.8, 1, CLUTTER)
 
 
-_FLOWER_COLOURS = ((236, 206, 40), (226, 80, 150), (150, 90, 200), (244, 240, 232), (240, 130, 40), (220, 50, 60))
+_FLOWER_COLOURS = (
+    (236, 206, 40),
+    (226, 80, 150),
+    (150, 90, 200),
+    (244, 240, 232),
+    (240, 130, 40),
+    (220, 50, 60),
+)
 
 
 def _flowers(sc: _Scene, x: float, y: float, s: float) -> None:
@@ -696,68 +788,55 @@ def _render(rng: np.random.Generator, h: int, w: int, spec: BiomeSpec) -> tuple[
     return _finish(sc, elev), sc.ids
 
 
-def _ground_texture(rng: np.random.Generator, sc: _Scene, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two noise fields laid on the ground plane (finer toward the horizon): detail and soil patches.
+_GRAIN_SIZE = 1280
+_grain_cache: list[np.ndarray] = []
 
-    A pixel ``d`` rows below the horizon sees ground at depth ~1/d, so texture
-    coordinates are ``(x * c / d, f * c / d)`` (a pinhole camera over a flat ground).
-    Only rows that hold ground are mapped; the texture tiles, so coordinates wrap.
-    """
-    n = 256
-    tex = _tile_noise(rng, n, 8) * 0.4 + _tile_noise(rng, n, 32) * 0.35 + _tile_noise(rng, n, 96) * 0.25
-    patch = _tile_noise(rng, n, 4)
-    r0 = int(max(math.floor(float(sc.horizon.min())), 0))
-    dd = np.maximum(d[r0:], 2.0)
-    depth = sc.h - sc.y0
-    cf = depth * depth / 3.0  # about 3 px per texel (vertically) at the bottom row
-    c = cf / (0.9 * sc.w)
-    inv = 1.0 / dd
-    xs = np.arange(sc.w, dtype=np.float32)[None, :] - sc.w / 2
-    u, v = xs * (c * inv), cf * inv
-    detail = np.zeros(d.shape, np.float32)
-    soil = np.zeros(d.shape, np.float32)
-    for out, src, k in ((detail, tex, 1.0), (soil, patch, 0.25)):
-        ou, ov = rng.uniform(0, n, 2)
-        mu = np.mod(u * k + ou, n).astype(np.float32)
-        mv = np.mod(v * k + ov, n).astype(np.float32)
-        out[r0:] = cv2.remap(src, mu, mv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
-    return detail, soil
+
+def _grain(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Per-pixel uniform noise in [-0.5, 0.5): a random window of a fixed noise tile (cheap
+    and still deterministic), or fresh noise for images larger than the tile."""
+    if h > _GRAIN_SIZE // 2 or w > _GRAIN_SIZE // 2:
+        return rng.random((h, w), dtype=np.float32) - np.float32(0.5)
+    if not _grain_cache:
+        tile = np.random.default_rng(20240611).random((_GRAIN_SIZE, _GRAIN_SIZE), dtype=np.float32)
+        _grain_cache.append(tile - np.float32(0.5))
+    y, x = (int(v) for v in rng.integers(0, _GRAIN_SIZE // 2, 2))
+    return _grain_cache[0][y : y + h, x : x + w]
 
 
 def _finish(sc: _Scene, elev: float) -> np.ndarray:
+    """Per-class texture, haze, light and grain in a few whole-image operations:
+    ``out = rgb * (1 + tex[class] * noise) * (1 - haze) * gain + haze * haze_colour * gain``."""
     rng, spec, h, w, ids = sc.rng, sc.spec, sc.h, sc.w, sc.ids
-    d = np.arange(h, dtype=np.float32)[:, None] - sc.horizon[None, :]  # rows below the horizon
-    g_detail, g_patch = _ground_texture(rng, sc, d)
-    mid = _noise2d(rng, h, w, max(h // 8, 2), max(w // 8, 2))
-    hi = rng.random((h, w), dtype=np.float32)
-    hi -= 0.5
-    # Texture fades toward the horizon, where the ground is far and detail is lost.
-    fade = np.clip(d * (1.0 / (0.2 * (h - sc.y0) + 1)), 0.1, 1.0)
-    mod = cv2.LUT(ids, _TEX_GROUND) * g_detail * fade
-    mod += cv2.LUT(ids, _TEX_MID) * mid
-    mod += cv2.LUT(ids, _TEX_HI) * hi * 2
+    # Haze: distant things fade into the haze colour. It is smooth, so it is computed on a
+    # coarse grid and upsampled; above the horizon it is 0 (far layers are drawn hazy).
+    qh, qw = max(h // 8, 2), max(w // 8, 2)
+    qy = np.linspace(0, h - 1, qh, dtype=np.float32)
+    qx = np.linspace(0, w - 1, qw, dtype=np.float32)
+    d = qy[:, None] - np.interp(qx, np.arange(w), sc.horizon).astype(np.float32)[None, :]
+    f = (rng.uniform(*spec.haze_strength) * np.exp(-d / (0.12 * (h - sc.y0) + 1)) * (d > 0)).astype(
+        np.float32
+    )
+    haze = _jit(rng, spec.haze, 0.04)
+    # Light: brightness and colour temperature (a low sun is warmer).
+    warm = float(np.clip((45 - elev) / 40, 0, 1))
+    gain = rng.uniform(*spec.brightness) * np.array([1 + 0.06 * warm, 1.0, 1 - 0.08 * warm])
+    gain = gain * rng.uniform(0.96, 1.04, 3)
+    add = cv2.resize(
+        (f[..., None] * (haze * gain)).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR
+    )
+    keep = cv2.resize(1.0 - f, (w, h), interpolation=cv2.INTER_LINEAR)
+    # Texture and grain: multiplicative noise whose strength depends on the class.
+    noise = _noise2d(rng, h, w, max(h // 8, 2), max(w // 8, 2), cv2.INTER_LINEAR)
+    noise += _grain(rng, h, w)
+    mod = cv2.LUT(ids, _TEX)
+    mod *= noise
     mod += 1.0
-    # Haze: distant things fade into the haze colour (the sky stays as drawn).
-    hs = rng.uniform(*spec.haze_strength)
-    f = cv2.exp(np.maximum(d, 0) * (-1.0 / (0.12 * (h - sc.y0) + 1)))
-    f *= cv2.LUT(ids, _NOT_SKY) * hs
-    # Light: brightness and colour temperature (low sun is warmer), then sensor grain.
-    warm = np.clip((45 - elev) / 40, 0, 1)
-    gain = rng.uniform(*spec.brightness) * np.array([1 + 0.06 * warm, 1.0, 1 - 0.08 * warm], np.float32)
-    gain = (gain * rng.uniform(0.96, 1.04, 3)).astype(np.float32)
-    soil = (_jit(rng, spec.soil, 0.06) - sc.pal["sand"]).astype(np.float32)
-    haze = _jit(rng, spec.haze, 0.04).astype(np.float32)
-    # img = ((rgb * mod + soil * pa) * (1 - f) + haze * f) * gain + grain
-    keep = 1.0 - f
-    a = mod * keep
-    pa = np.clip(g_patch * 1.6, 0, 1) * cv2.LUT(ids, _SOIL_W) * fade * keep
-    img = sc.rgb.astype(np.float32)
-    img *= a[..., None]
-    img += pa[..., None] * soil
-    img += f[..., None] * haze
-    img *= gain
-    img += (hi * (2 * spec.grain))[..., None]
-    return np.clip(img, 0, 255).astype(np.uint8)
+    mod *= keep
+    mod3 = cv2.merge([mod * np.float32(g) for g in gain])
+    img = cv2.multiply(sc.rgb, mod3, dtype=cv2.CV_32F)
+    img = cv2.add(img, add)
+    return cv2.convertScaleAbs(img)  # saturates to uint8 (all values are >= 0)
 
 
 # ---- public API -----------------------------------------------------------------------------------
@@ -773,7 +852,9 @@ def _size(size) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in size)
     except (TypeError, ValueError):
-        raise ConfigError(f"size {size!r} is not (height, width); fix: give two integers, e.g. (540, 960)") from None
+        raise ConfigError(
+            f"size {size!r} is not (height, width); fix: give two integers, e.g. (540, 960)"
+        ) from None
     if h < 32 or w < 32:
         raise ConfigError(f"size {size!r} is too small; fix: use at least 32 x 32 pixels")
     return h, w
@@ -795,7 +876,7 @@ def generate_scene(
     spec = _biome(biome)
     h, w = _size(size)
     rgb, ids = _render(rng, h, w, spec)
-    return rgb, _RAW_LUT[ids]
+    return rgb, cv2.LUT(ids, _RAW_LUT)
 
 
 @dataclass(frozen=True)
@@ -853,7 +934,9 @@ def write_synthetic_dataset(
         if n < 0:
             raise ConfigError(f"n_{split} is {n}; fix: give a count of 0 or more")
     if sum(counts.values()) == 0:
-        raise ConfigError("nothing to write: n_train, n_val and n_test are all 0; fix: ask for at least one image")
+        raise ConfigError(
+            "nothing to write: n_train, n_val and n_test are all 0; fix: ask for at least one image"
+        )
     h, w = _size(size)
     test_biome = _default_test_biome(biome) if test_biome is None else test_biome
     biomes = {"train": biome, "val": biome, "test": test_biome}
@@ -885,8 +968,8 @@ def write_synthetic_dataset(
             rgb, ids = _render(rng, h, w, specs[split])
             pixels += np.bincount(ids.ravel(), minlength=11)
             name = f"synth_{split}_{i:06d}.png"
-            write_png(img_dir / name, rgb)
-            write_png(seg_dir / name, _RAW_LUT[ids])
+            _write_rgb_png(img_dir / name, rgb)
+            write_png(seg_dir / name, cv2.LUT(ids, _RAW_LUT))
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -906,6 +989,13 @@ def write_synthetic_dataset(
     return summary
 
 
+def _write_rgb_png(path: Path, rgb: np.ndarray) -> None:
+    """An RGB PNG at zlib level 1: grainy images barely compress better at the default
+    level 6, which takes about four times as long."""
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    atomic_save(path, lambda tmp: img.save(tmp, format="PNG", compress_level=1))
+
+
 def _readme(s: SynthSummary) -> str:
     lines = [
         "Synthetic desert scenes generated by offroadseg (offroadseg.data.synth).",
@@ -918,7 +1008,9 @@ def _readme(s: SynthSummary) -> str:
         f"size: {s.size[0]}x{s.size[1]} (height x width)",
     ]
     for split in SPLITS:
-        lines.append(f"{split}: {s.counts[split]} images, biome {s.biomes[split]} ({BIOMES[s.biomes[split]].description})")
+        lines.append(
+            f"{split}: {s.counts[split]} images, biome {s.biomes[split]} ({BIOMES[s.biomes[split]].description})"
+        )
     lines += ["", "class share of pixels:"]
     lines += [f"  {name}: {share * 100:.2f}%" for name, share in s.class_share.items()]
     lines.append(f"\nwritten in {s.seconds:.1f} s ({s.images_per_s:.1f} images/s)")

@@ -48,3 +48,17 @@ def make_toy_dataset(
             write_png(root / split / "Color_Images" / f"{name}.png", rgb)
             write_png(root / split / "Segmentation" / f"{name}.png", tax.decode(ids).astype(np.uint16))
     return root
+
+
+def toy_config(root: str | Path, run_dir: str | Path, *, overrides: list[str] | None = None):
+    """A config that trains the tiny random ViT on a toy set in seconds (tests, smoke runs)."""
+    from offroadseg.config import config_from_dict
+
+    h, w = 56, 84
+    data = {
+        "data": {"root": str(root), "image_size": [h, w], "num_workers": 0},
+        "model": {"backbone": {"name": "dinov2_test", "weights": "random"}, "head": {"name": "conv"}},
+        "train": {"epochs": 2, "batch_size": 2, "lr": 1e-3, "optimizer": "adamw"},
+        "run": {"dir": str(run_dir), "progress": False},
+    }
+    return config_from_dict(data, overrides)

@@ -6,7 +6,7 @@ import os
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from offroadseg.config import Config
 from offroadseg.data.datasets import Sample, SegmentationDataset, collate, list_samples, taxonomy_for
@@ -19,6 +19,25 @@ def default_workers(requested: int) -> int:
     if requested >= 0:
         return requested
     return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Each process takes every world_size-th sample, none repeated.
+
+    torch's DistributedSampler pads the split so every process gets as many samples as
+    the others, which counts some validation images twice in the confusion matrix.
+    Validation needs no equal shares (no gradient sync), so it gets exact shards.
+    """
+
+    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.indices = list(range(rank, len(dataset), num_replicas))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class SegDataModule(L.LightningDataModule):
@@ -49,12 +68,17 @@ class SegDataModule(L.LightningDataModule):
             full_res=cfg.eval.full_resolution,
         )
 
-    def _loader(self, dataset: Dataset, *, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, *, batch_size: int, shuffle: bool, exact_shards: bool = False) -> DataLoader:
         workers = default_workers(self.cfg.data.num_workers)
+        sampler = None
+        trainer = self.trainer
+        if exact_shards and trainer is not None and trainer.world_size > 1:
+            sampler = UnpaddedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank)
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
@@ -66,4 +90,4 @@ class SegDataModule(L.LightningDataModule):
         return self._loader(self.train_dataset, batch_size=self.cfg.train.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, batch_size=self.cfg.eval.batch_size, shuffle=False)
+        return self._loader(self.val_dataset, batch_size=self.cfg.eval.batch_size, shuffle=False, exact_shards=True)

@@ -80,8 +80,9 @@ class SegmentationModule(L.LightningModule):
         return self.model(images)
 
     def _logits(self, batch: dict) -> Tensor:
-        if "features" in batch:  # from the frozen-feature cache
-            return self.model.forward_head(list(batch["features"]), tuple(batch["mask"].shape[-2:]))
+        if "features" in batch:  # from the frozen-feature cache (stored in fp16; autocast recasts)
+            features = [f.float() for f in batch["features"]]
+            return self.model.forward_head(features, tuple(batch["mask"].shape[-2:]))
         return self.model(batch["image"])
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:

@@ -39,6 +39,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     val_scores: dict | None = None
     class_weights: list[float] | None = None
+    caches: dict | None = None  # CacheReport.to_dict(): stores used/built, sizes, messages
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -130,7 +131,7 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
 
     from offroadseg.training.caches import attach_caches  # noqa: PLC0415 (keeps import light)
 
-    attach_caches(cfg, dm, module)
+    cache_report = attach_caches(cfg, dm, module)
     trainer = build_trainer(cfg, run_dir)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -146,6 +147,7 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
         best_val_miou=_best(module.history),
         history=module.history,
         class_weights=weights,
+        caches=cache_report.to_dict(),
     )
     finish_run(cfg, run_dir, module, dm, result, steps_per_epoch=module.steps_per_epoch)
     return result

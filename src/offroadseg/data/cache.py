@@ -1,0 +1,431 @@
+"""On-disk array stores and the decoded-data cache.
+
+A *store* is a folder of ``.npy`` arrays plus ``manifest.json`` (format, key, shapes,
+dtypes), memory-mapped on open. It is built in a unique temporary folder beside its final
+place and moved there with one ``os.replace``, so a reader (or a second process building
+the same store) sees either no store or a whole one. A store whose manifest is missing,
+unreadable, from another format or for another key, or whose arrays are truncated or of
+the wrong shape, is refused with a :class:`CacheWarning` and rebuilt, never used.
+
+The decoded-data cache stores what :meth:`SegmentationDataset._load` returns, decoded and
+resized once: uint8 RGB images and uint8 train ids at the training size, plus the label's
+full-resolution ids when validation scores at full resolution. Its key covers the file
+list (paths, sizes, mtimes), the training size, the taxonomy and the unknown-value policy.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from offroadseg.data.datasets import Sample, load_pair, resize_image, resize_mask
+from offroadseg.data.io import image_size as read_image_size
+from offroadseg.errors import DataError
+from offroadseg.taxonomy import Taxonomy
+
+__all__ = [
+    "CACHE_FORMAT",
+    "CacheWarning",
+    "DecodedCache",
+    "Store",
+    "build_store",
+    "cache_root",
+    "decoded_key",
+    "file_fingerprints",
+    "open_decoded_cache",
+    "open_or_build_store",
+    "open_store",
+    "check_store",
+]
+
+# Bump when the layout or the meaning of a stored array changes: older stores are rebuilt.
+CACHE_FORMAT = 1
+MANIFEST = "manifest.json"
+
+Fill = Callable[[dict[str, np.ndarray]], dict[str, Any] | None]
+
+
+class CacheWarning(UserWarning):
+    """A cache was refused (corrupt, stale, other settings) or turned off; says why."""
+
+
+@dataclass
+class Store:
+    """An opened store: memory-mapped read-only arrays and what its manifest says."""
+
+    path: Path
+    key: str
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+    built: bool = False  # built by this call (False: reused)
+    build_s: float = 0.0  # seconds this call spent building it
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.arrays.values())
+
+
+def cache_root(directory: str | None) -> Path:
+    """``data.cache.dir`` when set, else ``<offroadseg cache dir>`` (``$OFFROADSEG_CACHE_DIR`` wins)."""
+    if directory:
+        return Path(directory).expanduser()
+    from offroadseg.models.weights import cache_dir  # noqa: PLC0415 (keeps torch/transformers out)
+
+    return cache_dir()
+
+
+def hash_key(payload: Any) -> str:
+    """sha256 of a JSON-serialisable payload (the cache format is always part of it)."""
+    text = json.dumps({"format": CACHE_FORMAT, "payload": payload}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_fingerprints(samples: Iterable[Sample]) -> list[list]:
+    """``[path, size, mtime_ns]`` of every image and label file, sorted by path."""
+    rows = []
+    for s in samples:
+        for p in (s.image, s.label):
+            if p is None:
+                continue
+            st = Path(p).stat()
+            rows.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
+    return sorted(rows)
+
+
+# ---- stores ------------------------------------------------------------------------------------
+def _read_manifest(path: Path) -> dict:
+    return json.loads((path / MANIFEST).read_text())
+
+
+def open_store(path: str | Path, key: str) -> Store | None:
+    """Open the store at ``path`` if it is whole and was built for ``key``.
+
+    Returns:
+        The store, or None when there is none. A store that exists but is unusable
+        (corrupt, other format, other key, truncated array) also gives None, with a
+        :class:`CacheWarning` that says why.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    reason = check_store(path, key)
+    if isinstance(reason, Store):
+        return reason
+    warnings.warn(f"cache {path} is not usable ({reason}); rebuilding it", CacheWarning, stacklevel=2)
+    return None
+
+
+def check_store(path: Path, key: str) -> Store | str:
+    try:
+        manifest = _read_manifest(path)
+    except FileNotFoundError:
+        return "no manifest: an interrupted or foreign folder"
+    except (OSError, ValueError) as exc:
+        return f"unreadable manifest: {exc}"
+    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
+        return f"cache format {manifest.get('format') if isinstance(manifest, dict) else '?'}, expected {CACHE_FORMAT}"
+    if manifest.get("key") != key:
+        return "built for other files or settings (key mismatch)"
+    arrays = {}
+    for name, spec in (manifest.get("arrays") or {}).items():
+        file = path / f"{name}.npy"
+        try:
+            arr = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:  # missing, truncated (mmap length) or bad header
+            return f"array {file.name} unreadable: {exc}"
+        if list(arr.shape) != list(spec["shape"]) or arr.dtype.str != spec["dtype"]:
+            return (
+                f"array {file.name} is {arr.dtype.str}{list(arr.shape)}, manifest says "
+                f"{spec['dtype']}{spec['shape']}"
+            )
+        expected = arr.offset + arr.nbytes
+        if file.stat().st_size != expected:
+            return f"array {file.name} has {file.stat().st_size} bytes, expected {expected}"
+        arrays[name] = arr
+    return Store(path=path, key=key, arrays=arrays, meta=manifest.get("meta") or {})
+
+
+def _remove_tree(path: Path) -> None:
+    """Move a folder out of the way atomically, then delete it (a reader never sees half of it)."""
+    trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.replace(path, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _preallocate(file: Path) -> None:
+    """Reserve the blocks of a memory-mapped file now, so a full disk raises ENOSPC here
+    instead of killing the process with SIGBUS when a page is written later."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(file, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystem cannot: writes decide
+                    return
+                raise
+    finally:
+        os.close(fd)
+
+
+def build_store(
+    path: str | Path,
+    key: str,
+    specs: dict[str, tuple[tuple[int, ...], Any]],
+    fill: Fill,
+) -> Store:
+    """Build a store atomically and return it opened.
+
+    Args:
+        path: the store's final folder.
+        key: what the store was built for (checked on every open).
+        specs: ``name -> (shape, dtype)`` of each array.
+        fill: writes the arrays (given as writable memory maps); returns extra manifest metadata.
+
+    Raises:
+        DataError: the disk is full or not writable (nothing is left behind).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    need = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in specs.values())
+    free = shutil.disk_usage(path.parent).free
+    if need > free:
+        raise DataError(
+            f"not enough disk space for the cache {path}: needs {need / 2**30:.2f} GiB, "
+            f"{free / 2**30:.2f} GiB free; fix: set data.cache.dir=<a folder on a larger disk> "
+            f"or turn the cache off (data.cache.decoded=false data.cache.features=false)"
+        )
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-{socket.gethostname()}-{os.getpid()}-", dir=path.parent))
+    start = time.perf_counter()
+    try:
+        arrays = {}
+        for name, (shape, dtype) in specs.items():
+            file = tmp / f"{name}.npy"
+            arrays[name] = np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=tuple(shape))
+            _preallocate(file)
+        meta = fill(arrays) or {}
+        for arr in arrays.values():
+            arr.flush()
+        manifest = {
+            "format": CACHE_FORMAT,
+            "key": key,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "arrays": {n: {"shape": list(a.shape), "dtype": a.dtype.str} for n, a in arrays.items()},
+            "meta": meta,
+        }
+        del arrays
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))  # written last: marks a whole store
+        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the cache may be shared
+        _install(tmp, path, key)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise DataError(
+                f"could not write the cache {path} ({exc}); nothing was left behind; fix: free space, "
+                f"set data.cache.dir=<another folder> or turn the cache off"
+            ) from exc
+        raise
+    store = check_store(path, key)
+    if not isinstance(store, Store):  # replaced meanwhile by something unusable: a bug or a foreign writer
+        raise DataError(f"cache {path} was changed while it was being opened ({store}); run again")
+    store.built = True
+    store.build_s = time.perf_counter() - start
+    return store
+
+
+def _install(tmp: Path, path: Path, key: str) -> None:
+    if path.exists() and not isinstance(check_store(path, key), Store):
+        _remove_tree(path)  # stale or corrupt: out of the way (already warned about by open_store)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        # Another process installed the same store first (a directory is not replaced when not empty).
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not isinstance(check_store(path, key), Store):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def open_or_build_store(
+    path: str | Path,
+    key: str,
+    specs: Callable[[], dict[str, tuple[tuple[int, ...], Any]]],
+    fill: Fill,
+) -> Store:
+    """The store at ``path`` for ``key``: reused when whole and matching, else (re)built."""
+    store = open_store(path, key)
+    if store is not None:
+        return store
+    return build_store(path, key, specs(), fill)
+
+
+# ---- decoded-data cache ------------------------------------------------------------------------
+def decoded_key(
+    samples: list[Sample],
+    taxonomy: Taxonomy,
+    *,
+    image_size: tuple[int, int],
+    unknown: str,
+    full_res: bool,
+) -> str:
+    """What a decoded store depends on: files, training size, taxonomy, unknown policy, full-res masks."""
+    return hash_key(
+        {
+            "kind": "decoded",
+            "files": file_fingerprints(samples),
+            "order": [s.name for s in samples],
+            "image_size": [int(image_size[0]), int(image_size[1])],
+            "taxonomy": taxonomy.to_dict(),
+            "unknown": unknown,
+            "full_res": bool(full_res),
+        }
+    )
+
+
+class DecodedCache:
+    """A :data:`~offroadseg.data.datasets.PairLoader` backed by a memory-mapped store.
+
+    ``cache(i)`` returns ``(image uint8 [H, W, 3], ids uint8 [H, W], full ids or None)``,
+    exactly what the dataset's own loader returns. Picklable for DataLoader workers: the
+    memory maps are reopened in each process.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.path = store.path
+        self.key = store.key
+        self.build_s = store.build_s
+        self.built = store.built
+        self.nbytes = store.nbytes
+        self._arrays: dict[str, np.ndarray] | None = store.arrays
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_arrays"] = None
+        return state
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            store = check_store(self.path, self.key)
+            if not isinstance(store, Store):
+                raise DataError(f"decoded cache {self.path} changed during the run ({store}); run again")
+            self._arrays = store.arrays
+        return self._arrays
+
+    def __len__(self) -> int:
+        return int(self.arrays["images"].shape[0])
+
+    def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        a = self.arrays
+        image = np.array(a["images"][index])
+        ids = np.array(a["masks"][index])
+        full = None
+        if "full_flat" in a:
+            start, stop = (int(v) for v in a["full_offsets"][index : index + 2])
+            h, w = (int(v) for v in a["full_shapes"][index])
+            full = np.array(a["full_flat"][start:stop]).reshape(h, w)
+        return image, ids, full
+
+
+def _decode_one(sample: Sample, taxonomy: Taxonomy, size: tuple[int, int], unknown: str):
+    image, ids = load_pair(sample, taxonomy, unknown=unknown)
+    if ids is None:
+        raise DataError(f"image {sample.image} has no mask; fix: add it or remove the image")
+    return resize_image(image, size), resize_mask(ids, size), ids
+
+
+class _DecodeJobs:
+    """Decode samples in DataLoader workers (picklable)."""
+
+    def __init__(self, samples, taxonomy, size, unknown):
+        self.samples, self.taxonomy, self.size, self.unknown = samples, taxonomy, size, unknown
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        return i, *_decode_one(self.samples[i], self.taxonomy, self.size, self.unknown)
+
+
+def open_decoded_cache(
+    samples: list[Sample],
+    taxonomy: Taxonomy,
+    *,
+    image_size: tuple[int, int],
+    unknown: str = "error",
+    full_res: bool = False,
+    root: str | Path | None = None,
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> DecodedCache:
+    """The decoded store of ``samples``: reused when it matches, else built (decoded once).
+
+    Args:
+        root: cache root folder (default: :func:`cache_root`); the store lives in ``<root>/decoded/``.
+        workers: processes that decode while the main process writes.
+        progress: called with ``(done, total)`` while building.
+    """
+    size = (int(image_size[0]), int(image_size[1]))
+    key = decoded_key(samples, taxonomy, image_size=size, unknown=unknown, full_res=full_res)
+    path = Path(root) if root is not None else cache_root(None)
+    path = path / "decoded" / key[:32]
+    n = len(samples)
+    shapes: list[tuple[int, int]] = []
+
+    def specs():
+        out = {"images": ((n, *size, 3), np.uint8), "masks": ((n, *size), np.uint8)}
+        if full_res:
+            shapes[:] = [read_image_size(s.label) for s in samples]
+            total = sum(h * w for h, w in shapes)
+            out.update(
+                full_flat=((total,), np.uint8),
+                full_offsets=((n + 1,), np.int64),
+                full_shapes=((n, 2), np.int32),
+            )
+        return out
+
+    def fill(arrays: dict[str, np.ndarray]) -> dict:
+        from torch.utils.data import DataLoader  # noqa: PLC0415
+
+        if full_res:
+            offsets = np.zeros(n + 1, dtype=np.int64)
+            offsets[1:] = np.cumsum([h * w for h, w in shapes])
+            arrays["full_offsets"][:] = offsets
+            arrays["full_shapes"][:] = np.array(shapes, dtype=np.int32).reshape(n, 2)
+        loader = DataLoader(
+            _DecodeJobs(samples, taxonomy, size, unknown),
+            batch_size=None,
+            num_workers=workers,
+            collate_fn=lambda x: x,
+        )
+        for done, (i, image, ids, full) in enumerate(loader, start=1):
+            arrays["images"][i] = image
+            arrays["masks"][i] = ids
+            if full_res:
+                if tuple(full.shape) != shapes[i]:
+                    raise DataError(f"mask {samples[i].label} changed size while the cache was built; run again")
+                arrays["full_flat"][offsets[i] : offsets[i + 1]] = full.reshape(-1)
+            if progress is not None:
+                progress(done, n)
+        return {"samples": n, "image_size": list(size)}
+
+    return DecodedCache(open_or_build_store(path, key, specs, fill))

@@ -1,0 +1,321 @@
+"""ONNX export of a trained segmentor, and a predictor that runs the file with ONNX Runtime.
+
+The ONNX file carries everything ``offroadseg predict`` needs, as JSON in the model's
+``metadata_props`` under the key ``offroadseg``: the taxonomy, the input size,
+normalisation, patch size, whether the spatial axes are dynamic, and the eval settings
+(TTA, sliding window) of the config it was trained with.
+
+Export uses the TorchScript-based exporter (``dynamo=False``): it needs no extra package
+and handles dynamic height/width. Two export-only rewrites keep the graph portable:
+``AdaptiveAvgPool2d`` (the PPM head) becomes an equivalent pair of matrix products, which
+the exporter supports at any input size; with ``--dynamic`` the model takes sides that are
+multiples of the patch size and the predictor pads and crops around it, as the PyTorch
+segmentor does internally.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from offroadseg import __version__
+from offroadseg.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+from offroadseg.errors import ModelError
+from offroadseg.inference.predictor import Predictor, TTAConfig
+from offroadseg.taxonomy import taxonomy_from_dict
+
+__all__ = ["ONNX_FORMAT", "OnnxRunner", "export_onnx", "load_onnx_predictor", "read_onnx_metadata"]
+
+META_KEY = "offroadseg"
+ONNX_FORMAT = 1
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+_PIP_ONNX = 'pip install "offroadseg[onnx]"'
+
+
+# ---- export ---------------------------------------------------------------------------------------
+def _bin_matrix(n: Tensor | int, bins: int, dtype: torch.dtype) -> Tensor:
+    """``[bins, n]`` averaging matrix of adaptive average pooling (PyTorch's bin edges)."""
+    i = torch.arange(bins)
+    start = torch.div(i * n, bins, rounding_mode="floor")
+    end = torch.div((i + 1) * n + bins - 1, bins, rounding_mode="floor")
+    j = torch.arange(n)
+    m = ((j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])).to(dtype)
+    return m / m.sum(dim=1, keepdim=True)
+
+
+class MatmulAdaptiveAvgPool2d(nn.Module):
+    """``AdaptiveAvgPool2d`` as ``P_h @ x @ P_w^T``: exportable at any (dynamic) input size."""
+
+    def __init__(self, output_size: int | tuple[int | None, int | None]) -> None:
+        super().__init__()
+        self.output_size = output_size if isinstance(output_size, tuple) else (output_size, output_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        oh = self.output_size[0] or h
+        ow = self.output_size[1] or w
+        return _bin_matrix(h, oh, x.dtype) @ x @ _bin_matrix(w, ow, x.dtype).transpose(0, 1)
+
+
+def _exportable(model: nn.Module) -> nn.Module:
+    model = copy.deepcopy(model).cpu().eval().float()
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.AdaptiveAvgPool2d):
+                setattr(module, name, MatmulAdaptiveAvgPool2d(child.output_size))
+    return model
+
+
+class _PatchMultipleSegmentor(nn.Module):
+    """Backbone + head + upsampling with no Python-side shape arithmetic (dynamic export).
+
+    Takes sides that are multiples of the patch size; equals ``Segmentor.forward`` there.
+    """
+
+    def __init__(self, segmentor: nn.Module) -> None:
+        super().__init__()
+        self.backbone = segmentor.backbone
+        self.head = segmentor.head
+
+    def forward(self, images: Tensor) -> Tensor:
+        logits = self.head(self.backbone(images))
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def export_onnx(
+    loaded,
+    path: str | Path,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    dynamic: bool = False,
+    opset: int = 17,
+) -> dict[str, Any]:
+    """Write ``loaded``'s model as an ONNX file with its metadata; return the metadata.
+
+    Args:
+        loaded: a :class:`~offroadseg.inference.checkpoint.LoadedModel`.
+        path: the ``.onnx`` file to write (atomically).
+        height, width: the input size (default: the config's ``data.image_size``). A fixed-size
+            model takes exactly this size; a ``dynamic`` one resizes inputs to it by default.
+        dynamic: make height and width dynamic (needed for multi-scale TTA).
+        opset: ONNX opset version.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise ModelError(f"ONNX export needs the onnx package; fix: {_PIP_ONNX}") from None
+    from offroadseg.data.io import atomic_save
+
+    cfg = loaded.config
+    seg = loaded.model
+    p = int(seg.patch_size)
+    size = (int(height or cfg.data.image_size[0]), int(width or cfg.data.image_size[1]))
+    if size[0] < p or size[1] < p:
+        raise ModelError(f"export size {size[0]}x{size[1]} is smaller than the patch size {p}; fix: use >= {p}")
+    model = _exportable(seg)
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    if dynamic:
+        model = _PatchMultipleSegmentor(model)
+        dummy_size = tuple(-(-s // p) * p for s in size)
+        axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+    else:
+        dummy_size = size
+    dummy = torch.zeros(1, 3, *dummy_size)
+    meta = {
+        "format": ONNX_FORMAT,
+        "offroadseg_version": __version__,
+        "taxonomy": loaded.taxonomy.to_dict(),
+        "image_size": list(size),
+        "train_image_size": list(cfg.data.image_size),
+        "patch_size": p,
+        "dynamic": bool(dynamic),
+        "mean": [float(x) for x in IMAGENET_MEAN],
+        "std": [float(x) for x in IMAGENET_STD],
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        "eval": dict(vars(cfg.eval)),
+        "model": {"backbone": cfg.model.backbone.name, "head": cfg.model.head.name},
+        "source": Path(getattr(loaded, "path", "")).name,
+    }
+
+    def save(tmp: Path) -> None:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                opset_version=opset,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_KEY, json.dumps(meta)
+        proto.producer_name = "offroadseg"
+        onnx.save(proto, str(tmp))
+
+    atomic_save(path, save)
+    return meta
+
+
+# ---- runtime --------------------------------------------------------------------------------------
+def _session(path: Path, *, device: str = "auto", threads: int | None = None):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ModelError(f"running {path} needs onnxruntime; fix: {_PIP_ONNX}") from None
+    available = ort.get_available_providers()
+    if device == "cpu":
+        providers = ["CPUExecutionProvider"]
+    elif device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise ModelError(
+                f"--device {device} asked for, but this onnxruntime has no CUDA provider (it has "
+                f"{', '.join(available)}); fix: pip install onnxruntime-gpu, or use --device cpu"
+            )
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    else:
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        raise ModelError(
+            f"{path} is not a loadable ONNX model ({type(exc).__name__}: {str(exc)[:200]}); fix: re-export it "
+            f"with 'offroadseg export CHECKPOINT --format onnx'"
+        ) from None
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The offroadseg metadata of an ONNX file written by :func:`export_onnx`.
+
+    Raises:
+        ModelError: the file is missing, not ONNX, or carries no (or a newer) offroadseg metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"ONNX model {path} does not exist; fix: check the path")
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except ImportError:
+        raise ModelError(f"reading {path} needs the onnx package; fix: {_PIP_ONNX}") from None
+    except Exception as exc:  # noqa: BLE001 - protobuf decode errors have no common base
+        raise ModelError(
+            f"{path} is not a readable ONNX file ({type(exc).__name__}); fix: re-export it with "
+            f"'offroadseg export CHECKPOINT --format onnx'"
+        ) from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if META_KEY not in props:
+        raise ModelError(
+            f"{path} has no offroadseg metadata (taxonomy, input size, normalisation); fix: export it with "
+            f"'offroadseg export CHECKPOINT --format onnx'"
+        )
+    meta = json.loads(props[META_KEY])
+    if meta.get("format") != ONNX_FORMAT:
+        raise ModelError(
+            f"{path} has offroadseg ONNX format {meta.get('format')!r} (offroadseg "
+            f"{meta.get('offroadseg_version')}), this version reads {ONNX_FORMAT}; fix: re-export it"
+        )
+    return meta
+
+
+class OnnxRunner:
+    """An ONNX Runtime session as a predictor forward function (normalised NCHW -> logits).
+
+    A dynamic model gets its input padded at the bottom/right to patch multiples (border
+    pixels repeated, as the PyTorch segmentor pads) and its logits cropped back.
+    """
+
+    def __init__(self, path: str | Path, *, device: str = "auto", threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.meta = read_onnx_metadata(self.path)
+        self.session = _session(self.path, device=device, threads=threads)
+        self.dynamic = bool(self.meta["dynamic"])
+        self.patch_size = int(self.meta["patch_size"])
+        self.size = (int(self.meta["image_size"][0]), int(self.meta["image_size"][1]))
+        self.input_name = self.session.get_inputs()[0].name
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """float32 ``[B, 3, H, W]`` -> float32 logits ``[B, K, H, W]``."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        h, w = images.shape[-2:]
+        if not self.dynamic:
+            if (h, w) != self.size:
+                raise ModelError(
+                    f"{self.path} takes {self.size[0]}x{self.size[1]} inputs, got {h}x{w}; fix: export with "
+                    f"--dynamic or --height {h} --width {w}"
+                )
+            return self.session.run(None, {self.input_name: images})[0]
+        p = self.patch_size
+        ph, pw = -(-h // p) * p, -(-w // p) * p
+        if (ph, pw) != (h, w):
+            images = np.pad(images, ((0, 0), (0, 0), (0, ph - h), (0, pw - w)), mode="edge")
+        return self.session.run(None, {self.input_name: images})[0][..., :h, :w]
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return torch.from_numpy(self.run(images.detach().cpu().numpy()))
+
+
+def load_onnx_predictor(
+    path: str | Path,
+    *,
+    tta: TTAConfig | None = None,
+    device: str = "auto",
+    batch_size: int = 4,
+    threads: int | None = None,
+) -> Predictor:
+    """A :class:`Predictor` running an exported ONNX file with ONNX Runtime.
+
+    Args:
+        tta: defaults to the eval settings stored in the file.
+        device: ``auto`` | ``cpu`` | ``cuda`` (needs onnxruntime-gpu).
+        batch_size: windows per call in sliding-window mode.
+        threads: ONNX Runtime intra-op threads (default: all cores).
+    """
+    runner = OnnxRunner(path, device=device, threads=threads)
+    meta = runner.meta
+    if tta is None:
+        ev = meta.get("eval", {})
+        tta = TTAConfig(
+            ev.get("tta", "none"),
+            tuple(ev.get("scales", (0.75, 1.0, 1.25))),
+            bool(ev.get("sliding_window", False)),
+            float(ev.get("window_overlap", 0.33)),
+        )
+    return Predictor(
+        runner,
+        taxonomy=taxonomy_from_dict(meta["taxonomy"]),
+        image_size=runner.size,
+        patch_size=runner.patch_size,
+        tta=tta,
+        device="cpu",
+        batch_size=batch_size,
+        mean=meta["mean"],
+        std=meta["std"],
+        fixed_size=None if runner.dynamic else runner.size,
+        runtime="onnxruntime",
+    )

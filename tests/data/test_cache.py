@@ -1,0 +1,174 @@
+"""Decoded-data cache and atomic array stores: reuse, invalidation, corruption, failed writes."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from offroadseg.config import DataConfig
+from offroadseg.data import cache as cache_mod
+from offroadseg.data.cache import CacheWarning, build_store, open_decoded_cache, open_store
+from offroadseg.data.datasets import SegmentationDataset, list_samples, taxonomy_for
+from offroadseg.data.toy import make_toy_dataset
+from offroadseg.errors import DataError
+
+SIZE = (28, 42)
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    return make_toy_dataset(tmp_path / "toy", n_train=4, n_val=2, size=(40, 60))
+
+
+def _setup(root: Path, split: str = "train"):
+    cfg = DataConfig(root=str(root))
+    return list_samples(cfg, split), taxonomy_for(cfg)
+
+
+def _open(root: Path, cache: Path, *, size=SIZE, full_res=False, **kw):
+    samples, tax = _setup(root, "val" if full_res else "train")
+    return open_decoded_cache(samples, tax, image_size=size, full_res=full_res, root=cache, **kw)
+
+
+def _count_decodes(monkeypatch) -> list[int]:
+    calls = [0]
+    real = cache_mod.load_pair
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "load_pair", counting)
+    return calls
+
+
+def test_items_equal_uncached_dataset(toy: Path, tmp_path: Path) -> None:
+    samples, tax = _setup(toy, "val")
+    plain = SegmentationDataset(samples, tax, image_size=SIZE, full_res=True)
+    cache = open_decoded_cache(samples, tax, image_size=SIZE, full_res=True, root=tmp_path / "c")
+    cached = SegmentationDataset(samples, tax, image_size=SIZE, full_res=True, loader=cache)
+    assert cache.built and cache.nbytes > 0
+    for i in range(len(plain)):
+        a, b = plain[i], cached[i]
+        for k in ("image", "mask", "full_mask"):
+            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+            assert (a[k] == b[k]).all(), k
+        assert b["full_mask"].shape == (40, 60)
+
+
+def test_reused_without_decoding(toy: Path, tmp_path: Path, monkeypatch) -> None:
+    calls = _count_decodes(monkeypatch)
+    first = _open(toy, tmp_path / "c")
+    assert first.built and calls[0] == 4
+    second = _open(toy, tmp_path / "c")
+    assert not second.built and calls[0] == 4  # nothing decoded again
+    assert second.path == first.path
+    assert (second(1)[0] == first(1)[0]).all()
+
+
+def test_changed_file_invalidates(toy: Path, tmp_path: Path) -> None:
+    first = _open(toy, tmp_path / "c")
+    image = sorted((toy / "train" / "Color_Images").iterdir())[0]
+    data = image.read_bytes()
+    image.write_bytes(data)
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    second = _open(toy, tmp_path / "c")
+    assert second.built and second.path != first.path
+
+
+def test_changed_image_size_invalidates(toy: Path, tmp_path: Path) -> None:
+    first = _open(toy, tmp_path / "c")
+    second = _open(toy, tmp_path / "c", size=(14, 28))
+    assert second.built and second.path != first.path
+    assert second(0)[0].shape == (14, 28, 3)
+
+
+def _first_store(cache: Path) -> Path:
+    (path,) = (cache / "decoded").iterdir()
+    return path
+
+
+@pytest.mark.parametrize("damage", ["manifest", "truncate", "other_key", "other_format", "no_manifest"])
+def test_corrupt_store_is_rebuilt(toy: Path, tmp_path: Path, damage: str) -> None:
+    good = _open(toy, tmp_path / "c")
+    reference = good(2)[0].copy()
+    path = _first_store(tmp_path / "c")
+    del good
+    manifest = path / "manifest.json"
+    if damage == "manifest":
+        manifest.write_text("{not json")
+    elif damage == "truncate":
+        images = path / "images.npy"
+        with images.open("r+b") as f:
+            f.truncate(images.stat().st_size - 100)
+    elif damage in ("other_key", "other_format"):
+        m = json.loads(manifest.read_text())
+        m["key" if damage == "other_key" else "format"] = "x" if damage == "other_key" else 999
+        manifest.write_text(json.dumps(m))
+    else:
+        manifest.unlink()
+    with pytest.warns(CacheWarning, match="not usable"):
+        again = _open(toy, tmp_path / "c")
+    assert again.built and again.path == path
+    assert (again(2)[0] == reference).all()
+    assert sorted(p.name for p in (tmp_path / "c" / "decoded").iterdir()) == [path.name]  # no leftovers
+
+
+def test_failure_mid_write_leaves_nothing(toy: Path, tmp_path: Path, monkeypatch) -> None:
+    calls = [0]
+    real = cache_mod.load_pair
+
+    def disk_full(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "load_pair", disk_full)
+    with pytest.raises(DataError, match="nothing was left behind"):
+        _open(toy, tmp_path / "c")
+    assert list((tmp_path / "c" / "decoded").iterdir()) == []
+    monkeypatch.setattr(cache_mod, "load_pair", real)
+    assert _open(toy, tmp_path / "c").built
+
+
+def test_not_enough_space_refused_before_writing(toy: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 0))
+    with pytest.raises(DataError, match="not enough disk space"):
+        _open(toy, tmp_path / "c")
+    assert list((tmp_path / "c" / "decoded").iterdir()) == []
+
+
+def test_concurrent_builder_keeps_the_first_store(tmp_path: Path) -> None:
+    """Two processes building one store: the second install finds a whole store and uses it."""
+    specs = {"a": ((3,), np.uint8)}
+    first = build_store(tmp_path / "s", "k", specs, lambda arr: arr["a"].__setitem__(slice(None), 1))
+
+    def fill(arr):
+        arr["a"][:] = 2
+
+    second = build_store(tmp_path / "s", "k", specs, fill)  # os.replace onto a non-empty folder fails
+    assert list(second.arrays["a"]) == [1, 1, 1] == list(first.arrays["a"])
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
+def test_open_store_missing_is_none_without_warning(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert open_store(tmp_path / "nothing", "k") is None
+
+
+def test_decoded_cache_pickles_without_arrays(toy: Path, tmp_path: Path) -> None:
+    import pickle
+
+    cache = _open(toy, tmp_path / "c")
+    clone = pickle.loads(pickle.dumps(cache))
+    assert clone._arrays is None
+    assert (clone(0)[1] == cache(0)[1]).all()

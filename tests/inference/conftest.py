@@ -1,0 +1,38 @@
+"""A tiny trained checkpoint (random test ViT + PPM head, one epoch on the toy set), built once."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from offroadseg.config import config_from_dict
+from offroadseg.data.toy import make_toy_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory) -> Path:
+    return make_toy_dataset(tmp_path_factory.mktemp("toy"), n_train=4, n_val=3)
+
+
+@pytest.fixture(scope="session")
+def toy_checkpoint(toy_root, tmp_path_factory) -> Path:
+    from offroadseg.training.run import train
+
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = config_from_dict(
+        {
+            "data": {"root": str(toy_root), "image_size": [56, 84], "num_workers": 0},
+            "model": {"backbone": {"name": "dinov2_test", "weights": "random"}, "head": {"name": "ppm", "channels": 32}},
+            "train": {"epochs": 1, "batch_size": 2, "lr": 1e-3, "optimizer": "adamw", "accelerator": "cpu"},
+            "run": {"dir": str(run_dir), "progress": False},
+        }
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train(cfg)
+    assert result.best_checkpoint is not None
+    return Path(result.best_checkpoint)

@@ -1,0 +1,162 @@
+"""Each bad input gets one line naming the file, the value and the fix, exit status 2, no traceback."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from offroadseg.cli import main
+from offroadseg.data.io import write_png
+
+
+@pytest.fixture
+def data(toy_root, tmp_path):
+    return shutil.copytree(toy_root, tmp_path / "data")
+
+
+def _first(root, split, kind):
+    return sorted((root / split / kind).iterdir())[0]
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("offroadseg: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_stats_on_good_data(capsys, data, tmp_path):
+    code, out, _ = _run(capsys, "stats", data, "--json", tmp_path / "s.json")
+    assert code == 0 and "all images and masks read and valid" in out
+    payload = json.loads((tmp_path / "s.json").read_text())
+    assert set(payload["splits"]) == {"train", "val", "test"}
+    assert max(payload["class_weights"].values()) == pytest.approx(5.0)
+
+
+def test_missing_mask(capsys, data):
+    victim = _first(data, "train", "Segmentation")
+    victim.unlink()
+    code, _, err = _run(capsys, "stats", data)
+    line = _one_error_line(err)
+    assert code == 2 and victim.name in line and "fix:" in line
+
+
+def test_size_mismatch(capsys, data):
+    write_png(_first(data, "val", "Segmentation"), np.zeros((10, 12), dtype=np.uint16))
+    code, _, err = _run(capsys, "stats", data)
+    assert code == 2 and "is 12x10 but image" in _one_error_line(err)
+
+
+def test_truncated_image(capsys, data):
+    victim = _first(data, "train", "Color_Images")
+    victim.write_bytes(victim.read_bytes()[:100])
+    code, _, err = _run(capsys, "stats", data)
+    line = _one_error_line(err)
+    assert code == 2 and victim.name in line and "unreadable or truncated" in line
+
+
+def test_eight_bit_mask(capsys, data):
+    victim = _first(data, "train", "Segmentation")
+    Image.fromarray(np.zeros((56, 84), dtype=np.uint8)).save(victim)
+    code, _, err = _run(capsys, "stats", data)
+    line = _one_error_line(err)
+    assert code == 2 and victim.name in line and "8-bit" in line and "10000" in line
+
+
+def test_values_outside_taxonomy_listed_with_counts(capsys, data):
+    victim = _first(data, "train", "Segmentation")
+    mask = np.zeros((56, 84), dtype=np.uint16)
+    mask[0, :3] = 4242
+    write_png(victim, mask)
+    code, _, err = _run(capsys, "stats", data)
+    line = _one_error_line(err)
+    assert code == 2 and "4242 (3 px)" in line and victim.name in line
+
+
+def test_empty_split(capsys, data):
+    for p in (data / "val" / "Color_Images").iterdir():
+        p.unlink()
+    code, _, err = _run(capsys, "stats", data)
+    assert code == 2 and "split 'val' is empty" in _one_error_line(err)
+
+
+def _config(tmp_path, data, **extra):
+    text = (
+        f"data: {{root: {data}, image_size: [56, 84], num_workers: 0}}\n"
+        "model: {backbone: {name: dinov2_test, weights: random}, head: {name: conv}}\n"
+        f"train: {{epochs: 1, batch_size: 2}}\nrun: {{dir: {tmp_path / 'run'}, progress: false}}\n"
+    )
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    return f
+
+
+def test_unknown_config_key(capsys, data, tmp_path):
+    code, _, err = _run(capsys, "train", _config(tmp_path, data), "train.batchsize=4")
+    line = _one_error_line(err)
+    assert code == 2 and "train.batchsize" in line and "train.batch_size" in line
+
+
+def test_unknown_backbone_and_head(capsys, data, tmp_path):
+    cfg = _config(tmp_path, data)
+    code, _, err = _run(capsys, "train", cfg, "model.backbone.name=dinov2_vitx14")
+    line = _one_error_line(err)
+    assert code == 2 and "dinov2_vits14" in line and "dinov2_vitx14" in line
+    code, _, err = _run(capsys, "train", cfg, "model.head.name=upernet")
+    line = _one_error_line(err)
+    assert code == 2 and "linear" in line and "ppm" in line
+
+
+def test_failed_train_keeps_earlier_results(capsys, data, tmp_path):
+    run = tmp_path / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / "best.ckpt").write_bytes(b"earlier")
+    _first(data, "train", "Segmentation").unlink()
+    code, _, _ = _run(capsys, "train", _config(tmp_path, data))
+    assert code == 2 and (run / "best.ckpt").read_bytes() == b"earlier"
+
+
+def test_train_evaluate_score_roundtrip(capsys, data, tmp_path):
+    cfg = _config(tmp_path, data)
+    code, out, _ = _run(capsys, "train", cfg, "--json", tmp_path / "t.json")
+    assert code == 0 and "mIoU" in out
+    result = json.loads((tmp_path / "t.json").read_text())
+    code, out, _ = _run(
+        capsys, "evaluate", result["best_checkpoint"], "--split", "val", "--json", tmp_path / "e.json"
+    )
+    assert code == 0
+    ev = json.loads((tmp_path / "e.json").read_text())
+    assert ev["miou"] == pytest.approx(result["best_val_miou"], abs=1e-6)
+    assert {
+        "miou",
+        "per_class_iou",
+        "pixel_accuracy",
+        "mean_dice",
+        "confusion_matrix",
+        "batch_mean_iou",
+    } <= set(ev)
+    gt = data / "val" / "Segmentation"
+    code, _, _ = _run(capsys, "score", gt, gt, "--json", tmp_path / "s.json")
+    sc = json.loads((tmp_path / "s.json").read_text())
+    assert code == 0 and sc["miou"] == 1.0 and sc["per_class_iou"]["Flowers"] is None
+    assert sum(map(sum, sc["confusion_matrix"])) == 3 * 56 * 84
+
+
+def test_subprocess_error_has_no_traceback(data, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "offroadseg", "train", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("offroadseg: error: config file") and "Traceback" not in proc.stderr

@@ -1,0 +1,109 @@
+from pathlib import Path
+
+import pytest
+
+from offroadseg.config import Config, config_from_dict, dump_config, load_config, parse_override
+from offroadseg.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_required_override_keys_exist():
+    cfg = config_from_dict(
+        {},
+        [
+            "data.root=/d",
+            "data.image_size=[364,644]",
+            "model.backbone.name=dinov2_vitb14",
+            "model.backbone.weights=random",
+            "model.head.name=ppm",
+            "train.epochs=3",
+            "train.batch_size=4",
+            "train.lr=3e-4",
+            "run.dir=runs/x",
+        ],
+    )
+    assert cfg.data.image_size == [364, 644]
+    assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.train.epochs == 3 and cfg.run.dir == "runs/x"
+
+
+def test_unknown_key_lists_close_ones():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train\.lrr' \(did you mean: train\.lr"):
+        config_from_dict({}, ["train.lrr=1"])
+
+
+def test_bad_value_type_and_choice():
+    with pytest.raises(ConfigError, match="train.epochs: expected an integer"):
+        config_from_dict({"train": {"epochs": "many"}})
+    with pytest.raises(ConfigError, match="train.optimizer='adam' is not valid.*adamw"):
+        config_from_dict({"train": {"optimizer": "adam"}})
+
+
+def test_override_parsing():
+    assert parse_override("a.b=3") == ("a.b", 3)
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    with pytest.raises(ConfigError):
+        parse_override("novalue")
+
+
+def test_dump_roundtrip(tmp_path):
+    cfg = load_config(CONFIGS / "phase3_advanced.yaml")
+    f = tmp_path / "c.yaml"
+    f.write_text(dump_config(cfg))
+    assert load_config(f) == cfg
+
+
+def test_phase_configs_hold_the_reference_settings():
+    p1 = load_config(CONFIGS / "phase1_baseline.yaml")
+    assert (p1.model.backbone.name, p1.model.head.name, p1.loss.name, p1.loss.class_weights) == (
+        "dinov2_vits14",
+        "conv",
+        "ce",
+        "none",
+    )
+    assert (p1.train.optimizer, p1.train.lr, p1.train.momentum, p1.train.scheduler) == (
+        "sgd",
+        1e-4,
+        0.9,
+        "constant",
+    )
+    assert (p1.train.epochs, p1.train.batch_size, p1.data.image_size) == (10, 2, [266, 476])
+    assert p1.data.augment.hflip == 0 and p1.data.augment.shift_scale_rotate == 0
+
+    p2 = load_config(CONFIGS / "phase2_improved.yaml")
+    assert (p2.loss.class_weights, p2.train.optimizer, p2.train.lr, p2.train.weight_decay) == (
+        "auto",
+        "adamw",
+        5e-4,
+        1e-4,
+    )
+    assert (p2.train.scheduler, p2.train.min_lr, p2.train.epochs, p2.train.early_stopping_patience) == (
+        "cosine",
+        1e-6,
+        30,
+        10,
+    )
+    assert p2.train.precision == "amp" and p2.data.augment.vflip == 0.1 and p2.data.augment.hue_saturation > 0
+
+    p3 = load_config(CONFIGS / "phase3_advanced.yaml")
+    assert (p3.model.backbone.name, p3.model.head.name) == ("dinov2_vitb14_reg", "ppm")
+    assert (p3.loss.name, p3.loss.focal_gamma, p3.loss.dice_weight, p3.loss.class_weights) == (
+        "focal+dice",
+        2.0,
+        0.5,
+        "auto",
+    )
+    assert (p3.train.lr, p3.train.weight_decay, p3.train.warmup_epochs, p3.train.epochs) == (
+        3e-4,
+        1e-4,
+        3,
+        40,
+    )
+    assert (p3.train.batch_size, p3.train.accumulate_grad_batches, p3.data.image_size) == (2, 2, [364, 644])
+    assert p3.data.augment.shadow > 0 and p3.data.augment.clahe > 0 and p3.train.early_stopping_patience == 12
+
+
+def test_every_shipped_config_loads():
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        assert isinstance(load_config(path), Config), path

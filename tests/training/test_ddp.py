@@ -1,0 +1,32 @@
+"""Two DDP processes on CPU (gloo), launched the way a user launches them: the CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(toy_root, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"data: {{root: {toy_root}, image_size: [56, 84], num_workers: 0}}\n"
+        "model: {backbone: {name: dinov2_test, weights: random}, head: {name: conv}}\n"
+        "train: {epochs: 2, batch_size: 1, accelerator: cpu, devices: 2, strategy: ddp}\n"
+        f"run: {{dir: {tmp_path / 'run'}, progress: false}}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "offroadseg", "train", str(cfg), "--json", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distributed_backend=gloo" in proc.stderr + proc.stdout
+    assert "All distributed processes registered" in proc.stderr + proc.stdout
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    # val images are split across the 2 processes and the confusion matrix is summed: all pixels counted
+    assert sum(map(sum, result["val"]["confusion_matrix"])) == 3 * 56 * 84
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()

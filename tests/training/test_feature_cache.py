@@ -1,0 +1,259 @@
+"""Frozen-feature cache: same scores as the uncached path, reuse, invalidation, failures, flips."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from offroadseg.config import config_from_dict
+from offroadseg.data.cache import CacheWarning
+from offroadseg.data.datasets import collate
+from offroadseg.data.toy import make_toy_dataset
+from offroadseg.metrics import ConfusionMatrixMetric
+from offroadseg.models.segmentor import Segmentor
+from offroadseg.training.caches import attach_caches
+from offroadseg.training.datamodule import SegDataModule
+from offroadseg.training.features import FeatureDataset, hflip_mask
+from offroadseg.training.module import SegmentationModule, full_resolution_predictions
+from offroadseg.training.run import train
+
+SIZE = [42, 70]  # 70 is a multiple of 14, 42 too
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    return make_toy_dataset(tmp_path / "toy", n_train=4, n_val=2, size=(48, 80))
+
+
+def _cfg(root: Path, cache_dir: Path, *, size=SIZE, augment=None, backbone=None, **cache):
+    return config_from_dict(
+        {
+            "data": {
+                "root": str(root),
+                "image_size": list(size),
+                "num_workers": 0,
+                "augment": augment or {},
+                "cache": {"dir": str(cache_dir), **cache},
+            },
+            "model": {
+                "backbone": {"name": "dinov2_test", "weights": "random", **(backbone or {})},
+                "head": {"name": "conv"},
+            },
+            "train": {"epochs": 1, "batch_size": 2, "lr": 0.01},
+            "eval": {"batch_size": 2},
+            "run": {"dir": str(cache_dir.parent / "run"), "progress": False},
+        }
+    )
+
+
+def _setup(cfg, seed: int = 0):
+    L.seed_everything(seed, verbose=False)
+    dm = SegDataModule(cfg)
+    module = SegmentationModule(cfg.to_dict(), dm.taxonomy.names, ignore_index=dm.taxonomy.ignore_index)
+    return dm, module
+
+
+def _count_backbone_calls(monkeypatch) -> list[int]:
+    calls = [0]
+    real = Segmentor.forward_features
+
+    def counting(self, images):
+        calls[0] += len(images)
+        return real(self, images)
+
+    monkeypatch.setattr(Segmentor, "forward_features", counting)
+    return calls
+
+
+def _val_confusion(module, dataset) -> torch.Tensor:
+    cm = ConfusionMatrixMetric(module.num_classes, ignore_index=255)
+    module.eval()
+    collate_fn = getattr(dataset, "collate", collate)
+    with torch.no_grad():
+        for start in range(0, len(dataset), 2):
+            batch = collate_fn([dataset[i] for i in range(start, min(start + 2, len(dataset)))])
+            preds, targets = full_resolution_predictions(module._logits(batch).float(), batch)
+            for p, t in zip(preds, targets, strict=True):
+                cm.update(p, t)
+    return cm.compute()
+
+
+@pytest.mark.parametrize("size", [SIZE, [40, 64]])  # multiple of the patch, and padded
+def test_cached_val_scores_equal_uncached(toy: Path, tmp_path: Path, size) -> None:
+    """Same weights: val confusion from cached fp16 features vs the backbone run every step.
+
+    Tolerance: fp16 storage moves a few logits across an argmax tie; at most 0.5 % of the
+    pixels may change class (observed: 0 on this set).
+    """
+    cfg = _cfg(toy, tmp_path / "c", size=size, decoded=True, features=True)
+    dm, module = _setup(cfg)
+    plain = _val_confusion(module, dm.val_dataset)
+    report = attach_caches(cfg, dm, module)
+    assert report.features and report.decoded and isinstance(dm.val_dataset, FeatureDataset)
+    cached = _val_confusion(module, dm.val_dataset)
+    assert int(cached.sum()) == int(plain.sum()) == 2 * 48 * 80  # full-resolution masks
+    changed = (plain - cached).abs().sum().item() / 2
+    assert changed <= 0.005 * plain.sum().item()
+
+
+def test_decoded_only_val_scores_identical(toy: Path, tmp_path: Path) -> None:
+    cfg = _cfg(toy, tmp_path / "c", decoded=True)
+    dm, module = _setup(cfg)
+    plain = _val_confusion(module, dm.val_dataset)
+    attach_caches(cfg, dm, module)
+    assert torch.equal(_val_confusion(module, dm.val_dataset), plain)
+
+
+def test_reuse_does_not_run_backbone(toy: Path, tmp_path: Path, monkeypatch) -> None:
+    calls = _count_backbone_calls(monkeypatch)
+    cfg = _cfg(toy, tmp_path / "c", features=True)
+    dm, module = _setup(cfg)
+    first = attach_caches(cfg, dm, module)
+    assert calls[0] == 4 + 2 and all(s["built"] for s in first.stores)
+    assert first.build_s > 0 and first.nbytes > 0
+    dm, module = _setup(cfg)
+    second = attach_caches(cfg, dm, module)
+    assert calls[0] == 6 and not any(s["built"] for s in second.stores)
+    assert [s["path"] for s in second.stores] == [s["path"] for s in first.stores]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seed": 1},  # other random weights: the digest of the backbone changes
+        {"backbone": {"name": "dinov2_test_reg"}},
+        {"backbone": {"layers": 2}},
+        {"size": [28, 56]},
+    ],
+)
+def test_invalidated_by_backbone_or_size(toy: Path, tmp_path: Path, monkeypatch, change) -> None:
+    calls = _count_backbone_calls(monkeypatch)
+    cfg = _cfg(toy, tmp_path / "c", features=True)
+    dm, module = _setup(cfg)
+    attach_caches(cfg, dm, module)
+    assert calls[0] == 6
+    seed = change.pop("seed", 0)
+    cfg2 = _cfg(toy, tmp_path / "c", features=True, **change)
+    dm, module = _setup(cfg2, seed=seed)
+    report = attach_caches(cfg2, dm, module)
+    assert calls[0] == 12 and all(s["built"] for s in report.stores)
+
+
+def test_changed_file_invalidates(toy: Path, tmp_path: Path, monkeypatch) -> None:
+    calls = _count_backbone_calls(monkeypatch)
+    cfg = _cfg(toy, tmp_path / "c", features=True)
+    attach_caches(cfg, *_setup(cfg))
+    make_toy_dataset(toy, n_train=4, n_val=2, size=(48, 80), seed=5)  # new content, new mtimes
+    report = attach_caches(cfg, *_setup(cfg))
+    assert calls[0] == 12 and all(s["built"] for s in report.stores)
+
+
+def test_truncated_feature_array_is_rebuilt(toy: Path, tmp_path: Path, monkeypatch) -> None:
+    calls = _count_backbone_calls(monkeypatch)
+    cfg = _cfg(toy, tmp_path / "c", features=True)
+    first = attach_caches(cfg, *_setup(cfg))
+    feat = Path(first.stores[0]["path"]) / "feat0.npy"
+    with feat.open("r+b") as f:
+        f.truncate(feat.stat().st_size // 2)
+    with pytest.warns(CacheWarning, match="not usable"):
+        report = attach_caches(cfg, *_setup(cfg))
+    assert report.stores[0]["built"] and not report.stores[1]["built"]
+    assert calls[0] == 6 + 4
+    assert any("not usable" in m for m in report.messages)
+
+
+def test_failure_mid_build_leaves_no_store(toy: Path, tmp_path: Path, monkeypatch) -> None:
+    real = Segmentor.forward_features
+    calls = [0]
+
+    def failing(self, images):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("simulated crash while writing the cache")
+        return real(self, images)
+
+    monkeypatch.setattr(Segmentor, "forward_features", failing)
+    cfg = _cfg(toy, tmp_path / "c", features=True)
+    with pytest.raises(RuntimeError, match="simulated"):
+        attach_caches(cfg, *_setup(cfg))
+    assert list((tmp_path / "c" / "features").iterdir()) == []
+
+
+def test_augmentations_turn_feature_cache_off_with_message(toy: Path, tmp_path: Path) -> None:
+    cfg = _cfg(toy, tmp_path / "c", augment={"hflip": 0.5, "blur": 0.2}, decoded=True, features=True)
+    dm, module = _setup(cfg)
+    with pytest.warns(CacheWarning, match="blur"):
+        report = attach_caches(cfg, dm, module)
+    assert not report.features and report.decoded
+    assert "data.cache.views" in report.messages[0]
+
+
+def test_trainable_backbone_turns_feature_cache_off(toy: Path, tmp_path: Path) -> None:
+    cfg = _cfg(toy, tmp_path / "c", backbone={"unfreeze_last": 1}, features=True)
+    dm, module = _setup(cfg)
+    with pytest.warns(CacheWarning, match="backbone is trained"):
+        report = attach_caches(cfg, dm, module)
+    assert not report.features and report.stores == []
+
+
+def test_views_store_augmented_copies(toy: Path, tmp_path: Path) -> None:
+    cfg = _cfg(toy, tmp_path / "c", augment={"hflip": 0.5, "brightness_contrast": 1.0}, features=True, views=3)
+    dm, module = _setup(cfg)
+    report = attach_caches(cfg, dm, module)
+    assert report.features and report.views == 3
+    feats = dm.train_dataset.arrays["feat0"]
+    assert feats.shape[0] == 4 * 3
+    assert not np.array_equal(feats[0], feats[1])  # views of one image differ
+    # Seeded: a second build (other cache folder) writes the same views.
+    cfg2 = _cfg(toy, tmp_path / "c2", augment={"hflip": 0.5, "brightness_contrast": 1.0}, features=True, views=3)
+    dm2, module2 = _setup(cfg2)
+    attach_caches(cfg2, dm2, module2)
+    assert np.array_equal(dm2.train_dataset.arrays["feat0"], feats)
+
+
+def test_hflip_mask_aligns_with_padded_feature_flip() -> None:
+    """Flipping a right-padded image's features moves the padding left: the mask follows."""
+    mask = np.arange(2 * 5, dtype=np.uint8).reshape(2, 5)
+    assert (hflip_mask(mask, 5, 255) == mask[:, ::-1]).all()
+    flipped = hflip_mask(mask, 7, 255)  # padded to 7: columns 0-1 of the flipped crop were padding
+    assert (flipped[:, :2] == 255).all()
+    assert (flipped[:, 2:] == mask[:, ::-1][:, :3]).all()
+
+
+def test_feature_hflip_matches_image_hflip_for_a_flip_symmetric_backbone(toy: Path, tmp_path: Path) -> None:
+    """With flip-symmetric position embeddings the feature-space flip is exact up to fp16."""
+    cfg = _cfg(toy, tmp_path / "c", features=True)
+    dm, module = _setup(cfg)
+    emb = module.model.backbone.model.embeddings
+    with torch.no_grad():
+        emb.patch_embeddings.projection.weight.copy_(
+            (emb.patch_embeddings.projection.weight + emb.patch_embeddings.projection.weight.flip(-1)) / 2
+        )
+        pos = emb.position_embeddings
+        grid = pos[:, 1:].reshape(1, 4, 4, -1)
+        pos[:, 1:] = ((grid + grid.flip(2)) / 2).reshape(1, 16, -1)
+    image = dm.val_dataset[0]["image"][None]
+    direct = module.model.forward_features(image.flip(-1))[0]
+    via_cache = module.model.forward_features(image)[0].half().float().flip(-1)
+    cos = torch.nn.functional.cosine_similarity(direct, via_cache, dim=1).mean()
+    assert cos > 0.999
+
+
+def test_train_end_to_end_with_caches(toy: Path, tmp_path: Path) -> None:
+    cfg = _cfg(toy, tmp_path / "c", augment={"hflip": 0.5}, decoded=True, features=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = train(cfg)
+        cfg.run.dir = str(tmp_path / "run2")
+        second = train(cfg)
+    assert first.caches["features"] and first.caches["build_s"] > 0
+    assert not any(s["built"] for s in second.caches["stores"])
+    # Reusing the stores trains exactly like building them (the build draws no random numbers).
+    assert first.history[-1]["val_miou"] == second.history[-1]["val_miou"]
+    assert first.history[-1]["train_loss"] == second.history[-1]["train_loss"]
+    assert first.best_checkpoint is not None and first.best_checkpoint.is_file()
