@@ -137,7 +137,9 @@ def attach_caches(
                 warnings.warn(msg, CacheWarning, stacklevel=2)
 
     if cc.decoded:
-        with warnings.catch_warnings(record=True) as caught:
+        # Building must not consume the run's random numbers (a DataLoader draws a seed), so a run
+        # that reuses the stores trains exactly like the one that built them.
+        with warnings.catch_warnings(record=True) as caught, torch.random.fork_rng(devices=[]):
             warnings.simplefilter("always", CacheWarning)
             train_cache = open_decoded_cache(
                 dm.train_samples,
@@ -165,8 +167,6 @@ def attach_caches(
         report.stores += [_store_row("decoded", "train", train_cache), _store_row("decoded", "val", val_cache)]
 
     if use_features:
-        # The build must not consume the run's random numbers (a DataLoader draws a seed), so a
-        # run that reuses a store trains exactly like the one that built it.
         with torch.random.fork_rng(devices=[]):
             _features_block(cfg, dm, module, report, root=root, size=size, bar=bar)
 

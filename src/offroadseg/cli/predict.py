@@ -1,0 +1,115 @@
+"""``offroadseg predict``: masks, colour images, overlays (and scores with --gt) for image files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from offroadseg.cli.common import fmt, print_scores, progress
+from offroadseg.errors import ConfigError
+
+
+def parse_scales(text: str | None) -> tuple[float, ...] | None:
+    """``"0.75,1,1.25"`` -> ``(0.75, 1.0, 1.25)``."""
+    if text is None:
+        return None
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(f"--scales {text!r} is not a comma-separated list of numbers; fix: e.g. 0.75,1,1.25") from None
+    if not scales or any(s <= 0 for s in scales):
+        raise ConfigError(f"--scales {text!r} needs positive numbers; fix: e.g. 0.75,1,1.25")
+    return scales
+
+
+def tta_from_args(args: argparse.Namespace, defaults: dict):
+    """The TTA/tiling settings: flags over the model's own eval settings."""
+    from offroadseg.inference.predictor import TTAConfig
+
+    scales = parse_scales(args.scales)
+    return TTAConfig(
+        tta=args.tta if args.tta is not None else defaults.get("tta", "none"),
+        scales=scales or tuple(defaults.get("scales", (0.75, 1.0, 1.25))),
+        sliding_window=args.sliding_window if args.sliding_window is not None else defaults.get("sliding_window", False),
+        window_overlap=args.overlap if args.overlap is not None else defaults.get("window_overlap", 0.33),
+    )
+
+
+def load_predictor(model_path: str, args: argparse.Namespace):
+    """A predictor for a ``.ckpt`` (PyTorch) or ``.onnx`` (ONNX Runtime) file."""
+    if Path(model_path).suffix.lower() == ".onnx":
+        from offroadseg.inference.onnx import load_onnx_predictor, read_onnx_metadata
+
+        tta = tta_from_args(args, read_onnx_metadata(model_path).get("eval", {}))
+        return load_onnx_predictor(model_path, tta=tta, device=args.device, batch_size=args.batch_size), "error"
+    from offroadseg.inference.checkpoint import load_checkpoint
+    from offroadseg.inference.predictor import Predictor
+
+    loaded = load_checkpoint(model_path)
+    tta = tta_from_args(args, vars(loaded.config.eval))
+    predictor = Predictor.from_loaded(loaded, tta=tta, device=args.device, batch_size=args.batch_size)
+    return predictor, loaded.config.data.unknown_values
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from offroadseg.inference.outputs import OutputWriter, collect_inputs, predict_files
+
+    paths = collect_inputs(args.inputs)
+    predictor, unknown = load_predictor(args.model, args)
+    writer = OutputWriter(args.out, predictor.taxonomy, alpha=args.alpha, overwrite=args.overwrite)
+    t = predictor.tta
+    mode = f"tta={t.tta}" + (f" scales={list(t.scales)}" if "scales" in t.tta else "")
+    mode += f", sliding window (overlap {t.window_overlap})" if t.sliding_window else ""
+    print(
+        f"predicting {len(paths)} images with {args.model} ({predictor.runtime}, {predictor.device}, "
+        f"input {predictor.image_size[0]}x{predictor.image_size[1]}, {mode}) -> {args.out}"
+    )
+    summary = predict_files(
+        predictor,
+        paths,
+        writer,
+        gt_dir=args.gt,
+        batch_size=args.batch_size,
+        unknown=unknown,
+        progress=progress("predict"),
+    )
+    for path, reason in summary.failed:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if summary.no_truth:
+        print(f"{len(summary.no_truth)} images have no ground truth in {args.gt} and were not scored "
+              f"(e.g. {summary.no_truth[0]})")
+    if summary.scores:
+        print_scores(summary.scores, header=f"{summary.scored} images scored against {args.gt} (dataset-level)")
+        print(f"wrote {Path(args.out) / 'metrics.json'} and per_image.csv (worst first)")
+    failed = f", {len(summary.failed)} failed" if summary.failed else ""
+    print(
+        f"done: {summary.images} images{failed} in {summary.seconds:.1f} s - "
+        f"{summary.images_per_second:.2f} images/s, {fmt(summary.ms_per_image, 1)} ms/image"
+    )
+    return 1 if summary.failed else 0
+
+
+def register(sub) -> None:
+    """Add ``predict`` to the subcommand parser."""
+    p = sub.add_parser(
+        "predict",
+        help="predict masks for images with a checkpoint or an exported .onnx model",
+        description="Writes masks/ (dataset encoding), color/, overlay/; with --gt also comparison/, "
+        "metrics.json and per_image.csv. Exit status 1 when some input could not be read.",
+    )
+    p.add_argument("model", metavar="CHECKPOINT", help="a .ckpt written by 'offroadseg train', or an exported .onnx")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--gt", default=None, help="folder of ground-truth masks named like the images: score them")
+    p.add_argument("--tta", default=None, choices=["none", "flip", "scales", "flip+scales"],
+                   help="test-time augmentation (default: the model's eval.tta)")
+    p.add_argument("--scales", default=None, help="TTA scales, e.g. 0.75,1,1.25 (default: eval.scales)")
+    p.add_argument("--sliding-window", dest="sliding_window", action=argparse.BooleanOptionalAction, default=None,
+                   help="tile images larger than the training size instead of resizing them (default: eval.sliding_window)")
+    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1) (default: eval.window_overlap)")
+    p.add_argument("--batch-size", type=int, default=1, help="images (or windows) per forward pass")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--alpha", type=float, default=0.5, help="prediction opacity in overlay/ (0..1)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
+    p.set_defaults(func=cmd_predict)
