@@ -202,7 +202,9 @@ def test_trainable_backbone_turns_feature_cache_off(toy: Path, tmp_path: Path) -
 
 
 def test_views_store_augmented_copies(toy: Path, tmp_path: Path) -> None:
-    cfg = _cfg(toy, tmp_path / "c", augment={"hflip": 0.5, "brightness_contrast": 1.0}, features=True, views=3)
+    cfg = _cfg(
+        toy, tmp_path / "c", augment={"hflip": 0.5, "brightness_contrast": 1.0}, features=True, views=3
+    )
     dm, module = _setup(cfg)
     report = attach_caches(cfg, dm, module)
     assert report.features and report.views == 3
@@ -210,7 +212,9 @@ def test_views_store_augmented_copies(toy: Path, tmp_path: Path) -> None:
     assert feats.shape[0] == 4 * 3
     assert not np.array_equal(feats[0], feats[1])  # views of one image differ
     # Seeded: a second build (other cache folder) writes the same views.
-    cfg2 = _cfg(toy, tmp_path / "c2", augment={"hflip": 0.5, "brightness_contrast": 1.0}, features=True, views=3)
+    cfg2 = _cfg(
+        toy, tmp_path / "c2", augment={"hflip": 0.5, "brightness_contrast": 1.0}, features=True, views=3
+    )
     dm2, module2 = _setup(cfg2)
     attach_caches(cfg2, dm2, module2)
     assert np.array_equal(dm2.train_dataset.arrays["feat0"], feats)

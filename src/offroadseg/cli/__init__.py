@@ -37,13 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_lightning() -> None:
+    """Lightning's start-up chatter (accelerator lines, tips) buries the progress a person reads."""
+    import logging
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_lightning()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
             warnings.filterwarnings("ignore", message=".*litlogger.*")
+            warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
             return int(args.func(args) or 0)
     except OffroadsegError as exc:
         print(f"offroadseg: error: {exc}", file=sys.stderr)

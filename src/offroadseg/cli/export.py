@@ -20,12 +20,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise OffroadsegError(f"{out} already exists; fix: pass --overwrite or choose another --out")
     loaded = load_checkpoint(args.checkpoint)
     start = time.perf_counter()
-    meta = export_onnx(loaded, out, height=args.height, width=args.width, dynamic=args.dynamic, opset=args.opset)
+    meta = export_onnx(
+        loaded, out, height=args.height, width=args.width, dynamic=args.dynamic, opset=args.opset
+    )
     h, w = meta["image_size"]
     shape = f"dynamic height/width (default {h}x{w})" if meta["dynamic"] else f"fixed {h}x{w}"
     size_mb = out.stat().st_size / 1e6
-    print(f"wrote {out} ({size_mb:.1f} MB, {shape}, {len(meta['taxonomy']['classes'])} classes, "
-          f"opset {args.opset}) in {time.perf_counter() - start:.1f} s")
+    print(
+        f"wrote {out} ({size_mb:.1f} MB, {shape}, {len(meta['taxonomy']['classes'])} classes, "
+        f"opset {args.opset}) in {time.perf_counter() - start:.1f} s"
+    )
     print(f"run it with: offroadseg predict {out} IMAGES... --out DIR")
     return 0
 
@@ -36,8 +40,12 @@ def register(sub) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("--format", default="onnx", help="onnx (the only format so far)")
     p.add_argument("--out", required=True, help="the .onnx file to write")
-    p.add_argument("--height", type=int, default=None, help="input height (default: the config's data.image_size)")
-    p.add_argument("--width", type=int, default=None, help="input width (default: the config's data.image_size)")
+    p.add_argument(
+        "--height", type=int, default=None, help="input height (default: the config's data.image_size)"
+    )
+    p.add_argument(
+        "--width", type=int, default=None, help="input width (default: the config's data.image_size)"
+    )
     p.add_argument("--dynamic", action="store_true", help="dynamic height/width (needed for --tta scales)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--overwrite", action="store_true")

@@ -17,7 +17,9 @@ def parse_scales(text: str | None) -> tuple[float, ...] | None:
     try:
         scales = tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise ConfigError(f"--scales {text!r} is not a comma-separated list of numbers; fix: e.g. 0.75,1,1.25") from None
+        raise ConfigError(
+            f"--scales {text!r} is not a comma-separated list of numbers; fix: e.g. 0.75,1,1.25"
+        ) from None
     if not scales or any(s <= 0 for s in scales):
         raise ConfigError(f"--scales {text!r} needs positive numbers; fix: e.g. 0.75,1,1.25")
     return scales
@@ -31,7 +33,9 @@ def tta_from_args(args: argparse.Namespace, defaults: dict):
     return TTAConfig(
         tta=args.tta if args.tta is not None else defaults.get("tta", "none"),
         scales=scales or tuple(defaults.get("scales", (0.75, 1.0, 1.25))),
-        sliding_window=args.sliding_window if args.sliding_window is not None else defaults.get("sliding_window", False),
+        sliding_window=args.sliding_window
+        if args.sliding_window is not None
+        else defaults.get("sliding_window", False),
         window_overlap=args.overlap if args.overlap is not None else defaults.get("window_overlap", 0.33),
     )
 
@@ -42,7 +46,9 @@ def load_predictor(model_path: str, args: argparse.Namespace):
         from offroadseg.inference.onnx import load_onnx_predictor, read_onnx_metadata
 
         tta = tta_from_args(args, read_onnx_metadata(model_path).get("eval", {}))
-        return load_onnx_predictor(model_path, tta=tta, device=args.device, batch_size=args.batch_size), "error"
+        return load_onnx_predictor(
+            model_path, tta=tta, device=args.device, batch_size=args.batch_size
+        ), "error"
     from offroadseg.inference.checkpoint import load_checkpoint
     from offroadseg.inference.predictor import Predictor
 
@@ -77,10 +83,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path, reason in summary.failed:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if summary.no_truth:
-        print(f"{len(summary.no_truth)} images have no ground truth in {args.gt} and were not scored "
-              f"(e.g. {summary.no_truth[0]})")
+        print(
+            f"{len(summary.no_truth)} images have no ground truth in {args.gt} and were not scored "
+            f"(e.g. {summary.no_truth[0]})"
+        )
     if summary.scores:
-        print_scores(summary.scores, header=f"{summary.scored} images scored against {args.gt} (dataset-level)")
+        print_scores(
+            summary.scores, header=f"{summary.scored} images scored against {args.gt} (dataset-level)"
+        )
         print(f"wrote {Path(args.out) / 'metrics.json'} and per_image.csv (worst first)")
     failed = f", {len(summary.failed)} failed" if summary.failed else ""
     print(
@@ -98,16 +108,34 @@ def register(sub) -> None:
         description="Writes masks/ (dataset encoding), color/, overlay/; with --gt also comparison/, "
         "metrics.json and per_image.csv. Exit status 1 when some input could not be read.",
     )
-    p.add_argument("model", metavar="CHECKPOINT", help="a .ckpt written by 'offroadseg train', or an exported .onnx")
+    p.add_argument(
+        "model", metavar="CHECKPOINT", help="a .ckpt written by 'offroadseg train', or an exported .onnx"
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--gt", default=None, help="folder of ground-truth masks named like the images: score them")
-    p.add_argument("--tta", default=None, choices=["none", "flip", "scales", "flip+scales"],
-                   help="test-time augmentation (default: the model's eval.tta)")
+    p.add_argument(
+        "--gt", default=None, help="folder of ground-truth masks named like the images: score them"
+    )
+    p.add_argument(
+        "--tta",
+        default=None,
+        choices=["none", "flip", "scales", "flip+scales"],
+        help="test-time augmentation (default: the model's eval.tta)",
+    )
     p.add_argument("--scales", default=None, help="TTA scales, e.g. 0.75,1,1.25 (default: eval.scales)")
-    p.add_argument("--sliding-window", dest="sliding_window", action=argparse.BooleanOptionalAction, default=None,
-                   help="tile images larger than the training size instead of resizing them (default: eval.sliding_window)")
-    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1) (default: eval.window_overlap)")
+    p.add_argument(
+        "--sliding-window",
+        dest="sliding_window",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tile images larger than the training size instead of resizing them (default: eval.sliding_window)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=float,
+        default=None,
+        help="sliding-window overlap in [0, 1) (default: eval.window_overlap)",
+    )
     p.add_argument("--batch-size", type=int, default=1, help="images (or windows) per forward pass")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--alpha", type=float, default=0.5, help="prediction opacity in overlay/ (0..1)")

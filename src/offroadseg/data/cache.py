@@ -215,7 +215,9 @@ def build_store(
             f"{free / 2**30:.2f} GiB free; fix: set data.cache.dir=<a folder on a larger disk> "
             f"or turn the cache off (data.cache.decoded=false data.cache.features=false)"
         )
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-{socket.gethostname()}-{os.getpid()}-", dir=path.parent))
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".tmp-{path.name}-{socket.gethostname()}-{os.getpid()}-", dir=path.parent)
+    )
     start = time.perf_counter()
     try:
         arrays = {}
@@ -422,7 +424,9 @@ def open_decoded_cache(
             arrays["masks"][i] = ids
             if full_res:
                 if tuple(full.shape) != shapes[i]:
-                    raise DataError(f"mask {samples[i].label} changed size while the cache was built; run again")
+                    raise DataError(
+                        f"mask {samples[i].label} changed size while the cache was built; run again"
+                    )
                 arrays["full_flat"][offsets[i] : offsets[i + 1]] = full.reshape(-1)
             if progress is not None:
                 progress(done, n)

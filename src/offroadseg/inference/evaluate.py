@@ -39,11 +39,23 @@ def evaluate_loaded(
     batch_size: int | None = None,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    tta=None,
 ) -> EvalResult:
-    """Run the model over a split and score it from one confusion matrix."""
+    """Run the model over a split and score it from one confusion matrix.
+
+    ``tta`` (a :class:`~offroadseg.inference.predictor.TTAConfig`, default: the config's ``eval``
+    section) switches to the predictor's TTA / sliding-window path on full-resolution images.
+    """
+    from offroadseg.inference.predictor import TTAConfig
+
     cfg = loaded.config
     data_cfg = dataclasses.replace(cfg.data, root=data_root) if data_root else cfg.data
     samples = list_samples(data_cfg, split)
+    if tta is None:
+        ev = cfg.eval
+        tta = TTAConfig(ev.tta, tuple(ev.scales), ev.sliding_window, ev.window_overlap)
+    if tta.tta != "none" or tta.sliding_window:
+        return _evaluate_with_predictor(loaded, samples, split, tta, batch_size, device, progress)
     dataset = SegmentationDataset(
         samples,
         loaded.taxonomy,
@@ -70,6 +82,32 @@ def evaluate_loaded(
             progress(done, len(dataset))
     scores = scores_from_confusion(cm.compute()).to_dict(loaded.taxonomy.names)
     return EvalResult(split, len(dataset), scores, float(batch_iou.compute()))
+
+
+def _evaluate_with_predictor(loaded, samples, split, tta, batch_size, device, progress) -> EvalResult:
+    """Score full-resolution predictions of the shared predictor (TTA, sliding window)."""
+    from offroadseg.data.datasets import load_pair
+    from offroadseg.inference.predictor import Predictor
+
+    predictor = Predictor.from_loaded(loaded, tta=tta, device=device, batch_size=batch_size)
+    k = loaded.taxonomy.num_classes
+    cm = ConfusionMatrixMetric(k, ignore_index=loaded.taxonomy.ignore_index)
+    batch_iou = BatchMeanIoU(k, ignore_index=loaded.taxonomy.ignore_index)
+    step = batch_size or loaded.config.eval.batch_size
+    for start in range(0, len(samples), step):
+        pairs = [
+            load_pair(s, loaded.taxonomy, unknown=loaded.config.data.unknown_values)
+            for s in samples[start : start + step]
+        ]
+        preds = predictor.predict([image for image, _ in pairs])
+        for pred, (_, ids) in zip(preds, pairs, strict=True):
+            pred_t, ids_t = torch.from_numpy(pred).long(), torch.from_numpy(ids).long()
+            cm.update(pred_t, ids_t)
+            batch_iou.update(pred_t, ids_t)
+        if progress:
+            progress(min(start + step, len(samples)), len(samples))
+    scores = scores_from_confusion(cm.compute()).to_dict(loaded.taxonomy.names)
+    return EvalResult(split, len(samples), scores, float(batch_iou.compute()))
 
 
 def _to(value, dev):

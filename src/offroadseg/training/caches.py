@@ -164,7 +164,10 @@ def attach_caches(
         dm.train_dataset.loader = train_cache
         dm.val_dataset.loader = val_cache
         report.decoded = True
-        report.stores += [_store_row("decoded", "train", train_cache), _store_row("decoded", "val", val_cache)]
+        report.stores += [
+            _store_row("decoded", "train", train_cache),
+            _store_row("decoded", "val", val_cache),
+        ]
 
     if use_features:
         with torch.random.fork_rng(devices=[]):
@@ -222,7 +225,9 @@ def _attach_features(cfg, dm, module, report, train_loader, val_loader, *, root:
         seed=cfg.train.seed,
     )
     aug_no_flip = _without_hflip(cfg.data.augment)
-    transform = build_train_transform(aug_no_flip, ignore_index=dm.taxonomy.ignore_index) if views > 1 else None
+    transform = (
+        build_train_transform(aug_no_flip, ignore_index=dm.taxonomy.ignore_index) if views > 1 else None
+    )
     full_res = bool(cfg.eval.full_resolution)
     batch = 16 if device.type == "cuda" else max(1, cfg.eval.batch_size)
     workers = default_workers(cfg.data.num_workers)

@@ -68,12 +68,16 @@ class SegDataModule(L.LightningDataModule):
             full_res=cfg.eval.full_resolution,
         )
 
-    def _loader(self, dataset: Dataset, *, batch_size: int, shuffle: bool, exact_shards: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, *, batch_size: int, shuffle: bool, exact_shards: bool = False
+    ) -> DataLoader:
         workers = default_workers(self.cfg.data.num_workers)
         sampler = None
         trainer = self.trainer
         if exact_shards and trainer is not None and trainer.world_size > 1:
-            sampler = UnpaddedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank)
+            sampler = UnpaddedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank
+            )
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -90,4 +94,6 @@ class SegDataModule(L.LightningDataModule):
         return self._loader(self.train_dataset, batch_size=self.cfg.train.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, batch_size=self.cfg.eval.batch_size, shuffle=False, exact_shards=True)
+        return self._loader(
+            self.val_dataset, batch_size=self.cfg.eval.batch_size, shuffle=False, exact_shards=True
+        )

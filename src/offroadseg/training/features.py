@@ -210,22 +210,24 @@ def open_feature_store(
         )
         dev = torch.device(device)
         amp = (
-            torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+            torch.autocast(dev.type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
         )
         done = 0
         with torch.inference_mode(), amp:
             for batch_rows, images, masks, fulls in jobs:
                 feats = model.forward_features(images.to(dev, non_blocking=True))
                 for i, f in enumerate(feats):
-                    arrays[f"feat{i}"][batch_rows[0] : batch_rows[-1] + 1] = (
-                        f.to(torch.float16).cpu().numpy()
-                    )
+                    arrays[f"feat{i}"][batch_rows[0] : batch_rows[-1] + 1] = f.to(torch.float16).cpu().numpy()
                 for row, mask, full in zip(batch_rows, masks, fulls, strict=True):
                     arrays["masks"][row] = mask
                     if full_res and row % views == 0:
                         index = row // views
                         if full is None or tuple(full.shape) != shapes[index]:
-                            raise DataError(f"mask {samples[index].label} has no full-resolution ids or changed size")
+                            raise DataError(
+                                f"mask {samples[index].label} has no full-resolution ids or changed size"
+                            )
                         arrays["full_flat"][offsets[index] : offsets[index + 1]] = full.reshape(-1)
                 done += len(batch_rows)
                 if progress is not None:
@@ -312,7 +314,9 @@ class FeatureDataset(Dataset):
     @staticmethod
     def collate(batch: list[dict]) -> dict:
         out = {
-            "features": [torch.stack([b["features"][i] for b in batch]) for i in range(len(batch[0]["features"]))],
+            "features": [
+                torch.stack([b["features"][i] for b in batch]) for i in range(len(batch[0]["features"]))
+            ],
             "mask": torch.stack([b["mask"] for b in batch]),
             "name": [b["name"] for b in batch],
             "index": torch.tensor([b["index"] for b in batch]),
