@@ -14,6 +14,12 @@ SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the repository (real images for checks; may be absent)."""
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
 def toy_root(tmp_path_factory) -> Path:
     return make_toy_dataset(tmp_path_factory.mktemp("toy"), n_train=4, n_val=3)
 
@@ -26,7 +32,10 @@ def toy_checkpoint(toy_root, tmp_path_factory) -> Path:
     cfg = config_from_dict(
         {
             "data": {"root": str(toy_root), "image_size": [56, 84], "num_workers": 0},
-            "model": {"backbone": {"name": "dinov2_test", "weights": "random"}, "head": {"name": "ppm", "channels": 32}},
+            "model": {
+                "backbone": {"name": "dinov2_test", "weights": "random"},
+                "head": {"name": "ppm", "channels": 32},
+            },
             "train": {"epochs": 1, "batch_size": 2, "lr": 1e-3, "optimizer": "adamw", "accelerator": "cpu"},
             "run": {"dir": str(run_dir), "progress": False},
         }

@@ -109,7 +109,9 @@ def load_bench_model(path: str | Path, overrides: list[str] | None = None):
     return LoadedModel(model, cfg, taxonomy, path)
 
 
-def _time(fn: Callable[[], torch.Tensor], *, iters: int, warmup: int, sync: Callable[[], None]) -> list[float]:
+def _time(
+    fn: Callable[[], torch.Tensor], *, iters: int, warmup: int, sync: Callable[[], None]
+) -> list[float]:
     for _ in range(warmup):
         fn()
     sync()
@@ -172,7 +174,9 @@ def bench_inference(
     results: list[ModeResult] = []
     reference: torch.Tensor | None = None
 
-    def record(mode: str, fn: Callable[[], torch.Tensor], *, setup_s: float | None = None, note: str = "") -> None:
+    def record(
+        mode: str, fn: Callable[[], torch.Tensor], *, setup_s: float | None = None, note: str = ""
+    ) -> None:
         nonlocal reference
         out = fn().float()
         sync()

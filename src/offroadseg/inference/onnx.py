@@ -121,13 +121,18 @@ def export_onnx(
     p = int(seg.patch_size)
     size = (int(height or cfg.data.image_size[0]), int(width or cfg.data.image_size[1]))
     if size[0] < p or size[1] < p:
-        raise ModelError(f"export size {size[0]}x{size[1]} is smaller than the patch size {p}; fix: use >= {p}")
+        raise ModelError(
+            f"export size {size[0]}x{size[1]} is smaller than the patch size {p}; fix: use >= {p}"
+        )
     model = _exportable(seg)
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
     if dynamic:
         model = _PatchMultipleSegmentor(model)
         dummy_size = tuple(-(-s // p) * p for s in size)
-        axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+        axes = {
+            INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+            OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+        }
     else:
         dummy_size = size
     dummy = torch.zeros(1, 3, *dummy_size)

@@ -58,13 +58,17 @@ def collect_inputs(specs: Sequence[str]) -> list[Path]:
             found = sorted(Path(p) for p in glob.glob(spec, recursive=True))
             found = [p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
             if not found:
-                raise DataError(f"pattern {spec!r} matches no image file; fix: check the pattern and quote it")
+                raise DataError(
+                    f"pattern {spec!r} matches no image file; fix: check the pattern and quote it"
+                )
             paths += found
         else:
             raise DataError(f"input {spec} does not exist; fix: give image files, folders or glob patterns")
     paths = list(dict.fromkeys(paths))
     if not paths:
-        raise DataError(f"no image files in {', '.join(specs)}; fix: point INPUT at images ({', '.join(IMAGE_SUFFIXES)})")
+        raise DataError(
+            f"no image files in {', '.join(specs)}; fix: point INPUT at images ({', '.join(IMAGE_SUFFIXES)})"
+        )
     seen: dict[str, Path] = {}
     for p in paths:
         if p.stem in seen:
@@ -95,7 +99,9 @@ class OutputWriter:
         OffroadsegError: ``out_dir`` holds earlier results and ``overwrite`` is not set.
     """
 
-    def __init__(self, out_dir: str | Path, taxonomy: Taxonomy, *, alpha: float = 0.5, overwrite: bool = False):
+    def __init__(
+        self, out_dir: str | Path, taxonomy: Taxonomy, *, alpha: float = 0.5, overwrite: bool = False
+    ):
         if not 0.0 <= alpha <= 1.0:
             raise OffroadsegError(f"--alpha {alpha} is outside [0, 1]; fix: e.g. --alpha 0.5")
         self.out_dir = Path(out_dir)
@@ -203,9 +209,13 @@ def predict_files(
         except DataError as exc:
             return image, None, str(exc)
         if truth.shape != image.shape[:2]:
-            return image, None, (
-                f"ground truth {gt_path} is {truth.shape[1]}x{truth.shape[0]} but image {path} is "
-                f"{image.shape[1]}x{image.shape[0]}; fix: give masks at the images' size"
+            return (
+                image,
+                None,
+                (
+                    f"ground truth {gt_path} is {truth.shape[1]}x{truth.shape[0]} but image {path} is "
+                    f"{image.shape[1]}x{image.shape[0]}; fix: give masks at the images' size"
+                ),
             )
         return image, truth, None
 

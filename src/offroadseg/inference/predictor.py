@@ -188,7 +188,11 @@ class Predictor:
             x = x.flip(-1)
         if sliding:
             out = sliding_logits(
-                self.forward, x, window=self.image_size, overlap=self.tta.window_overlap, batch_size=self.batch_size
+                self.forward,
+                x,
+                window=self.image_size,
+                overlap=self.tta.window_overlap,
+                batch_size=self.batch_size,
             )
         else:
             out = self.forward(x).float()
@@ -237,4 +241,3 @@ class Predictor:
     def predict_one(self, image: np.ndarray) -> np.ndarray:
         """Class ids of one uint8 RGB image."""
         return self.predict([image])[0]
-

@@ -1,0 +1,124 @@
+"""ONNX export and the ONNX Runtime predictor: metadata, shapes, agreement with PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from offroadseg.data.io import read_image
+from offroadseg.errors import ModelError
+from offroadseg.inference.checkpoint import load_checkpoint
+from offroadseg.inference.onnx import (
+    MatmulAdaptiveAvgPool2d,
+    OnnxRunner,
+    export_onnx,
+    load_onnx_predictor,
+    read_onnx_metadata,
+)
+from offroadseg.inference.predictor import Predictor, TTAConfig
+
+
+@pytest.fixture(scope="module")
+def loaded(toy_checkpoint):
+    return load_checkpoint(toy_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def onnx_files(loaded, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("onnx")
+    export_onnx(loaded, tmp / "static.onnx")
+    export_onnx(loaded, tmp / "dynamic.onnx", dynamic=True)
+    return {"static": tmp / "static.onnx", "dynamic": tmp / "dynamic.onnx"}
+
+
+def _generated(toy_root) -> list[np.ndarray]:
+    images = [read_image(p) for p in sorted((toy_root / "val" / "Color_Images").glob("*.png"))]
+    rng = np.random.default_rng(1)
+    images += [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in [(90, 150), (45, 61)]]
+    return images
+
+
+def _agreement(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return sum(int((x == y).sum()) for x, y in zip(a, b, strict=True)) / sum(x.size for x in a)
+
+
+@pytest.mark.parametrize("size", [(6, 6), (26, 46), (3, 5), (1, 1), (14, 9)])
+@pytest.mark.parametrize("out", [1, 2, 3, 6])
+def test_matmul_pool_equals_adaptive_avg_pool(size, out):
+    x = torch.randn(2, 4, *size)
+    torch.testing.assert_close(
+        MatmulAdaptiveAvgPool2d(out)(x), nn.AdaptiveAvgPool2d(out)(x), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_metadata_carries_what_predict_needs(onnx_files, loaded):
+    meta = read_onnx_metadata(onnx_files["static"])
+    assert meta["taxonomy"] == loaded.taxonomy.to_dict()
+    assert meta["image_size"] == [56, 84] and meta["patch_size"] == 14 and not meta["dynamic"]
+    assert len(meta["mean"]) == len(meta["std"]) == 3
+    assert read_onnx_metadata(onnx_files["dynamic"])["dynamic"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "tta"),
+    [
+        ("static", TTAConfig()),
+        ("static", TTAConfig("flip", sliding_window=True)),
+        ("dynamic", TTAConfig()),
+        ("dynamic", TTAConfig("flip+scales", (0.75, 1.0))),
+    ],
+)
+def test_onnx_predictor_agrees_with_pytorch(onnx_files, loaded, toy_root, kind, tta):
+    images = _generated(toy_root)
+    torch_ids = Predictor.from_loaded(loaded, tta=tta, device="cpu").predict(images)
+    onnx_ids = load_onnx_predictor(onnx_files[kind], tta=tta, device="cpu").predict(images)
+    assert [o.shape for o in onnx_ids] == [im.shape[:2] for im in images]
+    assert _agreement(torch_ids, onnx_ids) >= 0.999
+
+
+def test_logits_match_and_batches_of_any_size_run(onnx_files, loaded):
+    x = torch.randn(3, 3, 56, 84)
+    with torch.no_grad():
+        expected = loaded.model(x).numpy()
+    np.testing.assert_allclose(OnnxRunner(onnx_files["static"]).run(x.numpy()), expected, atol=1e-3)
+    odd = torch.randn(2, 3, 50, 95)  # padded to patch multiples and cropped back
+    with torch.no_grad():
+        expected = loaded.model(odd).numpy()
+    np.testing.assert_allclose(OnnxRunner(onnx_files["dynamic"]).run(odd.numpy()), expected, atol=1e-3)
+
+
+def test_static_model_refuses_other_sizes(onnx_files):
+    with pytest.raises(ModelError, match="--dynamic"):
+        OnnxRunner(onnx_files["static"]).run(np.zeros((1, 3, 70, 84), np.float32))
+
+
+def test_files_that_are_not_offroadseg_onnx_get_clear_errors(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00\x01 not a model")
+    with pytest.raises(ModelError, match="junk.onnx"):
+        load_onnx_predictor(junk)
+    bare = tmp_path / "bare.onnx"
+    node = onnx.helper.make_node("Identity", ["x"], ["y"])
+    vi = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph([node], "g", [vi("x", 1, [1])], [vi("y", 1, [1])])
+    onnx.save(onnx.helper.make_model(graph), bare)
+    with pytest.raises(ModelError, match="no offroadseg metadata"):
+        read_onnx_metadata(bare)
+    with pytest.raises(ModelError, match="does not exist"):
+        read_onnx_metadata(tmp_path / "missing.onnx")
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_agreement_on_real_duality_images(onnx_files, loaded, shared_data):
+    folder = shared_data / "duality_rgb"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent (real Duality images for checks)")
+    images = [read_image(p) for p in sorted(folder.glob("*.png"))]
+    tta = TTAConfig()
+    torch_ids = Predictor.from_loaded(loaded, tta=tta, device="cpu", batch_size=4).predict(images)
+    onnx_ids = load_onnx_predictor(onnx_files["static"], tta=tta, device="cpu").predict(images)
+    assert _agreement(torch_ids, onnx_ids) >= 0.999
