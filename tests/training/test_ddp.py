@@ -23,9 +23,8 @@ def test_two_process_ddp_on_cpu(toy_root, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "distributed_backend=gloo" in proc.stderr + proc.stdout
-    assert "All distributed processes registered" in proc.stderr + proc.stdout
     result = json.loads((tmp_path / "r.json").read_text())
+    assert result["world_size"] == 2
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     # val images are split across the 2 processes and the confusion matrix is summed: all pixels counted
     assert sum(map(sum, result["val"]["confusion_matrix"])) == 3 * 56 * 84

@@ -43,7 +43,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     )
     print(
         f"\n{res['train_images']} train / {res['val_images']} val images on {res['device']} "
-        f"({res['cpu_threads']} CPU threads); epoch = train + val; ratio = baseline epoch / variant epoch"
+        f"({res['cpu_threads']} CPU threads); epoch = train + val loops (checkpoint writes apart); ratio = baseline epoch / variant epoch"
     )
     print(
         f"  {'variant':<14} {'epoch 1 s':>10} {'later s':>9} {'speedup':>8} {'1st/base':>9} {'cache':>10} {'build s':>8}"

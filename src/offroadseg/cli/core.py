@@ -26,6 +26,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0  # a non-zero DDP rank
     took = time.perf_counter() - start
     print(f"done in {took / 60:.1f} min; run directory: {result.run_dir}")
+    for message in (result.caches or {}).get("messages", []):
+        print(f"cache: {message}")
     if result.val_scores:
         print_scores(result.val_scores, header="validation (best epoch, dataset-level):")
     last = result.history[-1] if result.history else {}
@@ -40,6 +42,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "val": result.val_scores,
             "history": result.history,
             "seconds": took,
+            "world_size": result.world_size,
+            "caches": result.caches,
         },
     )
     return 0

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from offroadseg.config import AugmentConfig, Config
-from offroadseg.data.cache import CacheWarning, cache_root, open_decoded_cache
+from offroadseg.data.cache import CacheWarning, DecodedCache, cache_root, open_decoded_cache
 from offroadseg.data.transforms import build_train_transform, photometric_or_geometric
+from offroadseg.errors import ConfigError
 from offroadseg.training.datamodule import SegDataModule, default_workers
 from offroadseg.training.features import FeatureDataset, backbone_digest, feature_key, open_feature_store
 
@@ -116,7 +117,9 @@ def attach_caches(
     report = CacheReport()
     cc = cfg.data.cache
     if cc.views < 1:
-        raise ValueError(f"data.cache.views must be >= 1, got {cc.views}")
+        raise ConfigError(
+            f"data.cache.views must be >= 1, got {cc.views}; fix: data.cache.views=1 (or K > 1)"
+        )
     root = cache_root(cc.dir)
     size = (int(cfg.data.image_size[0]), int(cfg.data.image_size[1]))
     workers = default_workers(cfg.data.num_workers)
@@ -230,7 +233,8 @@ def _attach_features(cfg, dm, module, report, train_loader, val_loader, *, root:
     )
     full_res = bool(cfg.eval.full_resolution)
     batch = 16 if device.type == "cuda" else max(1, cfg.eval.batch_size)
-    workers = default_workers(cfg.data.num_workers)
+    # Decoded pairs come out of a memory map: no worker needed, and none competes with the backbone.
+    workers = 0 if isinstance(train_loader, DecodedCache) else default_workers(cfg.data.num_workers)
     model.to(device)
     try:
         with warnings.catch_warnings(record=True) as caught:

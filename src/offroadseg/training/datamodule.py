@@ -71,7 +71,8 @@ class SegDataModule(L.LightningDataModule):
     def _loader(
         self, dataset: Dataset, *, batch_size: int, shuffle: bool, exact_shards: bool = False
     ) -> DataLoader:
-        workers = default_workers(self.cfg.data.num_workers)
+        workers = getattr(dataset, "loader_workers", None)  # a cached dataset may know better
+        workers = default_workers(self.cfg.data.num_workers) if workers is None else workers
         sampler = None
         trainer = self.trainer
         if exact_shards and trainer is not None and trainer.world_size > 1:

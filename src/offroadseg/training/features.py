@@ -251,6 +251,10 @@ class FeatureDataset(Dataset):
     Picklable for DataLoader workers: the memory maps are reopened in each process.
     """
 
+    # An item is a copy out of a memory map: worker processes cost more (start-up, IPC of
+    # megabyte feature maps, CPU taken from the head) than they save.
+    loader_workers = 0
+
     def __init__(
         self,
         store: Store,

@@ -40,6 +40,7 @@ class TrainResult:
     val_scores: dict | None = None
     class_weights: list[float] | None = None
     caches: dict | None = None  # CacheReport.to_dict(): stores used/built, sizes, messages
+    world_size: int = 1  # processes that trained (DDP)
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -148,6 +149,7 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
         history=module.history,
         class_weights=weights,
         caches=cache_report.to_dict(),
+        world_size=trainer.world_size,
     )
     finish_run(cfg, run_dir, module, dm, result, steps_per_epoch=module.steps_per_epoch)
     return result
