@@ -32,8 +32,7 @@ from offroadseg.config import Config
 from offroadseg.errors import ConfigError
 from offroadseg.training.caches import attach_caches
 from offroadseg.training.datamodule import SegDataModule, default_workers
-from offroadseg.training.module import SegmentationModule
-from offroadseg.training.run import build_trainer, compute_class_weights
+from offroadseg.training.run import build_module, build_trainer, compute_class_weights
 
 __all__ = ["DEFAULT_VARIANTS", "EpochTimer", "bench_train"]
 
@@ -222,13 +221,7 @@ def _run_variant(cfg, spec: _Variant, work_dir: Path, epochs, limit, limit_val, 
         weights = weights_cache["w"]
     else:
         weights = None
-    module = SegmentationModule(
-        v.to_dict(),
-        dm.taxonomy.names,
-        class_weights=weights,
-        ignore_index=dm.taxonomy.ignore_index,
-        taxonomy=dm.taxonomy.to_dict(),
-    )
+    module = build_module(v, dm, weights)
     start = time.perf_counter()
     report = attach_caches(v, dm, module)
     setup_s = time.perf_counter() - start

@@ -303,13 +303,41 @@ def decoded_key(
     )
 
 
-class DecodedCache:
+class MappedStore:
+    """Lazy access to a store's memory maps, reopened (and re-checked) in each worker process.
+
+    Subclasses set ``path``, ``key``, ``_arrays`` and ``kind`` (named in errors).
+    """
+
+    kind = "cache"
+    path: Path
+    key: str
+    _arrays: dict[str, np.ndarray] | None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_arrays"] = None  # memory maps do not travel to worker processes
+        return state
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            store = check_store(self.path, self.key)
+            if not isinstance(store, Store):
+                raise DataError(f"{self.kind} {self.path} changed during the run ({store}); run again")
+            self._arrays = store.arrays
+        return self._arrays
+
+
+class DecodedCache(MappedStore):
     """A :data:`~offroadseg.data.datasets.PairLoader` backed by a memory-mapped store.
 
     ``cache(i)`` returns ``(image uint8 [H, W, 3], ids uint8 [H, W], full ids or None)``,
     exactly what the dataset's own loader returns. Picklable for DataLoader workers: the
     memory maps are reopened in each process.
     """
+
+    kind = "decoded cache"
 
     def __init__(self, store: Store) -> None:
         self.path = store.path
@@ -318,20 +346,6 @@ class DecodedCache:
         self.built = store.built
         self.nbytes = store.nbytes
         self._arrays: dict[str, np.ndarray] | None = store.arrays
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_arrays"] = None
-        return state
-
-    @property
-    def arrays(self) -> dict[str, np.ndarray]:
-        if self._arrays is None:
-            store = check_store(self.path, self.key)
-            if not isinstance(store, Store):
-                raise DataError(f"decoded cache {self.path} changed during the run ({store}); run again")
-            self._arrays = store.arrays
-        return self._arrays
 
     def __len__(self) -> int:
         return int(self.arrays["images"].shape[0])

@@ -27,7 +27,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from offroadseg.data.cache import Store, check_store, file_fingerprints, hash_key, open_or_build_store
+from offroadseg.data.cache import (
+    MappedStore,
+    Store,
+    file_fingerprints,
+    hash_key,
+    open_or_build_store,
+)
 from offroadseg.data.datasets import Sample, normalize
 from offroadseg.data.io import image_size as read_image_size
 from offroadseg.errors import DataError
@@ -242,7 +248,7 @@ def open_feature_store(
         model.train(was_training)
 
 
-class FeatureDataset(Dataset):
+class FeatureDataset(MappedStore, Dataset):
     """Items from a feature store, in the shape the LightningModule reads.
 
     Items: ``features`` (list of float16 ``[C, h, w]``), ``mask`` int64 ``[H, W]``,
@@ -254,6 +260,7 @@ class FeatureDataset(Dataset):
     # An item is a copy out of a memory map: worker processes cost more (start-up, IPC of
     # megabyte feature maps, CPU taken from the head) than they save.
     loader_workers = 0
+    kind = "feature cache"
 
     def __init__(
         self,
@@ -275,20 +282,6 @@ class FeatureDataset(Dataset):
         self.full_res = full_res and "full_flat" in store.arrays
         self.nbytes = store.nbytes
         self._arrays: dict[str, np.ndarray] | None = store.arrays
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_arrays"] = None
-        return state
-
-    @property
-    def arrays(self) -> dict[str, np.ndarray]:
-        if self._arrays is None:
-            store = check_store(self.path, self.key)
-            if not isinstance(store, Store):
-                raise DataError(f"feature cache {self.path} changed during the run ({store}); run again")
-            self._arrays = store.arrays
-        return self._arrays
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -62,6 +62,17 @@ def compute_class_weights(dm: SegDataModule, max_weight: float) -> list[float]:
     return class_weights_from_counts(counts, max_weight=max_weight).tolist()
 
 
+def build_module(cfg: Config, dm: SegDataModule, class_weights: list[float] | None) -> SegmentationModule:
+    """The LightningModule for a config and its data (taxonomy, class names, weights)."""
+    return SegmentationModule(
+        cfg.to_dict(),
+        dm.taxonomy.names,
+        class_weights=class_weights,
+        ignore_index=dm.taxonomy.ignore_index,
+        taxonomy=dm.taxonomy.to_dict(),
+    )
+
+
 def build_trainer(cfg: Config, run_dir: Path, *, extra_callbacks: list | None = None) -> L.Trainer:
     """A Lightning Trainer with the run directory's checkpoints, history and CSV log."""
     t = cfg.train
@@ -120,13 +131,7 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     dm = SegDataModule(cfg)
     weights = compute_class_weights(dm, cfg.loss.max_weight) if cfg.loss.class_weights == "auto" else None
-    module = SegmentationModule(
-        cfg.to_dict(),
-        dm.taxonomy.names,
-        class_weights=weights,
-        ignore_index=dm.taxonomy.ignore_index,
-        taxonomy=dm.taxonomy.to_dict(),
-    )
+    module = build_module(cfg, dm, weights)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
 
