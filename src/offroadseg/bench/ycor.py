@@ -1,0 +1,181 @@
+"""``bench ycor``: real-data quality on YCOR (Yamaha-CMU Off-Road), one run per config.
+
+Each config trains on YCOR's ``train`` split and is scored on ``val`` from one
+confusion matrix at the label's resolution (class 0, void, ignored). Configs whose
+``eval.tta`` is not ``none`` are scored once more from their best checkpoint with that
+test-time augmentation (the figure reported as ``val_miou``; the training loop's score
+without TTA stays beside it as ``val_miou_no_tta``).
+
+The ycor configs share their data, resolution and backbone layers, so the frozen-feature
+cache is built by the first run and reused by the others: the first row's
+``cache_build_s`` carries the ViT's pass over the dataset, the other rows ``0``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from offroadseg.config import Config, load_config
+from offroadseg.errors import ConfigError, OffroadsegError
+
+__all__ = ["DEFAULT_CONFIGS", "DEFAULT_ROOT", "bench_ycor", "check_root", "ycor_config"]
+
+DEFAULT_CONFIGS = (
+    "configs/ycor_linear.yaml",
+    "configs/ycor_conv.yaml",
+    "configs/ycor_ppm.yaml",
+    "configs/ycor.yaml",
+)
+DEFAULT_ROOT = "../shared/data/ycor"
+
+
+def check_root(root: str | Path) -> Path:
+    """The YCOR root, or an :class:`OffroadsegError` that says how to point at it."""
+    path = Path(root).expanduser()
+    if not (path / "images").is_dir() or not (path / "labels").is_dir():
+        raise OffroadsegError(
+            f"YCOR not found at {path.resolve()} (expected images/ and labels/ there); fix: --data PATH"
+        )
+    return path
+
+
+def ycor_config(
+    path: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    epochs: int | None = None,
+    work_dir: str | Path = "runs/bench_ycor",
+) -> Config:
+    """One bench config: ``path`` + overrides, with its run under ``<work_dir>/<config stem>``."""
+    extra = list(overrides)
+    if data_root is not None:
+        extra.append(f"data.root={data_root}")
+    if epochs is not None:
+        if epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+        extra.append(f"train.epochs={epochs}")
+    cfg = load_config(path, extra)
+    cfg.run.dir = str(Path(work_dir) / Path(path).stem)
+    cfg.run.progress = False
+    return cfg
+
+
+def bench_ycor(
+    configs: Sequence[str | Path] = DEFAULT_CONFIGS,
+    *,
+    data_root: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    epochs: int | None = None,
+    work_dir: str | Path = "runs/bench_ycor",
+    on_config: Callable[[str, dict], None] | None = None,
+) -> dict:
+    """Train each config on YCOR's train split and score it on val.
+
+    Args:
+        configs: config files (their ``data`` section points at YCOR; ``data_root`` overrides it).
+        data_root: the YCOR folder (default: each config's ``data.root``).
+        overrides: dotted ``key=value`` overrides applied to every config.
+        epochs: override ``train.epochs`` of every config.
+        work_dir: runs go to ``<work_dir>/<config stem>``.
+        on_config: called with ``(config path, row)`` after each config (partial results).
+
+    Returns:
+        ``rows`` (one per config: head, resolution, layers, val mIoU with and without TTA,
+        per-class IoU, train / cache-build / evaluation / total seconds), ``best`` (the stem of
+        the row with the highest val mIoU), ``device`` and ``cpu_threads``.
+
+    Raises:
+        OffroadsegError: when the data root is missing (``YCOR not found at ...``).
+    """
+    if not configs:
+        raise ConfigError("bench ycor: no config given")
+    cfgs = [
+        ycor_config(p, data_root=data_root, overrides=overrides, epochs=epochs, work_dir=work_dir)
+        for p in configs
+    ]
+    for cfg in cfgs:  # fail before any training
+        check_root(cfg.data.root)
+    rows = []
+    for path, cfg in zip(configs, cfgs, strict=True):
+        row = _run_one(str(path), cfg)
+        rows.append(row)
+        if on_config is not None:
+            on_config(str(path), row)
+    scored = [r for r in rows if r["val_miou"] is not None]
+    best = max(scored, key=lambda r: r["val_miou"])["name"] if scored else None
+    return {
+        "data_root": str(Path(cfgs[0].data.root).resolve()),
+        "device": "cuda" if cfgs[0].train.accelerator != "cpu" and torch.cuda.is_available() else "cpu",
+        "cpu_threads": torch.get_num_threads(),
+        "rows": rows,
+        "best": best,
+    }
+
+
+def _layers(cfg: Config) -> str:
+    layers = cfg.model.backbone.layers
+    return f"last {layers}" if isinstance(layers, int) else ",".join(str(i) for i in layers)
+
+
+def _run_one(path: str, cfg: Config) -> dict:
+    from offroadseg.training.run import train  # noqa: PLC0415 (torch/lightning only when running)
+
+    start = time.perf_counter()
+    result = train(cfg)
+    fit_s = time.perf_counter() - start
+    caches = result.caches or {}
+    scores = result.val_scores
+    row = {
+        "config": path,
+        "name": Path(path).stem,
+        "run_dir": str(result.run_dir),
+        "head": cfg.model.head.name,
+        "head_channels": cfg.model.head.channels,
+        "backbone": cfg.model.backbone.name,
+        "weights": cfg.model.backbone.weights,
+        "layers": _layers(cfg),
+        "image_size": list(cfg.data.image_size),
+        "loss": cfg.loss.name,
+        "class_weights": cfg.loss.class_weights,
+        "epochs": cfg.train.epochs,
+        "best_epoch": _best_epoch(result.history),
+        "tta": cfg.eval.tta,
+        "val_miou_no_tta": scores["miou"] if scores else None,
+        "val_miou": scores["miou"] if scores else None,
+        "per_class_iou": scores["per_class_iou"] if scores else None,
+        "pixel_accuracy": scores["pixel_accuracy"] if scores else None,
+        "history_val_miou": [h.get("val_miou") for h in result.history],
+        "cache_features": bool(caches.get("features")),
+        "cache_built": any(s.get("built") for s in caches.get("stores", [])),
+        "cache_build_s": float(caches.get("build_s", 0.0)),
+        "cache_setup_s": float(caches.get("setup_s", 0.0)),
+        "cache_messages": list(caches.get("messages", [])),
+        "train_s": fit_s - float(caches.get("setup_s", 0.0)),
+        "eval_s": 0.0,
+        "total_s": fit_s,
+    }
+    if cfg.eval.tta != "none" and result.best_checkpoint is not None:
+        from offroadseg.inference.checkpoint import load_checkpoint  # noqa: PLC0415
+        from offroadseg.inference.evaluate import evaluate_loaded  # noqa: PLC0415
+
+        t0 = time.perf_counter()
+        loaded = load_checkpoint(result.best_checkpoint)
+        ev = evaluate_loaded(loaded, data_root=cfg.data.root, split=cfg.data.val_split, device="cpu")
+        row.update(
+            val_miou=ev.scores["miou"],
+            per_class_iou=ev.scores["per_class_iou"],
+            pixel_accuracy=ev.scores["pixel_accuracy"],
+            eval_s=time.perf_counter() - t0,
+        )
+        row["total_s"] = fit_s + row["eval_s"]
+    return row
+
+
+def _best_epoch(history: list[dict]) -> int | None:
+    scored = [h for h in history if h.get("val_miou") is not None]
+    return max(scored, key=lambda h: h["val_miou"])["epoch"] if scored else None

@@ -1,0 +1,104 @@
+"""``offroadseg bench ycor [CONFIG ...] [--data ROOT] [--json FILE] [--epochs N]``: real-data
+quality (YCOR val mIoU, per-class IoU, wall time) of each config in one run."""
+
+from __future__ import annotations
+
+import argparse
+
+from offroadseg.cli.common import fmt, write_json
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def _res(size: list[int]) -> str:
+    return f"{size[1]}x{size[0]}"
+
+
+def print_table(res: dict) -> None:
+    rows = res["rows"]
+    print(
+        f"\nYCOR val ({res['data_root']}), dataset-level mIoU over classes 1-8 (void ignored), "
+        f"{res['device']} ({res['cpu_threads']} threads)"
+    )
+    print(
+        f"  {'config':<12} {'head':<7} {'res':>8} {'layers':>7} {'tta':>5} {'mIoU':>7} {'no-TTA':>7} "
+        f"{'train':>9} {'cache build':>11} {'eval':>7} {'total':>9}"
+    )
+    for r in rows:
+        build = (
+            _seconds(r["cache_build_s"]) if r["cache_built"] else ("reused" if r["cache_features"] else "off")
+        )
+        print(
+            f"  {r['name']:<12} {r['head']:<7} {_res(r['image_size']):>8} {r['layers']:>7} {r['tta']:>5} "
+            f"{fmt(r['val_miou']):>7} {fmt(r['val_miou_no_tta']):>7} {_seconds(r['train_s']):>9} "
+            f"{build:>11} {_seconds(r['eval_s']):>7} {_seconds(r['total_s']):>9}"
+        )
+    best = next((r for r in rows if r["name"] == res["best"]), None)
+    if best is None:
+        return
+    print(f"\nper-class IoU of the best ({best['name']}, mIoU {fmt(best['val_miou'])}):")
+    for name, iou in best["per_class_iou"].items():
+        print(f"  {name:<32} {fmt(iou)}" + ("   (absent from val)" if iou is None else ""))
+
+
+def cmd_bench_ycor(args: argparse.Namespace) -> int:
+    from offroadseg.bench.ycor import DEFAULT_CONFIGS, bench_ycor
+
+    configs = args.configs or list(DEFAULT_CONFIGS)
+    print(
+        f"bench ycor: {len(configs)} config(s) {', '.join(configs)}; data "
+        f"{args.data or '(from each config)'}; runs under {args.work_dir}/<config>"
+    )
+    partial: dict = {"rows": []}
+
+    def on_config(path: str, row: dict) -> None:
+        partial["rows"].append(row)
+        note = f" (+ {row['tta']} TTA eval {_seconds(row['eval_s'])})" if row["tta"] != "none" else ""
+        print(
+            f"  {row['name']}: val mIoU {fmt(row['val_miou'])}, best epoch {row['best_epoch']}/{row['epochs']}, "
+            f"train {_seconds(row['train_s'])}, cache build {_seconds(row['cache_build_s'])}{note}",
+            flush=True,
+        )
+        for msg in row["cache_messages"]:
+            print(f"    note: {msg}")
+        if args.json:  # partial results survive an interrupted run
+            write_json(args.json, {**partial, "partial": True})
+
+    res = bench_ycor(
+        configs,
+        data_root=args.data,
+        overrides=args.overrides,
+        epochs=args.epochs,
+        work_dir=args.work_dir,
+        on_config=on_config,
+    )
+    print_table(res)
+    write_json(args.json, res)
+    return 0
+
+
+def register(bench_sub) -> None:
+    p = bench_sub.add_parser(
+        "ycor",
+        help="real-data quality: train each config on YCOR train, val mIoU + per-class IoU + wall time",
+    )
+    p.add_argument(
+        "configs",
+        nargs="*",
+        help="config files (default: configs/ycor_{linear,conv,ppm}.yaml, configs/ycor.yaml)",
+    )
+    p.add_argument("--data", default=None, help="the YCOR folder (default: each config's data.root)")
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs of every config")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override for every config (repeatable), e.g. --set data.num_workers=0",
+    )
+    p.add_argument("--work-dir", default="runs/bench_ycor", help="runs go to <work-dir>/<config stem>")
+    p.add_argument("--json", help="write the results as JSON to this file")
+    p.set_defaults(func=cmd_bench_ycor)

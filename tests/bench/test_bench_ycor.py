@@ -1,0 +1,157 @@
+"""``offroadseg bench ycor``: trains each config on a YCOR-like set and reports val mIoU, per-class
+IoU and wall time; the shipped ycor configs load; the real YCOR folder reads (or skips)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from offroadseg.cli import main
+from offroadseg.errors import OffroadsegError
+
+REPO = Path(__file__).resolve().parents[2]
+REAL_YCOR = REPO.parent / "shared" / "data" / "ycor"
+YCOR_CONFIGS = ("ycor_linear", "ycor_conv", "ycor_ppm", "ycor")
+CLASSES = [
+    ("background/void", (255, 255, 255)),
+    ("smooth_trail", (178, 176, 153)),
+    ("traversable_grass", (128, 255, 0)),
+    ("rough_trail", (156, 76, 30)),
+    ("puddle", (255, 0, 128)),
+    ("obstacle", (255, 0, 0)),
+    ("non_traversable_low_vegetation", (0, 160, 0)),
+    ("high_vegetation", (40, 80, 0)),
+    ("sky", (1, 88, 255)),
+]
+TINY = [
+    "model.backbone.name=dinov2_test",
+    "model.backbone.weights=random",
+    "data.num_workers=0",
+    "data.image_size=[28, 42]",
+    "run.progress=false",
+    "train.batch_size=2",
+]
+
+
+def make_ycor_like(root: Path, n_train: int = 4, n_val: int = 2, size: tuple[int, int] = (34, 64)) -> Path:
+    """A YCOR-like set: images/*.jpg, palette-index labels/*.png, split.tsv, classes.tsv."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    h, w = size
+    palette = [c for _, rgb in CLASSES for c in rgb]
+    lines = []
+    for i in range(n_train + n_val):
+        name = f"iid{i:06d}"
+        ids = np.full((h, w), 8, dtype=np.uint8)  # sky on top
+        ids[h // 3 :] = rng.integers(1, 8)  # one ground class below
+        ids[h // 3 :, : w // 4] = 7  # trees on the left
+        ids[-4:, -6:] = 4 + i % 2  # a puddle or an obstacle
+        ids[0, 0] = 0  # a void pixel
+        colors = np.array([rgb for _, rgb in CLASSES], dtype=np.uint8)
+        image = colors[ids].astype(np.int16) + rng.integers(-20, 20, (h, w, 3))
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / "images" / f"{name}.jpg", quality=90)
+        label = Image.fromarray(ids, mode="P")
+        label.putpalette(palette)
+        label.save(root / "labels" / f"{name}.png")
+        lines.append(f"{name}\t{'train' if i < n_train else 'val'}")
+    (root / "split.tsv").write_text("\n".join(lines) + "\n")
+    rows = ["id\tname\tR\tG\tB"] + [f"{i}\t{n}\t{r}\t{g}\t{b}" for i, (n, (r, g, b)) in enumerate(CLASSES)]
+    (root / "classes.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_bench_ycor_on_a_ycor_like_set(tmp_path: Path, capsys) -> None:
+    root = make_ycor_like(tmp_path / "ycor")
+    out = tmp_path / "ycor.json"
+    configs = [str(REPO / "configs" / "ycor_linear.yaml"), str(REPO / "configs" / "ycor.yaml")]
+    argv = ["bench", "ycor", *configs, "--data", str(root), "--epochs", "2", "--json", str(out)]
+    argv += ["--work-dir", str(tmp_path / "runs")]
+    for override in [*TINY, "model.head.channels=16"]:
+        argv += ["--set", override]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "per-class IoU of the best" in printed and "ycor_linear" in printed
+    res = json.loads(out.read_text())
+    rows = {r["name"]: r for r in res["rows"]}
+    assert list(rows) == ["ycor_linear", "ycor"] and res["best"] in rows
+    lin, best = rows["ycor_linear"], rows["ycor"]
+    assert Path(lin["run_dir"]) == tmp_path / "runs" / "ycor_linear"
+    assert lin["head"] == "linear" and best["head"] == "ppm" and best["layers"] == "last 4"
+    assert lin["epochs"] == 2 and len(lin["history_val_miou"]) == 2
+    assert lin["image_size"] == [28, 42] and lin["cache_features"]
+    # void (0) is ignored: the scored classes are the 8 named ones
+    assert set(lin["per_class_iou"]) == {n for n, _ in CLASSES[1:]}
+    assert 0.0 <= lin["val_miou"] <= 1.0 and lin["tta"] == "none" and lin["eval_s"] == 0.0
+    assert best["tta"] == "flip" and best["eval_s"] > 0 and best["val_miou_no_tta"] is not None
+    assert lin["train_s"] > 0 and lin["total_s"] >= lin["train_s"]
+
+
+def test_bench_ycor_function_with_overrides(tmp_path: Path) -> None:
+    from offroadseg.bench.ycor import bench_ycor
+
+    root = make_ycor_like(tmp_path / "ycor", n_train=2, n_val=1)
+    res = bench_ycor(
+        [REPO / "configs" / "ycor_ppm.yaml"],
+        data_root=root,
+        overrides=[*TINY, "model.head.channels=16"],
+        epochs=1,
+        work_dir=tmp_path / "runs",
+    )
+    (row,) = res["rows"]
+    assert row["name"] == "ycor_ppm" and row["loss"] == "focal+dice" and res["best"] == "ycor_ppm"
+    assert row["val_miou"] is not None and row["cache_build_s"] >= 0
+
+
+@pytest.mark.parametrize("name", YCOR_CONFIGS)
+def test_shipped_ycor_configs_load(name: str) -> None:
+    from offroadseg.config import load_config
+
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    d = cfg.data
+    assert d.layout == "generic" and d.root == "../shared/data/ycor"
+    assert (d.image_dir, d.label_dir, d.split_file, d.taxonomy) == (
+        "images",
+        "labels",
+        "split.tsv",
+        "classes.tsv",
+    )
+    assert d.ignore_values == [0] and d.cache.features
+    assert cfg.model.backbone.name == "dinov2_vits14" and cfg.model.backbone.weights == "offline:dinov2-small"
+    assert cfg.model.backbone.frozen and cfg.train.optimizer == "adamw" and cfg.train.scheduler == "cosine"
+    # one shared frozen-feature cache: same size, layers and views for every ycor config
+    assert d.image_size == [238, 448] and cfg.model.backbone.layers == 4 and d.cache.views == 1
+
+
+def test_missing_root_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    from offroadseg.bench.ycor import bench_ycor
+
+    missing = tmp_path / "nowhere"
+    with pytest.raises(OffroadsegError, match="YCOR not found at .*nowhere.*fix: --data PATH"):
+        bench_ycor([REPO / "configs" / "ycor_linear.yaml"], data_root=missing)
+    assert main(["bench", "ycor", "--data", str(missing)]) == 2
+    assert "YCOR not found at" in capsys.readouterr().err
+
+
+def test_real_ycor_lists_and_loads() -> None:
+    if not REAL_YCOR.is_dir():
+        pytest.skip(f"real YCOR data not present at {REAL_YCOR}")
+    from offroadseg.config import load_config
+    from offroadseg.data.datasets import list_samples, load_pair, taxonomy_for
+
+    cfg = load_config(REPO / "configs" / "ycor_linear.yaml", [f"data.root={REAL_YCOR}"])
+    train, val = list_samples(cfg.data, "train"), list_samples(cfg.data, "val")
+    assert (len(train), len(val)) == (931, 70)
+    tax = taxonomy_for(cfg.data)
+    assert tax.num_classes == 8 and "puddle" in tax.names and "sky" in tax.names
+    for sample in (train[0], val[-1]):
+        image, ids = load_pair(sample, tax, unknown=cfg.data.unknown_values)
+        assert image.shape == (544, 1024, 3) and ids.shape == (544, 1024)
+        assert set(np.unique(ids)) <= set(range(tax.num_classes)) | {tax.ignore_index}
