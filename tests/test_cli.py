@@ -145,6 +145,11 @@ def test_train_evaluate_score_roundtrip(capsys, data, tmp_path):
         "confusion_matrix",
         "batch_mean_iou",
     } <= set(ev)
+    code, _, _ = _run(
+        capsys, "evaluate", result["best_checkpoint"], "--tta", "flip", "--json", tmp_path / "f.json"
+    )
+    flipped = json.loads((tmp_path / "f.json").read_text())
+    assert code == 0 and 0.0 <= flipped["miou"] <= 1.0
     gt = data / "val" / "Segmentation"
     code, _, _ = _run(capsys, "score", gt, gt, "--json", tmp_path / "s.json")
     sc = json.loads((tmp_path / "s.json").read_text())

@@ -7,6 +7,7 @@ import time
 
 from offroadseg import __version__
 from offroadseg.cli.common import fmt, print_scores, progress, write_json
+from offroadseg.cli.predict import add_tta_arguments
 from offroadseg.errors import ConfigError
 
 
@@ -59,6 +60,7 @@ def _announce_weights(source: str | None) -> None:
 
 # ---- evaluate ---------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from offroadseg.cli.predict import tta_from_args
     from offroadseg.inference.checkpoint import load_checkpoint
     from offroadseg.inference.evaluate import evaluate_loaded
 
@@ -70,6 +72,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         progress=progress(f"evaluate {args.split}"),
+        tta=tta_from_args(args, vars(loaded.config.eval)),
     )
     print_scores(result.scores, header=f"{args.split}: {result.images} images (dataset-level scores)")
     print(f"  reference batch-mean IoU (comparison only): {fmt(result.batch_mean_iou)}")
@@ -160,6 +163,7 @@ def register(sub) -> None:
     e.add_argument("--split", default="val")
     e.add_argument("--batch-size", type=int, default=None)
     e.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_tta_arguments(e)
     e.add_argument("--json")
     e.set_defaults(func=cmd_evaluate)
 

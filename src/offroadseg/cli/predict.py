@@ -40,6 +40,30 @@ def tta_from_args(args: argparse.Namespace, defaults: dict):
     )
 
 
+def add_tta_arguments(p: argparse.ArgumentParser) -> None:
+    """--tta, --scales, --sliding-window, --overlap (defaults: the model's eval settings)."""
+    p.add_argument(
+        "--tta",
+        default=None,
+        choices=["none", "flip", "scales", "flip+scales"],
+        help="test-time augmentation (default: the model's eval.tta)",
+    )
+    p.add_argument("--scales", default=None, help="TTA scales, e.g. 0.75,1,1.25 (default: eval.scales)")
+    p.add_argument(
+        "--sliding-window",
+        dest="sliding_window",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tile images larger than the training size instead of resizing them (default: eval.sliding_window)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=float,
+        default=None,
+        help="sliding-window overlap in [0, 1) (default: eval.window_overlap)",
+    )
+
+
 def load_predictor(model_path: str, args: argparse.Namespace):
     """A predictor for a ``.ckpt`` (PyTorch) or ``.onnx`` (ONNX Runtime) file."""
     if Path(model_path).suffix.lower() == ".onnx":
@@ -116,26 +140,7 @@ def register(sub) -> None:
     p.add_argument(
         "--gt", default=None, help="folder of ground-truth masks named like the images: score them"
     )
-    p.add_argument(
-        "--tta",
-        default=None,
-        choices=["none", "flip", "scales", "flip+scales"],
-        help="test-time augmentation (default: the model's eval.tta)",
-    )
-    p.add_argument("--scales", default=None, help="TTA scales, e.g. 0.75,1,1.25 (default: eval.scales)")
-    p.add_argument(
-        "--sliding-window",
-        dest="sliding_window",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="tile images larger than the training size instead of resizing them (default: eval.sliding_window)",
-    )
-    p.add_argument(
-        "--overlap",
-        type=float,
-        default=None,
-        help="sliding-window overlap in [0, 1) (default: eval.window_overlap)",
-    )
+    add_tta_arguments(p)
     p.add_argument("--batch-size", type=int, default=1, help="images (or windows) per forward pass")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--alpha", type=float, default=0.5, help="prediction opacity in overlay/ (0..1)")
