@@ -60,7 +60,7 @@ def majority_baseline(cfg: Config) -> tuple[str, float]:
 def run_demo(
     out: str | Path,
     *,
-    n_train: int = 80,
+    n_train: int = 64,
     n_val: int = 20,
     n_test: int = 20,
     seed: int = 0,

@@ -52,7 +52,7 @@ def register(sub) -> None:
     d = sub.add_parser("demo", help="synthetic scenes -> train -> predict -> HTML report (CPU, no network)")
     d.add_argument("overrides", nargs="*", help="key=value changes to the demo preset (configs/demo.yaml)")
     d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    d.add_argument("--n-train", type=int, default=80)
+    d.add_argument("--n-train", type=int, default=64)
     d.add_argument("--n-val", type=int, default=20)
     d.add_argument("--n-test", type=int, default=20)
     d.add_argument("--seed", type=int, default=0)
