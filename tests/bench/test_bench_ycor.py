@@ -85,13 +85,16 @@ def test_bench_ycor_on_a_ycor_like_set(tmp_path: Path, capsys) -> None:
     assert list(rows) == ["ycor_linear", "ycor"] and res["best"] in rows
     lin, best = rows["ycor_linear"], rows["ycor"]
     assert Path(lin["run_dir"]) == tmp_path / "runs" / "ycor_linear"
-    assert lin["head"] == "linear" and best["head"] == "ppm" and best["layers"] == "last 2"
+    assert lin["head"] == best["head"] == "linear" and best["layers"] == "last 2"
     assert lin["epochs"] == 1 and len(lin["history_val_miou"]) == 1
     assert lin["image_size"] == [28, 42] and lin["cache_features"]
     # void (0) is ignored: the scored classes are the 8 named ones
     assert set(lin["per_class_iou"]) == {n for n, _ in CLASSES[1:]}
     assert 0.0 <= lin["val_miou"] <= 1.0 and lin["tta"] == "none" and lin["eval_s"] == 0.0
     assert best["tta"] == "flip" and best["eval_s"] > 0 and best["val_miou_no_tta"] is not None
+    assert 0.0 <= lin["val_miou_present"] <= 1.0 and best["val_miou_present"] is not None
+    assert "sky" not in lin["absent_classes"]  # every generated frame has sky
+    assert set(lin["absent_classes"]) <= set(lin["per_class_iou"])
     assert lin["train_s"] > 0 and lin["total_s"] >= lin["train_s"]
 
 
@@ -129,6 +132,16 @@ def test_shipped_ycor_configs_load(name: str) -> None:
     assert cfg.model.backbone.frozen and cfg.train.optimizer == "adamw" and cfg.train.scheduler == "cosine"
     # one shared frozen-feature cache: same size, layers and views for every ycor config
     assert d.image_size == [238, 448] and cfg.model.backbone.layers == 4 and d.cache.views == 1
+
+
+def test_present_miou_ignores_classes_absent_from_the_ground_truth() -> None:
+    from offroadseg.bench.ycor import absent_classes, present_miou
+
+    # rows = ground truth, columns = prediction; class c has no ground truth but 10 predicted pixels
+    cm = [[90, 0, 10], [0, 100, 0], [0, 0, 0]]
+    scores = {"confusion_matrix": cm, "per_class_iou": {"a": 0.9, "b": 1.0, "c": 0.0}}
+    assert present_miou(scores) == pytest.approx((0.9 + 1.0) / 2)
+    assert absent_classes(scores) == ["c"] and present_miou(None) is None
 
 
 def test_missing_root_is_a_clear_error(tmp_path: Path, capsys) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from offroadseg.config import Config, load_config
@@ -147,6 +148,9 @@ def _run_one(path: str, cfg: Config) -> dict:
         "tta": cfg.eval.tta,
         "val_miou_no_tta": scores["miou"] if scores else None,
         "val_miou": scores["miou"] if scores else None,
+        "val_miou_present_no_tta": present_miou(scores),
+        "val_miou_present": present_miou(scores),
+        "absent_classes": absent_classes(scores),
         "per_class_iou": scores["per_class_iou"] if scores else None,
         "pixel_accuracy": scores["pixel_accuracy"] if scores else None,
         "history_val_miou": [h.get("val_miou") for h in result.history],
@@ -168,12 +172,37 @@ def _run_one(path: str, cfg: Config) -> dict:
         ev = evaluate_loaded(loaded, data_root=cfg.data.root, split=cfg.data.val_split, device="cpu")
         row.update(
             val_miou=ev.scores["miou"],
+            val_miou_present=present_miou(ev.scores),
             per_class_iou=ev.scores["per_class_iou"],
             pixel_accuracy=ev.scores["pixel_accuracy"],
             eval_s=time.perf_counter() - t0,
         )
         row["total_s"] = fit_s + row["eval_s"]
     return row
+
+
+def present_miou(scores: dict | None) -> float | None:
+    """Mean IoU over the classes with ground-truth pixels in the split.
+
+    The standard dataset-level mIoU also averages a class that is absent from the ground truth
+    but predicted somewhere (its IoU is 0): on a small split that misses a class (YCOR's 70 val
+    frames have no puddle) a few false-positive pixels then move the mean by 1/K.
+    """
+    if not scores:
+        return None
+    cm = np.asarray(scores["confusion_matrix"], dtype=np.float64)
+    gt, tp = cm.sum(axis=1), np.diag(cm)
+    union = gt + cm.sum(axis=0) - tp
+    present = gt > 0
+    return float(np.mean(tp[present] / union[present])) if present.any() else None
+
+
+def absent_classes(scores: dict | None) -> list[str]:
+    """Classes without ground-truth pixels in the split."""
+    if not scores:
+        return []
+    cm = np.asarray(scores["confusion_matrix"])
+    return [name for name, row in zip(scores["per_class_iou"], cm, strict=True) if row.sum() == 0]
 
 
 def _best_epoch(history: list[dict]) -> int | None:

@@ -23,7 +23,7 @@ def print_table(res: dict) -> None:
         f"{res['device']} ({res['cpu_threads']} threads)"
     )
     print(
-        f"  {'config':<12} {'head':<7} {'res':>8} {'layers':>7} {'tta':>5} {'mIoU':>7} {'no-TTA':>7} "
+        f"  {'config':<12} {'head':<7} {'res':>8} {'layers':>7} {'tta':>5} {'mIoU':>7} {'no-TTA':>7} {'present':>8} "
         f"{'train':>9} {'cache build':>11} {'eval':>7} {'total':>9}"
     )
     for r in rows:
@@ -32,8 +32,14 @@ def print_table(res: dict) -> None:
         )
         print(
             f"  {r['name']:<12} {r['head']:<7} {_res(r['image_size']):>8} {r['layers']:>7} {r['tta']:>5} "
-            f"{fmt(r['val_miou']):>7} {fmt(r['val_miou_no_tta']):>7} {_seconds(r['train_s']):>9} "
+            f"{fmt(r['val_miou']):>7} {fmt(r['val_miou_no_tta']):>7} {fmt(r['val_miou_present']):>8} {_seconds(r['train_s']):>9} "
             f"{build:>11} {_seconds(r['eval_s']):>7} {_seconds(r['total_s']):>9}"
+        )
+    absent = sorted({c for r in rows for c in r["absent_classes"]})
+    if absent:
+        print(
+            f"  (present = mean IoU over the classes with ground truth in val; absent from val: "
+            f"{', '.join(absent)}, whose IoU is 0 in mIoU as soon as one pixel is predicted as it)"
         )
     best = next((r for r in rows if r["name"] == res["best"]), None)
     if best is None:
