@@ -8,11 +8,11 @@ status 2, with no traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import warnings
 
 from offroadseg import __version__
+from offroadseg.cli.common import register_commands
 from offroadseg.errors import OffroadsegError
 
 # Command modules, in the order their commands are listed in --help.
@@ -26,14 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"offroadseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"offroadseg.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"offroadseg.cli.{name}":
-                continue  # a command module not in this build
-            raise
-        module.register(sub)
+    register_commands(sub, COMMAND_MODULES)
     return parser
 
 

@@ -3,7 +3,7 @@ measured in the same run."""
 
 from __future__ import annotations
 
-import importlib
+from offroadseg.cli.common import register_commands
 
 BENCH_MODULES = ("bench_train", "bench_infer", "bench_ycor")
 
@@ -13,11 +13,4 @@ def register(sub) -> None:
         "bench", help="benchmarks: train | infer | ycor (ratios against a same-run baseline)"
     )
     bench_sub = parser.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
-    for name in BENCH_MODULES:
-        try:
-            module = importlib.import_module(f"offroadseg.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"offroadseg.cli.{name}":
-                continue
-            raise
-        module.register(bench_sub)
+    register_commands(bench_sub, BENCH_MODULES)

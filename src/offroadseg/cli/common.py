@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -64,3 +65,9 @@ def print_scores(scores: dict, *, header: str) -> None:
         f"  mIoU {fmt(scores['miou'])}   mean Dice {fmt(scores['mean_dice'])}   "
         f"pixel accuracy {fmt(scores['pixel_accuracy'])}"
     )
+
+
+def register_commands(sub, module_names: tuple[str, ...]) -> None:
+    """Let each ``offroadseg.cli.<name>`` module add its parser(s) to ``sub``."""
+    for name in module_names:
+        importlib.import_module(f"offroadseg.cli.{name}").register(sub)
