@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from offroadseg.data.datasets import SegmentationDataset, collate, list_samples
 from offroadseg.inference.checkpoint import LoadedModel
+from offroadseg.inference.predictor import Predictor, TTAConfig, pick_device
 from offroadseg.metrics import BatchMeanIoU, ConfusionMatrixMetric, scores_from_confusion
 from offroadseg.training.module import full_resolution_predictions
 
@@ -21,13 +22,6 @@ class EvalResult:
     images: int
     scores: dict  # SegmentationScores.to_dict
     batch_mean_iou: float  # the reference pipeline's figure, for comparison only
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @torch.no_grad()
@@ -46,7 +40,6 @@ def evaluate_loaded(
     ``tta`` (a :class:`~offroadseg.inference.predictor.TTAConfig`, default: the config's ``eval``
     section) switches to the predictor's TTA / sliding-window path on full-resolution images.
     """
-    from offroadseg.inference.predictor import TTAConfig
 
     cfg = loaded.config
     data_cfg = dataclasses.replace(cfg.data, root=data_root) if data_root else cfg.data
@@ -87,7 +80,6 @@ def evaluate_loaded(
 def _evaluate_with_predictor(loaded, samples, split, tta, batch_size, device, progress) -> EvalResult:
     """Score full-resolution predictions of the shared predictor (TTA, sliding window)."""
     from offroadseg.data.datasets import load_pair
-    from offroadseg.inference.predictor import Predictor
 
     predictor = Predictor.from_loaded(loaded, tta=tta, device=device, batch_size=batch_size)
     k = loaded.taxonomy.num_classes
