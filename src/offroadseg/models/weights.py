@@ -32,6 +32,7 @@ import transformers
 from transformers import PreTrainedModel
 
 from offroadseg.errors import ModelError, close_matches
+from offroadseg.models.archs import ARCHS
 
 __all__ = [
     "OFFLINE_WEIGHTS",
@@ -112,7 +113,6 @@ def load_dinov2(arch: str, source: str) -> PreTrainedModel:
     Raises:
         ModelError: unknown arch, unreachable or unknown source, or weights that do not fit ``arch``.
     """
-    from offroadseg.models.backbone import ARCHS
 
     if arch not in ARCHS:
         raise ModelError(
@@ -154,7 +154,6 @@ def _load_random(arch: str, source: str) -> PreTrainedModel:
         RandomWeightsWarning,
         stacklevel=3,
     )
-    from offroadseg.models.backbone import ARCHS
 
     spec = ARCHS[arch]
     return spec.model_class(spec.make_config())
@@ -192,7 +191,6 @@ def _load_hub(arch: str, source: str) -> PreTrainedModel:
 
 
 def _from_pretrained(arch: str, location: str, *, what: str) -> PreTrainedModel:
-    from offroadseg.models.backbone import ARCHS
 
     spec = ARCHS[arch]
     config = transformers.AutoConfig.from_pretrained(location)
@@ -331,7 +329,6 @@ def _to_model_keys(state: Mapping[str, torch.Tensor], model_keys: set[str]) -> d
 
 def _build_with_state(arch: str, state: Mapping[str, torch.Tensor], *, origin: str) -> PreTrainedModel:
     """Build ``arch`` and load a Hub-named ``state`` into it, checking every key and shape."""
-    from offroadseg.models.backbone import ARCHS
 
     spec = ARCHS[arch]
     overrides = {}
