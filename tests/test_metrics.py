@@ -13,7 +13,10 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from offroadseg.metrics import (
     BatchMeanIoU,
     ConfusionMatrixMetric,
+    best_epoch,
     confusion_matrix,
+    finite_or_none,
+    json_ready,
     reference_batch_iou,
     scores_from_confusion,
 )
@@ -134,3 +137,48 @@ def test_batch_mean_iou_skips_fully_ignored_batches() -> None:
     metric.update(torch.tensor([0, 1]), torch.tensor([255, 255]))
     metric.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
     assert metric.compute().item() == 1.0
+
+
+def test_finite_or_none() -> None:
+    assert finite_or_none(0.25) == 0.25 and finite_or_none(np.float32(0.5)) == 0.5
+    assert finite_or_none(torch.tensor(2)) == 2.0 and finite_or_none("0.5") == 0.5
+    for bad in (None, math.nan, math.inf, -math.inf, True, "n/a", [1.0]):
+        assert finite_or_none(bad) is None, bad
+
+
+def test_json_ready_writes_valid_json(tmp_path) -> None:
+    payload = {
+        "miou": math.nan,
+        "rows": [(1, np.float64(math.nan)), {"x": np.array([0.5, math.inf])}],
+        "cm": torch.tensor([[1, 2]]),
+        "path": tmp_path / "a",
+        "ok": 0.75,
+        "flag": True,
+        "name": "x",
+    }
+    out = json.loads(json.dumps(json_ready(payload), allow_nan=False))
+    assert out == {
+        "miou": None,
+        "rows": [[1, None], {"x": [0.5, None]}],
+        "cm": [[1, 2]],
+        "path": str(tmp_path / "a"),
+        "ok": 0.75,
+        "flag": True,
+        "name": "x",
+    }
+
+
+def test_best_epoch_first_of_the_highest() -> None:
+    history = [
+        {"epoch": 1, "val_miou": 0.2, "other": 0.9},
+        {"epoch": 2, "val_miou": math.nan},
+        {"epoch": 3, "val_miou": 0.4},
+        {"epoch": 4, "val_miou": 0.4},
+        {"epoch": 5, "val_miou": None},
+    ]
+    best = best_epoch(history)
+    assert best == (3, 0.4) and isinstance(best[0], int)
+    assert best_epoch(history, "other") == (1, 0.9)
+    assert best_epoch(history, "missing") is None and best_epoch([]) is None
+    assert best_epoch([{"val_miou": 0.1}, {"val_miou": 0.3}]) == (2, 0.3)  # position when no epoch
+    assert best_epoch([{"epoch": 1.5, "val_miou": 0.1}]) == (1.5, 0.1)

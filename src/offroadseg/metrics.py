@@ -14,8 +14,9 @@ comparison only.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,10 @@ __all__ = [
     "BatchMeanIoU",
     "ConfusionMatrixMetric",
     "SegmentationScores",
+    "best_epoch",
     "confusion_matrix",
+    "finite_or_none",
+    "json_ready",
     "reference_batch_iou",
     "scores_from_confusion",
 ]
@@ -93,12 +97,61 @@ def confusion_matrix(
     )
 
 
-def _nan_to_none(values: Tensor) -> list[float | None]:
-    return [None if math.isnan(v) else float(v) for v in values.tolist()]
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a float, or None when it is None, NaN, infinite or not a number.
+
+    The one NaN -> None rule: JSON has no NaN, and an undefined score (a class absent from
+    the split) is written as ``null`` and shown as absent.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
-def _float_or_none(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
+def json_ready(obj: Any) -> Any:
+    """``obj`` with every float passed through :func:`finite_or_none` (dicts, lists and tuples
+    walked), arrays and tensors as lists and paths as strings, so ``json.dumps`` writes valid JSON."""
+    if isinstance(obj, Mapping):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+        return json_ready(obj.tolist())
+    if isinstance(obj, float):
+        return finite_or_none(obj)
+    return obj
+
+
+def best_epoch(
+    history: Sequence[Mapping[str, Any]], key: str = "val_miou"
+) -> tuple[int | float, float] | None:
+    """(epoch, value) of the highest finite ``key`` in a training history, or None.
+
+    The first such row wins on ties. The epoch is the row's ``epoch`` (an int when whole), else
+    its 1-based position.
+    """
+    best: tuple[int | float, float] | None = None
+    for i, row in enumerate(history):
+        value = finite_or_none(row.get(key))
+        if value is None or (best is not None and value <= best[1]):
+            continue
+        epoch = finite_or_none(row.get("epoch"))
+        if epoch is None:
+            epoch = i + 1
+        elif epoch.is_integer():
+            epoch = int(epoch)
+        best = (epoch, value)
+    return best
+
+
+def _finite_list(values: Tensor) -> list[float | None]:
+    return [finite_or_none(v) for v in values.tolist()]
 
 
 @dataclass(frozen=True)
@@ -140,13 +193,13 @@ class SegmentationScores:
         if len(names) != k:
             raise ValueError(f"got {len(names)} class names for {k} classes")
         return {
-            "miou": _float_or_none(self.miou),
-            "per_class_iou": dict(zip(names, _nan_to_none(self.per_class_iou), strict=True)),
-            "pixel_accuracy": _float_or_none(self.pixel_accuracy),
-            "mean_dice": _float_or_none(self.mean_dice),
-            "per_class_dice": dict(zip(names, _nan_to_none(self.per_class_dice), strict=True)),
-            "mean_accuracy": _float_or_none(self.mean_accuracy),
-            "per_class_accuracy": dict(zip(names, _nan_to_none(self.per_class_accuracy), strict=True)),
+            "miou": finite_or_none(self.miou),
+            "per_class_iou": dict(zip(names, _finite_list(self.per_class_iou), strict=True)),
+            "pixel_accuracy": finite_or_none(self.pixel_accuracy),
+            "mean_dice": finite_or_none(self.mean_dice),
+            "per_class_dice": dict(zip(names, _finite_list(self.per_class_dice), strict=True)),
+            "mean_accuracy": finite_or_none(self.mean_accuracy),
+            "per_class_accuracy": dict(zip(names, _finite_list(self.per_class_accuracy), strict=True)),
             "confusion_matrix": self.confusion_matrix.tolist(),
         }
 

@@ -131,6 +131,28 @@ class Taxonomy:
         Returns:
             uint8 [H, W] ids in 0..K-1 or ``ignore_index``.
         """
+        keys, table = self._keys(raw, source)
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        mapped = np.array([table.get(int(u), -1) for u in uniq], dtype=np.int64)
+        missing = mapped < 0
+        if missing.any():
+            if unknown != "ignore":
+                counts = np.bincount(inverse.ravel(), minlength=len(uniq))
+                listed = ", ".join(
+                    f"{_show_key(int(u), self.encoding)} ({int(counts[i])} px)"
+                    for i, u in enumerate(uniq)
+                    if missing[i]
+                )
+                raise DataError(
+                    f"{source or 'mask'}: label values not in taxonomy {self.name!r}: {listed}; "
+                    f"known: {_known(self)}; fix: use the right taxonomy, add these values to a taxonomy "
+                    f"file, or set data.unknown_values=ignore"
+                )
+            mapped[missing] = self.ignore_index
+        return mapped.astype(np.uint8)[inverse].reshape(keys.shape)
+
+    def _keys(self, raw: np.ndarray, source: str | None) -> tuple[np.ndarray, dict[int, int]]:
+        """(int64 [H, W] lookup keys of the mask's pixels, key -> train id table)."""
         if self.encoding == "rgb":
             if raw.ndim != 3 or raw.shape[2] < 3:
                 raise DataError(
@@ -151,24 +173,18 @@ class Taxonomy:
                 )
             keys = raw.astype(np.int64, copy=False)
             table = self._table()
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        mapped = np.array([table.get(int(u), -1) for u in uniq], dtype=np.int64)
-        missing = mapped < 0
-        if missing.any():
-            if unknown != "ignore":
-                counts = np.bincount(inverse.ravel(), minlength=len(uniq))
-                listed = ", ".join(
-                    f"{_show_key(int(u), self.encoding)} ({int(counts[i])} px)"
-                    for i, u in enumerate(uniq)
-                    if missing[i]
-                )
-                raise DataError(
-                    f"{source or 'mask'}: label values not in taxonomy {self.name!r}: {listed}; "
-                    f"known: {_known(self)}; fix: use the right taxonomy, add these values to a taxonomy "
-                    f"file, or set data.unknown_values=ignore"
-                )
-            mapped[missing] = self.ignore_index
-        return mapped.astype(np.uint8)[inverse].reshape(keys.shape)
+        return keys, table
+
+    def unknown_values(self, raw: np.ndarray, *, source: str | None = None) -> dict[str, int]:
+        """The values (or colours) in a raw mask that the taxonomy does not know, shown as in
+        :meth:`encode`'s error, each with its pixel count; empty when every value is known."""
+        keys, table = self._keys(raw, source)
+        uniq, counts = np.unique(keys, return_counts=True)
+        return {
+            _show_key(int(u), self.encoding): int(n)
+            for u, n in zip(uniq.tolist(), counts.tolist(), strict=True)
+            if u not in table
+        }
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
         """Train ids -> the dataset's own encoding (first raw value of each class).

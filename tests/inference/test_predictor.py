@@ -129,3 +129,14 @@ def test_evaluate_uses_the_predictor_for_tta(loaded, toy_root):
     assert 0.0 <= flip.scores["miou"] <= 1.0
     # toy images have the training size: sliding is not used and the scores are the plain ones
     assert same.scores["confusion_matrix"] == plain.scores["confusion_matrix"]
+
+
+def test_tta_config_from_eval_settings_and_overrides():
+    from offroadseg.config import EvalConfig
+
+    ev = EvalConfig(tta="flip", scales=[0.5, 1.0], sliding_window=True, window_overlap=0.25)
+    assert TTAConfig.from_eval(ev) == TTAConfig("flip", (0.5, 1.0), True, 0.25)
+    assert TTAConfig.from_eval(vars(ev)) == TTAConfig("flip", (0.5, 1.0), True, 0.25)
+    assert TTAConfig.from_eval({}) == TTAConfig()  # e.g. an ONNX file without eval metadata
+    over = TTAConfig.from_eval(ev, tta="scales", scales=None, sliding_window=False, window_overlap=None)
+    assert over == TTAConfig("scales", (0.5, 1.0), False, 0.25)

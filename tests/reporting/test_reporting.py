@@ -11,9 +11,9 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
+from offroadseg.metrics import best_epoch
 from offroadseg.reporting.plots import (
     DPI,
-    best_epoch,
     evaluation_text,
     plot_confusion_matrix,
     plot_curves,

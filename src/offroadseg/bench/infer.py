@@ -155,7 +155,7 @@ def bench_inference(
         JSON-ready dict: ``machine``, ``model``, ``input``, ``settings``, ``results`` (one
         :class:`ModeResult` dict per mode) and ``best``.
     """
-    from offroadseg.inference.predictor import pick_device
+    from offroadseg.devices import pick_device
 
     wanted = list(modes or MODES)
     unknown = [m for m in wanted if m not in MODES]

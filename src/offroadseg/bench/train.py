@@ -29,6 +29,7 @@ import lightning as L
 import torch
 
 from offroadseg.config import Config
+from offroadseg.devices import accelerator_device
 from offroadseg.errors import ConfigError
 from offroadseg.training.caches import attach_caches
 from offroadseg.training.datamodule import SegDataModule, default_workers
@@ -193,7 +194,7 @@ def bench_train(
 
 
 def _device_name(cfg: Config) -> str:
-    if cfg.train.accelerator != "cpu" and torch.cuda.is_available():
+    if accelerator_device(cfg.train.accelerator).type == "cuda":
         return torch.cuda.get_device_name(0)
     return "cpu"
 

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 from offroadseg.config import Config, load_config
+from offroadseg.devices import accelerator_device
 from offroadseg.errors import ConfigError, OffroadsegError
+from offroadseg.metrics import best_epoch
 
 __all__ = ["DEFAULT_CONFIGS", "DEFAULT_ROOT", "bench_ycor", "check_root", "ycor_config"]
 
@@ -111,7 +113,7 @@ def bench_ycor(
     best = max(scored, key=lambda r: r["val_miou"])["name"] if scored else None
     return {
         "data_root": str(Path(cfgs[0].data.root).resolve()),
-        "device": "cuda" if cfgs[0].train.accelerator != "cpu" and torch.cuda.is_available() else "cpu",
+        "device": accelerator_device(cfgs[0].train.accelerator).type,
         "cpu_threads": torch.get_num_threads(),
         "rows": rows,
         "best": best,
@@ -144,7 +146,7 @@ def _run_one(path: str, cfg: Config) -> dict:
         "loss": cfg.loss.name,
         "class_weights": cfg.loss.class_weights,
         "epochs": cfg.train.epochs,
-        "best_epoch": _best_epoch(result.history),
+        "best_epoch": top[0] if (top := best_epoch(result.history)) else None,
         "tta": cfg.eval.tta,
         "val_miou_no_tta": scores["miou"] if scores else None,
         "val_miou": scores["miou"] if scores else None,
@@ -203,8 +205,3 @@ def absent_classes(scores: dict | None) -> list[str]:
         return []
     cm = np.asarray(scores["confusion_matrix"])
     return [name for name, row in zip(scores["per_class_iou"], cm, strict=True) if row.sum() == 0]
-
-
-def _best_epoch(history: list[dict]) -> int | None:
-    scored = [h for h in history if h.get("val_miou") is not None]
-    return max(scored, key=lambda h: h["val_miou"])["epoch"] if scored else None

@@ -1,55 +1,26 @@
-"""Helpers shared by the command modules: JSON output, number formatting, progress bars."""
+"""Helpers shared by the command modules: JSON output, number formatting, progress (re-exported)."""
 
 from __future__ import annotations
 
 import importlib
 import json
 import math
-from pathlib import Path
+
+from offroadseg.progress import progress  # noqa: F401 (the commands' progress callbacks)
 
 
 def write_json(path: str | None, payload: dict) -> None:
     if not path:
         return
     from offroadseg.data.io import atomic_write_text
+    from offroadseg.metrics import json_ready
 
-    atomic_write_text(path, json.dumps(payload, indent=2, default=nan_none))
+    atomic_write_text(path, json.dumps(json_ready(payload), indent=2))
     print(f"wrote {path}")
-
-
-def nan_none(obj):
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(type(obj).__name__)
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _bar(desc: str, total: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
-
-
-def progress(desc: str):
-    """A (done, total) callback that drives one tqdm bar."""
-    state: dict = {}
-
-    def update(done: int, total: int) -> None:
-        if "bar" not in state:
-            state["bar"] = _bar(desc, total)
-        bar = state["bar"]
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return update
 
 
 def print_scores(scores: dict, *, header: str) -> None:

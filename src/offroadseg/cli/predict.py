@@ -29,14 +29,12 @@ def tta_from_args(args: argparse.Namespace, defaults: dict):
     """The TTA/tiling settings: flags over the model's own eval settings."""
     from offroadseg.inference.predictor import TTAConfig
 
-    scales = parse_scales(args.scales)
-    return TTAConfig(
-        tta=args.tta if args.tta is not None else defaults.get("tta", "none"),
-        scales=scales or tuple(defaults.get("scales", (0.75, 1.0, 1.25))),
-        sliding_window=args.sliding_window
-        if args.sliding_window is not None
-        else defaults.get("sliding_window", False),
-        window_overlap=args.overlap if args.overlap is not None else defaults.get("window_overlap", 0.33),
+    return TTAConfig.from_eval(
+        defaults,
+        tta=args.tta,
+        scales=parse_scales(args.scales),
+        sliding_window=args.sliding_window,
+        window_overlap=args.overlap,
     )
 
 

@@ -10,8 +10,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from offroadseg.data.datasets import SegmentationDataset, collate, list_samples
+from offroadseg.devices import pick_device
 from offroadseg.inference.checkpoint import LoadedModel
-from offroadseg.inference.predictor import Predictor, TTAConfig, pick_device
+from offroadseg.inference.predictor import Predictor, TTAConfig
 from offroadseg.metrics import BatchMeanIoU, ConfusionMatrixMetric, scores_from_confusion
 from offroadseg.training.module import full_resolution_predictions
 
@@ -45,8 +46,7 @@ def evaluate_loaded(
     data_cfg = dataclasses.replace(cfg.data, root=data_root) if data_root else cfg.data
     samples = list_samples(data_cfg, split)
     if tta is None:
-        ev = cfg.eval
-        tta = TTAConfig(ev.tta, tuple(ev.scales), ev.sliding_window, ev.window_overlap)
+        tta = TTAConfig.from_eval(cfg.eval)
     if tta.tta != "none" or tta.sliding_window:
         return _evaluate_with_predictor(loaded, samples, split, tta, batch_size, device, progress)
     dataset = SegmentationDataset(

@@ -304,13 +304,7 @@ def load_onnx_predictor(
     runner = OnnxRunner(path, device=device, threads=threads)
     meta = runner.meta
     if tta is None:
-        ev = meta.get("eval", {})
-        tta = TTAConfig(
-            ev.get("tta", "none"),
-            tuple(ev.get("scales", (0.75, 1.0, 1.25))),
-            bool(ev.get("sliding_window", False)),
-            float(ev.get("window_overlap", 0.33)),
-        )
+        tta = TTAConfig.from_eval(meta.get("eval", {}))
     return Predictor(
         runner,
         taxonomy=taxonomy_from_dict(meta["taxonomy"]),

@@ -26,7 +26,7 @@ import numpy as np
 from offroadseg.data.io import IMAGE_SUFFIXES, atomic_write_text, read_image, read_label, write_png
 from offroadseg.errors import DataError, OffroadsegError
 from offroadseg.inference.predictor import Predictor
-from offroadseg.metrics import confusion_matrix, scores_from_confusion
+from offroadseg.metrics import confusion_matrix, finite_or_none, json_ready, scores_from_confusion
 from offroadseg.reporting.report import make_strip
 from offroadseg.taxonomy import Taxonomy
 
@@ -131,7 +131,7 @@ class OutputWriter:
     def write_scores(self, scores: dict, per_image: list[dict], *, images: int) -> None:
         """``metrics.json`` (dataset-level scores) and ``per_image.csv`` (worst mIoU first)."""
         payload = {**scores, "images": images}
-        atomic_write_text(self.out_dir / "metrics.json", json.dumps(payload, indent=2, default=_nan_none))
+        atomic_write_text(self.out_dir / "metrics.json", json.dumps(json_ready(payload), indent=2))
         rows = sorted(per_image, key=lambda r: (math.inf if r["miou"] is None else r["miou"], r["name"]))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["name", "miou", "pixel_accuracy"], lineterminator="\n")
@@ -249,7 +249,11 @@ def predict_files(
                         total_cm += cm
                         s = scores_from_confusion(cm)
                         per_image.append(
-                            {"name": path.stem, "miou": _f(s.miou), "pixel_accuracy": _f(s.pixel_accuracy)}
+                            {
+                                "name": path.stem,
+                                "miou": finite_or_none(s.miou),
+                                "pixel_accuracy": finite_or_none(s.pixel_accuracy),
+                            }
                         )
             done += len(batch)
             if progress:
@@ -263,15 +267,3 @@ def predict_files(
             summary.scores = scores_from_confusion(total_cm).to_dict(tax.names)
             writer.write_scores(summary.scores, per_image, images=summary.scored)
     return summary
-
-
-def _f(x: float | None) -> float | None:
-    return None if x is None or np.isnan(x) else float(x)
-
-
-def _nan_none(obj):
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(type(obj).__name__)

@@ -15,8 +15,10 @@ exactly as ``offroadseg evaluate`` does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from offroadseg.data.datasets import IMAGENET_MEAN, IMAGENET_STD, resize_image
+from offroadseg.devices import pick_device
 from offroadseg.errors import ConfigError
 from offroadseg.inference.sliding import ForwardFn, sliding_logits
 from offroadseg.taxonomy import Taxonomy
@@ -31,20 +34,6 @@ from offroadseg.taxonomy import Taxonomy
 __all__ = ["TTA_MODES", "Predictor", "TTAConfig", "pick_device", "torch_forward"]
 
 TTA_MODES = ("none", "flip", "scales", "flip+scales")
-
-
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is refused."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for but no CUDA GPU is visible; fix: use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"device {device!r} is not valid; fix: use auto, cpu or cuda") from None
 
 
 @dataclass(frozen=True)
@@ -67,6 +56,25 @@ class TTAConfig:
             raise ConfigError(
                 f"window overlap {self.window_overlap} must be in [0, 1); fix: e.g. --overlap 0.33"
             )
+
+    @classmethod
+    def from_eval(cls, settings: Any, **overrides: Any) -> TTAConfig:
+        """The TTA settings of a config's ``eval`` section.
+
+        Args:
+            settings: an :class:`~offroadseg.config.EvalConfig` or its dict (e.g. the ``eval``
+                metadata of an ONNX file); missing keys take this class's defaults.
+            overrides: field values that win over ``settings`` (CLI flags); None means "not given".
+        """
+        get = settings.get if isinstance(settings, Mapping) else lambda key, d: getattr(settings, key, d)
+        values = {f.name: get(f.name, f.default) for f in dataclasses.fields(cls)}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(
+            tta=values["tta"],
+            scales=tuple(values["scales"]),
+            sliding_window=bool(values["sliding_window"]),
+            window_overlap=float(values["window_overlap"]),
+        )
 
     @property
     def views(self) -> list[tuple[float, bool]]:
@@ -152,7 +160,7 @@ class Predictor:
         """
         ev = loaded.config.eval
         if tta is None:
-            tta = TTAConfig(ev.tta, tuple(ev.scales), ev.sliding_window, ev.window_overlap)
+            tta = TTAConfig.from_eval(ev)
         dev = pick_device(device)
         model = loaded.model.to(dev).eval()
         return cls(

@@ -10,7 +10,7 @@ import numpy as np
 
 from offroadseg.data.io import IMAGE_SUFFIXES, read_label
 from offroadseg.errors import DataError
-from offroadseg.metrics import confusion_matrix, scores_from_confusion
+from offroadseg.metrics import confusion_matrix, finite_or_none, scores_from_confusion
 from offroadseg.taxonomy import Taxonomy
 
 
@@ -64,12 +64,10 @@ def score_folders(
         cm = np.asarray(confusion_matrix(pred, gt, k, ignore_index=taxonomy.ignore_index))
         total += cm
         s = scores_from_confusion(cm)
-        per_image.append({"name": name, "miou": _f(s.miou), "pixel_accuracy": _f(s.pixel_accuracy)})
+        per_image.append(
+            {"name": name, "miou": finite_or_none(s.miou), "pixel_accuracy": finite_or_none(s.pixel_accuracy)}
+        )
         if progress:
             progress(i + 1, len(gts))
     scores = scores_from_confusion(total).to_dict(taxonomy.names)
     return FolderScore(scores, per_image, len(gts))
-
-
-def _f(x: float) -> float | None:
-    return None if x is None or np.isnan(x) else float(x)

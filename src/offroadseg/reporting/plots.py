@@ -12,7 +12,6 @@ drawn dashed, for comparison only.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from offroadseg.data.io import atomic_save
+from offroadseg.metrics import best_epoch, finite_or_none
 
 DPI = 120
 TITLE_SIZE = 12
@@ -46,7 +46,6 @@ __all__ = [
     "BATCH_MEAN_LABEL",
     "DPI",
     "METRIC_NOTE",
-    "best_epoch",
     "evaluation_text",
     "plot_confusion_matrix",
     "plot_curves",
@@ -69,22 +68,11 @@ def _save(fig: Figure, path: str | Path, *, tight: bool = False) -> None:
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, **kwargs))
 
 
-def _finite(value: Any) -> float | None:
-    """``value`` as a float, or None when missing, None, NaN or not a number."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _epochs(history: Sequence[Mapping[str, Any]]) -> list[float]:
     """The epoch of each row (its ``epoch`` key, else its 1-based position)."""
     out = []
     for i, row in enumerate(history):
-        e = _finite(row.get("epoch"))
+        e = finite_or_none(row.get("epoch"))
         out.append(e if e is not None else float(i + 1))
     return out
 
@@ -93,20 +81,11 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
     """(epochs, values) of the rows where ``key`` holds a finite number."""
     xs, ys = [], []
     for epoch, row in zip(_epochs(history), history, strict=True):
-        v = _finite(row.get(key))
+        v = finite_or_none(row.get(key))
         if v is not None:
             xs.append(epoch)
             ys.append(v)
     return xs, ys
-
-
-def best_epoch(history: Sequence[Mapping[str, Any]], key: str = "val_miou") -> tuple[float, float] | None:
-    """(epoch, value) of the highest ``key`` in the history (first one on ties), or None."""
-    xs, ys = _series(history, key)
-    if not ys:
-        return None
-    i = int(np.argmax(ys))
-    return xs[i], ys[i]
 
 
 def _style_axes(ax, *, title: str, xlabel: str, ylabel: str) -> None:
@@ -126,7 +105,7 @@ def _no_data(ax, text: str = "no data") -> None:
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
-    v = _finite(value)
+    v = finite_or_none(value)
     return "-" if v is None else format(v, spec)
 
 
@@ -209,7 +188,7 @@ def plot_lr_schedule(lrs: Sequence[float], path: str | Path, *, steps_per_epoch:
     """Learning rate per optimizer step; x in epochs when ``steps_per_epoch`` is given."""
     fig = _figure(8, 4)
     ax = fig.subplots()
-    values = [_finite(v) for v in lrs]
+    values = [finite_or_none(v) for v in lrs]
     pts = [(i, v) for i, v in enumerate(values) if v is not None]
     if not pts:
         ax.set_title("Learning-rate schedule", fontsize=TITLE_SIZE, fontweight="bold")
@@ -262,7 +241,7 @@ def plot_per_class_iou(
         colors: uint8 ``[K, 3]`` class colours in the same order as ``per_class_iou``.
     """
     per_class = dict(scores.get("per_class_iou") or {})
-    items = [(name, _finite(v), i) for i, (name, v) in enumerate(per_class.items())]
+    items = [(name, finite_or_none(v), i) for i, (name, v) in enumerate(per_class.items())]
     present = sorted((it for it in items if it[1] is not None), key=lambda it: -it[1])
     absent = [it for it in items if it[1] is None]
     ordered = present + absent
@@ -297,7 +276,7 @@ def plot_per_class_iou(
     ax.set_xlim(0, 1.1)
     ax.set_ylim(-0.6, k - 0.4)
     ax.set_xticks(np.linspace(0, 1, 6))
-    miou = _finite(scores.get("miou"))
+    miou = finite_or_none(scores.get("miou"))
     title = "Per-class IoU" + (f" (mIoU {miou:.4f})" if miou is not None else "")
     _style_axes(ax, title=title, xlabel="IoU (dataset level)", ylabel="")
     ax.grid(True, axis="x", alpha=0.3)
@@ -461,7 +440,7 @@ def evaluation_text(
             row = [str(name), _fmt(iou.get(name)), _fmt(dice.get(name))]
             if acc:
                 row.append(_fmt(acc.get(name)))
-            if _finite(iou.get(name)) is None and _finite(dice.get(name)) is None:
+            if finite_or_none(iou.get(name)) is None and finite_or_none(dice.get(name)) is None:
                 row[1] = row[2] = "absent"
             rows.append(row)
         lines += ["Per-class scores", "-" * 16, *_table(header, rows), ""]
@@ -471,7 +450,7 @@ def evaluation_text(
         lines.append("")
 
     if history:
-        cols = [c for c in _EPOCH_COLUMNS if any(_finite(r.get(c[0])) is not None for r in history)]
+        cols = [c for c in _EPOCH_COLUMNS if any(finite_or_none(r.get(c[0])) is not None for r in history)]
         header = ["Epoch"] + [c[1] for c in cols]
         rows = []
         for epoch, row in zip(_epochs(history), history, strict=True):

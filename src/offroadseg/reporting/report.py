@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image
 
 from offroadseg.data.io import atomic_write_text
-from offroadseg.reporting.plots import METRIC_NOTE, _finite, best_epoch
+from offroadseg.metrics import best_epoch, finite_or_none
+from offroadseg.reporting.plots import METRIC_NOTE
 
 GALLERY_WIDTH = 320
 SEPARATOR = 4
@@ -162,7 +163,7 @@ def _format_value(value: Any) -> str:
 
 
 def _score_cell(value: Any) -> str:
-    v = _finite(value)
+    v = finite_or_none(value)
     return '<td class="absent">absent</td>' if v is None else f'<td class="num">{v:.4f}</td>'
 
 
@@ -236,18 +237,18 @@ _HISTORY_COLUMNS = (
 def _history_html(history: Sequence[Mapping[str, Any]] | None) -> str:
     if not history:
         return ""
-    cols = [c for c in _HISTORY_COLUMNS if any(_finite(r.get(c[0])) is not None for r in history)]
+    cols = [c for c in _HISTORY_COLUMNS if any(finite_or_none(r.get(c[0])) is not None for r in history)]
     best = best_epoch(history)
     head = "<tr><th>epoch</th>" + "".join(f"<th>{_e(label)}</th>" for _, label, _ in cols) + "</tr>"
     rows = []
     for i, row in enumerate(history):
-        epoch = _finite(row.get("epoch"))
+        epoch = finite_or_none(row.get("epoch"))
         epoch = float(i + 1) if epoch is None else epoch
         cls = ' class="best"' if best is not None and epoch == best[0] else ""
         cells = "".join(
             '<td class="num">-</td>'
-            if _finite(row.get(k)) is None
-            else f'<td class="num">{format(_finite(row.get(k)), spec)}</td>'
+            if finite_or_none(row.get(k)) is None
+            else f'<td class="num">{format(finite_or_none(row.get(k)), spec)}</td>'
             for k, _, spec in cols
         )
         rows.append(f'<tr{cls}><td class="num">{epoch:g}</td>{cells}</tr>')
@@ -284,7 +285,7 @@ def _gallery_row(item: GalleryItem) -> str:
     if item.truth is not None:
         cells.append(("ground truth", _jpeg_b64(item.truth, nearest=True)))
     cells.append(("prediction", _jpeg_b64(item.prediction, nearest=True)))
-    miou = _finite(item.miou)
+    miou = finite_or_none(item.miou)
     score = f" &middot; mIoU {miou:.4f}" if miou is not None else ""
     cells_html = "".join(
         f'<div class="cell"><img src="data:image/jpeg;base64,{b64}" alt="{_e(label)}: {_e(item.name)}">'
@@ -302,8 +303,8 @@ def _split_gallery(
     gallery: Sequence[GalleryItem],
 ) -> tuple[list[GalleryItem], list[GalleryItem], list[GalleryItem]]:
     """(best, worst, unscored): scored items sorted by mIoU, the better half first, worst first."""
-    scored = sorted((g for g in gallery if _finite(g.miou) is not None), key=lambda g: -float(g.miou))
-    unscored = [g for g in gallery if _finite(g.miou) is None]
+    scored = sorted((g for g in gallery if finite_or_none(g.miou) is not None), key=lambda g: -float(g.miou))
+    unscored = [g for g in gallery if finite_or_none(g.miou) is None]
     half = (len(scored) + 1) // 2
     return scored[:half], scored[half:][::-1], unscored
 

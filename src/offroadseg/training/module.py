@@ -20,7 +20,13 @@ from torchmetrics import MeanMetric
 from offroadseg import __version__
 from offroadseg.config import Config, config_from_dict
 from offroadseg.losses import create_loss
-from offroadseg.metrics import BatchMeanIoU, ConfusionMatrixMetric, scores_from_confusion
+from offroadseg.metrics import (
+    BatchMeanIoU,
+    ConfusionMatrixMetric,
+    best_epoch,
+    finite_or_none,
+    scores_from_confusion,
+)
 from offroadseg.models.factory import build_segmentor
 from offroadseg.training.schedule import lr_factor
 
@@ -118,25 +124,25 @@ class SegmentationModule(L.LightningModule):
             return
         scores = scores_from_confusion(cm)
         self.last_val_scores = scores
-        best = max((h["val_miou"] for h in self.history if h.get("val_miou") is not None), default=-1.0)
-        if self.best_val_scores is None or _nz(scores.miou) > best:
+        best = best_epoch(self.history)
+        if self.best_val_scores is None or _nz(scores.miou) > (best[1] if best else -1.0):
             self.best_val_scores = scores
         record = {
             "epoch": self.current_epoch + 1,
             "val_loss": val_loss,
-            "val_miou": _clean(scores.miou),
-            "val_dice": _clean(scores.mean_dice),
-            "val_acc": _clean(scores.pixel_accuracy),
-            "val_batch_mean_iou": _clean(batch_iou),
+            "val_miou": finite_or_none(scores.miou),
+            "val_dice": finite_or_none(scores.mean_dice),
+            "val_acc": finite_or_none(scores.pixel_accuracy),
+            "val_batch_mean_iou": finite_or_none(batch_iou),
         }
         if self.train_loss_mean.update_count:
             train = scores_from_confusion(self.train_cm.compute())
             self.last_train_scores = train
             record.update(
                 train_loss=float(self.train_loss_mean.compute()),
-                train_miou=_clean(train.miou),
-                train_dice=_clean(train.mean_dice),
-                train_acc=_clean(train.pixel_accuracy),
+                train_miou=finite_or_none(train.miou),
+                train_dice=finite_or_none(train.mean_dice),
+                train_acc=finite_or_none(train.pixel_accuracy),
             )
         self.train_cm.reset()
         self.train_loss_mean.reset()
@@ -187,11 +193,6 @@ class SegmentationModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("offroadseg", {}).get("history", []))
-
-
-def _clean(x: float | None) -> float | None:
-    """NaN -> None, so history.json stays valid JSON."""
-    return None if x is None or math.isnan(float(x)) else float(x)
 
 
 def _nz(x: float) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,13 +11,15 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from offroadseg.config import Config, dump_config
 from offroadseg.data.io import atomic_write_text
 from offroadseg.data.stats import count_pixels
 from offroadseg.errors import ConfigError
 from offroadseg.losses import class_weights_from_counts
-from offroadseg.metrics import SegmentationScores
+from offroadseg.metrics import SegmentationScores, best_epoch, json_ready
+from offroadseg.progress import ProgressFn, progress
 from offroadseg.training.callbacks import AtomicCheckpointIO, HistoryWriter, write_history
 from offroadseg.training.datamodule import SegDataModule
 from offroadseg.training.module import SegmentationModule
@@ -56,9 +57,13 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return value
 
 
-def compute_class_weights(dm: SegDataModule, max_weight: float) -> list[float]:
-    """Loss weights from the training masks' pixel frequencies."""
-    counts, _, _ = count_pixels(dm.train_samples, dm.taxonomy, unknown=dm.cfg.data.unknown_values)
+def compute_class_weights(
+    dm: SegDataModule, max_weight: float, *, progress: ProgressFn | None = None
+) -> list[float]:
+    """Loss weights from the training masks' pixel frequencies (reads every training mask)."""
+    counts, _, _ = count_pixels(
+        dm.train_samples, dm.taxonomy, unknown=dm.cfg.data.unknown_values, progress=progress
+    )
     return class_weights_from_counts(counts, max_weight=max_weight).tolist()
 
 
@@ -130,7 +135,12 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
     resolve_precision(cfg.train.precision, cfg.train.accelerator)  # fail before any work
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     dm = SegDataModule(cfg)
-    weights = compute_class_weights(dm, cfg.loss.max_weight) if cfg.loss.class_weights == "auto" else None
+    weights = None
+    if cfg.loss.class_weights == "auto":
+        shown = cfg.run.progress and rank_zero_only.rank == 0
+        weights = compute_class_weights(
+            dm, cfg.loss.max_weight, progress=progress("class weights", unit="mask") if shown else None
+        )
     module = build_module(cfg, dm, weights)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
@@ -150,7 +160,7 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
         run_dir=run_dir,
         best_checkpoint=best if best.is_file() else None,
         last_checkpoint=last if last.is_file() else None,
-        best_val_miou=_best(module.history),
+        best_val_miou=top[1] if (top := best_epoch(module.history)) else None,
         history=module.history,
         class_weights=weights,
         caches=cache_report.to_dict(),
@@ -158,11 +168,6 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
     )
     finish_run(cfg, run_dir, module, dm, result, steps_per_epoch=module.steps_per_epoch)
     return result
-
-
-def _best(history: list[dict]) -> float | None:
-    values = [h["val_miou"] for h in history if h.get("val_miou") is not None]
-    return max(values) if values else None
 
 
 def finish_run(
@@ -201,22 +206,8 @@ def finish_run(
         )
         summary = {
             "best_val_miou": result.best_val_miou,
-            "best_epoch": _best_epoch(result.history),
+            "best_epoch": top[0] if (top := best_epoch(result.history)) else None,
             "val": score_dict,
             "class_weights": result.class_weights,
         }
-        atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2, default=_json_default))
-
-
-def _best_epoch(history: list[dict]) -> int | None:
-    best, epoch = -math.inf, None
-    for h in history:
-        if h.get("val_miou") is not None and h["val_miou"] > best:
-            best, epoch = h["val_miou"], h["epoch"]
-    return epoch
-
-
-def _json_default(obj):
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    raise TypeError(type(obj).__name__)
+        atomic_write_text(run_dir / "metrics.json", json.dumps(json_ready(summary), indent=2))
