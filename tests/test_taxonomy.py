@@ -92,3 +92,32 @@ def test_duplicate_value_refused(tmp_path):
 def test_to_dict_roundtrip():
     tax = load_taxonomy("duality10")
     assert taxonomy_from_dict(tax.to_dict()) == tax
+
+
+def test_pixel_counts_known_answer():
+    tax = load_taxonomy("duality", ignore_values=(42,))
+    raw = np.array([[0, 0, 100, 7100], [10000, 42, 123, 123]], dtype=np.uint16)
+    per_class, ignored, unknown = tax.pixel_counts(raw)
+    expected = np.zeros(11, dtype=np.int64)
+    expected[[0, 1, 9, 10]] = [2, 1, 1, 1]
+    assert per_class.tolist() == expected.tolist() and ignored == 1 and unknown == {"123": 2}
+    # the same answer as encode gives, for a mask it accepts
+    ok = np.where(raw == 123, 0, raw).astype(np.uint16)
+    ids = tax.encode(ok)
+    assert tax.pixel_counts(ok)[0].tolist() == np.bincount(ids[ids < 11], minlength=11).tolist()
+
+
+def test_pixel_counts_of_colour_masks():
+    tax = taxonomy_from_dict(
+        {
+            "name": "c",
+            "encoding": "rgb",
+            "classes": [
+                {"values": [0], "name": "a", "color": [255, 0, 0]},
+                {"values": [1], "name": "b", "color": [0, 0, 255]},
+            ],
+        }
+    )
+    raw = np.array([[[255, 0, 0], [0, 0, 255], [0, 0, 255], [9, 9, 9]]], dtype=np.uint8)
+    per_class, ignored, unknown = tax.pixel_counts(raw)
+    assert per_class.tolist() == [1, 2] and ignored == 0 and unknown == {"rgb(9,9,9)": 1}

@@ -175,16 +175,33 @@ class Taxonomy:
             table = self._table()
         return keys, table
 
-    def unknown_values(self, raw: np.ndarray, *, source: str | None = None) -> dict[str, int]:
-        """The values (or colours) in a raw mask that the taxonomy does not know, shown as in
-        :meth:`encode`'s error, each with its pixel count; empty when every value is known."""
+    def pixel_counts(
+        self, raw: np.ndarray, *, source: str | None = None
+    ) -> tuple[np.ndarray, int, dict[str, int]]:
+        """What a raw mask holds, without building its id mask.
+
+        Returns:
+            (int64 ``[K]`` pixels per class, ignored pixels, ``{value: pixels}`` for the values (or
+            colours) the taxonomy does not know, shown as in :meth:`encode`'s error).
+        """
         keys, table = self._keys(raw, source)
-        uniq, counts = np.unique(keys, return_counts=True)
-        return {
-            _show_key(int(u), self.encoding): int(n)
-            for u, n in zip(uniq.tolist(), counts.tolist(), strict=True)
-            if u not in table
-        }
+        if self.encoding == "value" and raw.dtype.kind == "u" and raw.dtype.itemsize <= 2:
+            per_value = np.bincount(raw.ravel())  # O(pixels); np.unique would sort them
+            uniq = np.flatnonzero(per_value)
+            counts = per_value[uniq]
+        else:
+            uniq, counts = np.unique(keys, return_counts=True)
+        per_class = np.zeros(self.num_classes, dtype=np.int64)
+        ignored, unknown = 0, {}
+        for u, n in zip(uniq.tolist(), counts.tolist(), strict=True):
+            i = table.get(u)
+            if i is None:
+                unknown[_show_key(u, self.encoding)] = n
+            elif i == self.ignore_index:
+                ignored += n
+            else:
+                per_class[i] += n
+        return per_class, ignored, unknown
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
         """Train ids -> the dataset's own encoding (first raw value of each class).

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import math
+from pathlib import Path
 
+from offroadseg.errors import ConfigError
 from offroadseg.progress import progress  # noqa: F401 (the commands' progress callbacks)
 
 
@@ -36,6 +39,49 @@ def print_scores(scores: dict, *, header: str) -> None:
         f"  mIoU {fmt(scores['miou'])}   mean Dice {fmt(scores['mean_dice'])}   "
         f"pixel accuracy {fmt(scores['pixel_accuracy'])}"
     )
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """ROOT, --config with dotted overrides, and the layout/taxonomy flags of a dataset command."""
+    p.add_argument("root", nargs="?", default=None, help="dataset root (with --config: overrides data.root)")
+    p.add_argument("--config", help="read the data section of this config (e.g. configs/ycor.yaml)")
+    p.add_argument(
+        "overrides", nargs="*", default=[], help="dotted overrides for --config, e.g. data.root=..."
+    )
+    p.add_argument("--taxonomy", default=None, help="built-in name or .yaml/.tsv file (default: duality)")
+    p.add_argument("--layout", default=None, choices=["duality", "generic"], help="default: duality")
+    p.add_argument("--image-dir", default=None, help="generic layout: image folder under ROOT")
+    p.add_argument("--label-dir", default=None, help="generic layout: mask folder under ROOT")
+    p.add_argument("--label-suffix", default=None, help="generic layout: mask file ending (default .png)")
+    p.add_argument("--split-file", default=None, help="generic layout: '<name><tab><split>' lines")
+    p.add_argument("--ignore-values", type=int, nargs="*", default=None, help="raw values to ignore (void)")
+
+
+_DATA_FLAGS = ("taxonomy", "layout", "image_dir", "label_dir", "label_suffix", "split_file", "ignore_values")
+
+
+def data_config_from_args(args: argparse.Namespace):
+    """The :class:`~offroadseg.config.DataConfig` of :func:`add_data_arguments`'s flags: the config's
+    data section (or the defaults), then ROOT, then every flag given."""
+    from offroadseg.config import DataConfig, load_config
+
+    root, overrides = args.root, list(args.overrides)
+    if args.config and root and "=" in root and not Path(root).exists():
+        root, overrides = None, [root, *overrides]  # `--config c.yaml key=value`: no ROOT given
+    if not root and not args.config:
+        raise ConfigError(
+            f"{args.command} needs ROOT or --config; fix: offroadseg {args.command} /path/to/data"
+        )
+    if overrides and not args.config:
+        raise ConfigError(f"overrides {overrides} need --config; fix: give --config or use the flags")
+    data = load_config(args.config, overrides).data if args.config else DataConfig()
+    if root:
+        data.root = root
+    for flag in _DATA_FLAGS:
+        value = getattr(args, flag, None)
+        if value is not None:
+            setattr(data, flag, value)
+    return data
 
 
 def register_commands(sub, module_names: tuple[str, ...]) -> None:

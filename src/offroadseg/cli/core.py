@@ -6,9 +6,15 @@ import argparse
 import time
 
 from offroadseg import __version__
-from offroadseg.cli.common import fmt, print_scores, progress, write_json
+from offroadseg.cli.common import (
+    add_data_arguments,
+    data_config_from_args,
+    fmt,
+    print_scores,
+    progress,
+    write_json,
+)
 from offroadseg.cli.predict import add_tta_arguments
-from offroadseg.errors import ConfigError
 
 
 # ---- train ------------------------------------------------------------------------------------
@@ -102,21 +108,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 # ---- stats ------------------------------------------------------------------------------------
 def cmd_stats(args: argparse.Namespace) -> int:
-    if not args.root and not args.config:
-        raise ConfigError("stats needs ROOT or --config; fix: offroadseg stats /path/to/data")
-    from offroadseg.config import DataConfig
     from offroadseg.data.datasets import taxonomy_for
     from offroadseg.data.stats import dataset_stats
     from offroadseg.losses import class_weights_from_counts
 
-    if args.config:
-        from offroadseg.config import load_config
-
-        data_cfg = load_config(args.config, args.overrides).data
-        if args.root:
-            data_cfg.root = args.root
-    else:
-        data_cfg = DataConfig(root=args.root, taxonomy=args.taxonomy, layout=args.layout)
+    data_cfg = data_config_from_args(args)
     tax = taxonomy_for(data_cfg)
     bars: dict = {}
 
@@ -177,11 +173,7 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_score)
 
     st = sub.add_parser("stats", help="pixel share per class and loss weights; validates every file")
-    st.add_argument("root", nargs="?", default=None)
-    st.add_argument("--config", help="read the data section of this config instead")
-    st.add_argument("overrides", nargs="*", default=[], help="dotted overrides for --config")
-    st.add_argument("--taxonomy", default="duality")
-    st.add_argument("--layout", default="duality", choices=["duality", "generic"])
+    add_data_arguments(st)
     st.add_argument("--splits", nargs="*", default=None)
     st.add_argument("--max-weight", type=float, default=5.0)
     st.add_argument("--json")

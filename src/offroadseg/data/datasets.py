@@ -77,6 +77,15 @@ def _read_split_file(path: Path) -> dict[str, str]:
     return out
 
 
+def split_assignments(cfg: DataConfig) -> dict[str, str] | None:
+    """name -> split from the generic layout's ``data.split_file`` (relative to the root), or None
+    without one (then every image is in every split)."""
+    if not cfg.split_file:
+        return None
+    path = Path(cfg.split_file)
+    return _read_split_file(path if path.is_absolute() else Path(cfg.root) / path)
+
+
 def list_samples(cfg: DataConfig, split: str, *, require_labels: bool = True) -> list[Sample]:
     """The samples of one split, each image paired with its mask by name.
 
@@ -97,9 +106,8 @@ def list_samples(cfg: DataConfig, split: str, *, require_labels: bool = True) ->
         if not image_dir.is_dir():
             raise DataError(f"image folder {image_dir} does not exist; fix: set data.image_dir")
         images = _images_in(image_dir)
-        if cfg.split_file:
-            split_path = Path(cfg.split_file)
-            splits = _read_split_file(split_path if split_path.is_absolute() else root / split_path)
+        splits = split_assignments(cfg)
+        if splits is not None:
             images = [p for p in images if splits.get(p.stem) == split]
         label_suffix = cfg.label_suffix
     if not images:
