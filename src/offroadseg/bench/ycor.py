@@ -171,7 +171,8 @@ def _run_one(path: str, cfg: Config) -> dict:
 
         t0 = time.perf_counter()
         loaded = load_checkpoint(result.best_checkpoint)
-        ev = evaluate_loaded(loaded, data_root=cfg.data.root, split=cfg.data.val_split, device="cpu")
+        device = accelerator_device(cfg.train.accelerator)  # where it trained, not always the CPU
+        ev = evaluate_loaded(loaded, data_root=cfg.data.root, split=cfg.data.val_split, device=device)
         row.update(
             val_miou=ev.scores["miou"],
             val_miou_present=present_miou(ev.scores),

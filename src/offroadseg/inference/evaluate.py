@@ -32,7 +32,7 @@ def evaluate_loaded(
     data_root: str | None = None,
     split: str = "val",
     batch_size: int | None = None,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     progress: Callable[[int, int], None] | None = None,
     tta=None,
 ) -> EvalResult:
