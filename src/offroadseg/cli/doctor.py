@@ -55,8 +55,10 @@ def print_report(report) -> None:
     print(f"\n{verdict}")
 
 
-def _counts(tally: dict[str, int]) -> str:
-    return ", ".join(f"{k} ({v})" for k, v in tally.items()) or "-"
+def _counts(tally: dict[str, int], shown: int = 4) -> str:
+    items = [f"{k} ({v})" for k, v in tally.items()]
+    more = f", ... {len(items) - shown} more (see --json)" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more or "-"
 
 
 def _share(pixels: int, split) -> str:

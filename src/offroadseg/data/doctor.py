@@ -231,7 +231,7 @@ def _plan_duality(cfg: DataConfig) -> tuple[list[_Entry], list[Finding], list[st
         stems = {s.name for s in samples}
         findings += _orphan_masks(label_dir, ".png", stems, root, where=f"split {split!r}")
     if not names:
-        first = next(iter(missing.values()))
+        first = _without_fix(next(iter(missing.values())))
         raise DataError(
             f"{root} is not a dataset in the duality layout ({first}); fix: point at the folder that "
             f"holds train/ and val/, or give --config (e.g. configs/ycor.yaml) or --layout generic"
@@ -246,7 +246,7 @@ def _plan_generic(cfg: DataConfig) -> tuple[list[_Entry], list[Finding], list[st
         every = list_samples(dataclasses.replace(cfg, split_file=None), cfg.train_split, require_labels=False)
     except DataError as exc:
         raise DataError(
-            f"{root} is not a dataset in the generic layout ({exc}); fix: set the image and label "
+            f"{root} is not a dataset in the generic layout ({_without_fix(str(exc))}); fix: set the image and label "
             f"folders (--image-dir/--label-dir or data.image_dir/label_dir) or use --layout duality"
         ) from None
     findings: list[Finding] = []
@@ -564,6 +564,11 @@ def _rel(path: Path | None, root: Path) -> str:
         return str(path.relative_to(root))
     except ValueError:
         return str(path)
+
+
+def _without_fix(message: str) -> str:
+    """An inner error's what-and-where, for a message that gives its own fix."""
+    return message.split("; fix:")[0]
 
 
 def _tally(items: Iterable[str]) -> dict[str, int]:
