@@ -22,6 +22,7 @@ from offroadseg.config import Config, config_from_dict
 from offroadseg.losses import create_loss
 from offroadseg.metrics import BatchMeanIoU, ConfusionMatrixMetric, scores_from_confusion
 from offroadseg.models.factory import build_segmentor
+from offroadseg.training.optim import param_groups
 from offroadseg.training.schedule import lr_factor
 
 CHECKPOINT_FORMAT = 1
@@ -159,7 +160,14 @@ class SegmentationModule(L.LightningModule):
     # ---- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):
         t = self.cfg.train
-        params = [p for p in self.parameters() if p.requires_grad]
+        # Head at lr, backbone at lr * backbone_lr_mult with layer-wise decay (training/optim.py).
+        params = param_groups(
+            self.model,
+            lr=t.lr,
+            backbone_lr_mult=t.backbone_lr_mult,
+            layer_decay=t.layer_decay,
+            weight_decay=t.weight_decay,
+        )
         if t.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         else:
