@@ -81,9 +81,13 @@ class SegmentationModule(L.LightningModule):
         return self.model(images)
 
     def _logits(self, batch: dict) -> Tensor:
-        if "features" in batch:  # from the frozen-feature cache (stored in fp16; autocast recasts)
-            features = [f.float() for f in batch["features"]]
-            return self.model.forward_head(features, tuple(batch["mask"].shape[-2:]))
+        if "early" in batch:  # from the feature cache (fp16): run the trained blocks, the norm, the head
+            size = tuple(batch["mask"].shape[-2:])
+            tokens = batch.get("tokens")
+            features = self.model.features_from_cache(
+                tokens.float() if tokens is not None else None, [e.float() for e in batch["early"]], size
+            )
+            return self.model.forward_head(features, size, image=batch.get("image"))
         return self.model(batch["image"])
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
