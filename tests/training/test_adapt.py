@@ -312,3 +312,34 @@ def test_cli_train_blocks_out_of_range_is_one_line(toy: Path, tmp_path: Path, ca
     lines = [line for line in err.splitlines() if line.startswith("offroadseg: error:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err
     assert "model.backbone.train_blocks=3" in lines[0] and "0..2" in lines[0]
+
+
+def test_train_reports_cache_build_progress(toy: Path, tmp_path: Path) -> None:
+    from offroadseg.training.run import train
+
+    cfg = _cfg(toy, tmp_path, backbone={"train_blocks": 1}, decoded=True)
+    calls: dict[str, list[tuple[int, int]]] = {}
+
+    def factory(desc: str):
+        return lambda done, total: calls.setdefault(desc, []).append((done, total))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train(cfg, progress=factory)
+    assert result.caches["features"] and result.history
+    backbone = calls["backbone pass (feature cache)"]
+    assert backbone[-1] == (6, 6) and len(backbone) == 3  # 6 frames in batches of eval.batch_size=2
+    assert calls["decode frames"][-1] == (6, 6)
+
+
+def test_progress_lines_when_not_a_terminal(capsys) -> None:
+    from offroadseg.cli.common import _progress_lines
+
+    update = _progress_lines("backbone pass", every_s=1e9)
+    for done in range(1, 101):
+        update(done, 100)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 11  # the first update, then one per 10 % step
+    assert lines[0].startswith("backbone pass: 1/100") and lines[-1].startswith(
+        "backbone pass: 100/100 (100 %"
+    )

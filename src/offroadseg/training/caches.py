@@ -293,7 +293,10 @@ def open_frame_store(
                 frames, taxonomy, image_size=size, unknown=cfg.data.unknown_values, full_res=True
             ).loader
             workers = default_workers(cfg.data.num_workers)
-        return _open_frames(cfg, module, frames, loader, taxonomy, workers=workers, progress=progress)
+        store = _open_frames(cfg, module, frames, loader, taxonomy, workers=workers, progress=progress)
+    if cfg.data.cache.decoded:
+        store.decoded = loader
+    return store
 
 
 def _open_frames(cfg, module, frames, loader, taxonomy: Taxonomy, *, workers: int, progress) -> FrameStore:
@@ -374,8 +377,8 @@ def _attach_features(cfg, dm, module, report, *, bar) -> None:
             module,
             dm.train_samples + dm.val_samples,
             taxonomy=dm.taxonomy,
-            progress=bar("features"),
-            decode_progress=bar("decode"),
+            progress=bar("backbone pass (feature cache)"),
+            decode_progress=bar("decode frames"),
         )
     _relay(caught, report)
     _frame_views(cfg, report)  # says so when the views were collapsed to one
@@ -386,4 +389,6 @@ def _attach_features(cfg, dm, module, report, *, bar) -> None:
     report.features = True
     report.decoded = bool(cfg.data.cache.decoded)  # the store was computed from the decoded cache
     report.views = store.views
+    if store.decoded is not None:
+        report.stores.append(_store_row("decoded", "train+val", store.decoded))
     report.stores.append(_store_row("features", "train+val", store.store))

@@ -192,6 +192,7 @@ class FrameStore:
 
     store: Store
     samples: list[Sample]
+    decoded: Any = None  # the DecodedCache the frames were read from (None: decoded on the fly)
 
     @property
     def views(self) -> int:
