@@ -292,8 +292,12 @@ def test_train_blocks_train_the_last_blocks_from_the_cache(toy: Path, tmp_path: 
 def test_bad_adaptation_settings(toy: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"model\.backbone\.train_blocks=5 .*0\.\.4"):
         _setup(_cfg(toy, tmp_path, backbone={"train_blocks": 5}))
-    with pytest.raises(ConfigError, match="use model.backbone.train_blocks"):
+    with pytest.raises(
+        ConfigError, match=r"unfreeze_last=1 was removed; fix: use model\.backbone\.train_blocks"
+    ):
         config_from_dict({"model": {"backbone": {"unfreeze_last": 1}}})
+    # Configs saved by earlier versions (run directories, checkpoints) carry the inert default: they load.
+    assert config_from_dict({"model": {"backbone": {"unfreeze_last": 0}}}).model.backbone.train_blocks == 0
     with pytest.raises(ConfigError, match="frozen=false means train_blocks=4"):
         _setup(_cfg(toy, tmp_path, backbone={"frozen": False, "train_blocks": 2}))
     assert _setup(_cfg(toy, tmp_path, backbone={"frozen": False}))[1].model.backbone.train_blocks == 4
@@ -343,3 +347,26 @@ def test_progress_lines_when_not_a_terminal(capsys) -> None:
     assert lines[0].startswith("backbone pass: 1/100") and lines[-1].startswith(
         "backbone pass: 100/100 (100 %"
     )
+
+
+@pytest.mark.slow
+def test_lora_checkpoint_loads_and_exports(toy: Path, tmp_path: Path) -> None:
+    """A LoRA run's checkpoint rebuilds the same adapters, and the ONNX graph gives the same logits."""
+    pytest.importorskip("peft")
+    pytest.importorskip("onnxruntime")
+    from offroadseg.inference.checkpoint import load_checkpoint
+    from offroadseg.inference.onnx import OnnxRunner, export_onnx
+    from offroadseg.training.run import train
+
+    cfg = _cfg(toy, tmp_path, backbone={"train_blocks": 1, "lora": {"rank": 2, "alpha": 4, "blocks": 1}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train(cfg)
+    loaded = load_checkpoint(result.best_checkpoint)
+    lora_b = [p for n, p in loaded.model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # trained adapters came back
+    export_onnx(loaded, tmp_path / "m.onnx")
+    x = torch.randn(1, 3, 40, 64)
+    with torch.no_grad():
+        expected = loaded.model(x).numpy()
+    np.testing.assert_allclose(OnnxRunner(tmp_path / "m.onnx").run(x.numpy()), expected, atol=1e-3)
