@@ -45,9 +45,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from offroadseg.data.cache import MappedStore, Store, file_fingerprints, hash_key, open_or_build_store
+from offroadseg.data.cache import (
+    FullLabels,
+    MappedStore,
+    Store,
+    file_fingerprints,
+    hash_key,
+    open_or_build_store,
+    read_full_labels,
+)
 from offroadseg.data.datasets import Sample, normalize
-from offroadseg.data.io import image_size as read_image_size
 from offroadseg.errors import DataError
 from offroadseg.models.segmentor import Segmentor
 
@@ -252,7 +259,7 @@ def open_feature_store(
     channels = backbone.hidden_size
     n_early = sum(1 for i in backbone.layer_indices if i < start)
     prefix = backbone.num_prefix_tokens
-    shapes: list[tuple[int, int]] = []
+    full: list[FullLabels] = []  # made when building: reading every label's size costs a pass
 
     def specs():
         out: dict[str, tuple[tuple[int, ...], Any]] = {
@@ -263,21 +270,13 @@ def open_feature_store(
         out["images"] = ((rows, *size, 3), np.uint8)
         out["masks"] = ((rows, *size), np.uint8)
         if full_res:
-            shapes[:] = [read_image_size(s.label) for s in samples]
-            out.update(
-                full_flat=((sum(h * w for h, w in shapes),), np.uint8),
-                full_offsets=((n + 1,), np.int64),
-                full_shapes=((n, 2), np.int32),
-            )
+            full[:] = [FullLabels(samples)]
+            out.update(full[0].specs())
         return out
 
     def fill(arrays: dict[str, np.ndarray]) -> dict:
-        offsets = None
         if full_res:
-            offsets = np.zeros(n + 1, dtype=np.int64)
-            offsets[1:] = np.cumsum([h * w for h, w in shapes])
-            arrays["full_offsets"][:] = offsets
-            arrays["full_shapes"][:] = np.array(shapes, dtype=np.int32).reshape(n, 2)
+            full[0].write_index(arrays)
         jobs = DataLoader(
             _ViewJobs(loader, n, views, transform if views > 1 else None, seed),
             batch_size=batch_size,
@@ -300,16 +299,11 @@ def open_feature_store(
                     arrays[f"early{j}"][span] = e.to(torch.float16).cpu().numpy()
                 if tokens is not None:
                     arrays["tokens"][span] = tokens.to(torch.float16).cpu().numpy()
-                for row, image, mask, full in zip(batch_rows, raw, masks, fulls, strict=True):
+                for row, image, mask, full_ids in zip(batch_rows, raw, masks, fulls, strict=True):
                     arrays["images"][row] = image
                     arrays["masks"][row] = mask
                     if full_res and row % views == 0:
-                        index = row // views
-                        if full is None or tuple(full.shape) != shapes[index]:
-                            raise DataError(
-                                f"mask {samples[index].label} has no full-resolution ids or changed size"
-                            )
-                        arrays["full_flat"][offsets[index] : offsets[index + 1]] = full.reshape(-1)
+                        full[0].put(arrays, row // views, full_ids)
                 done += len(batch_rows)
                 if progress is not None:
                     progress(done, rows)
@@ -417,9 +411,7 @@ class FeatureDataset(MappedStore, Dataset):
         if image is not None:
             item["image"] = image
         if self.full_res:
-            start, stop = (int(v) for v in a["full_offsets"][frame : frame + 2])
-            h, w = (int(v) for v in a["full_shapes"][frame])
-            item["full_mask"] = torch.from_numpy(np.array(a["full_flat"][start:stop]).reshape(h, w)).long()
+            item["full_mask"] = torch.from_numpy(read_full_labels(a, frame)).long()
         return item
 
     @staticmethod
