@@ -18,7 +18,6 @@ from offroadseg.data.datasets import collate
 from offroadseg.data.toy import make_toy_dataset
 from offroadseg.errors import ConfigError
 from offroadseg.models.archs import ARCHS
-from offroadseg.models.segmentor import Segmentor
 from offroadseg.training.caches import attach_caches, feature_datasets, open_frame_store
 from offroadseg.training.datamodule import SegDataModule
 from offroadseg.training.features import FeatureDataset, hflip_mask, hflip_tokens
@@ -170,7 +169,7 @@ def _padded_logits(module, item) -> torch.Tensor:
     return module.model.forward_head(feats, (42, 70))
 
 
-def test_frame_store_serves_any_two_disjoint_folds(toy: Path, tmp_path: Path, monkeypatch) -> None:
+def test_frame_store_serves_any_two_disjoint_folds(toy: Path, tmp_path: Path, backbone_calls) -> None:
     cfg = _cfg(
         toy,
         tmp_path,
@@ -179,14 +178,7 @@ def test_frame_store_serves_any_two_disjoint_folds(toy: Path, tmp_path: Path, mo
         views=2,
     )
     dm, module = _setup(cfg)
-    calls = [0]
-    real = Segmentor.forward_cacheable
-
-    def counting(self, images):
-        calls[0] += len(images)
-        return real(self, images)
-
-    monkeypatch.setattr(Segmentor, "forward_cacheable", counting)
+    calls = backbone_calls
     samples = list(reversed(dm.val_samples + dm.train_samples))  # any order gives the same store
     store = open_frame_store(cfg, module, samples, taxonomy=dm.taxonomy)
     assert len(store.samples) == 6 and store.views == 2 and calls[0] == 12
