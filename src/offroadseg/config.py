@@ -40,6 +40,10 @@ class CacheConfig:
     decoded: bool = False  # decode + resize images/masks once into a memory-mapped cache
     features: bool = False  # frozen-backbone features computed once (half precision)
     views: int = 1  # cached augmented views per image for the feature cache (hflip makes 2)
+    # Hidden states the feature cache stores (h: the pre-norm tokens entering block h; 0 = embeddings
+    # output, L = last block). auto: what this config needs; a list: shared by every config whose needs
+    # it covers (e.g. a benchmark's rows that differ in layers/train_blocks share one backbone pass).
+    blocks: str | list[int] = "auto"
     dir: str | None = None  # default: <user cache dir>/offroadseg
 
 

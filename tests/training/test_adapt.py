@@ -130,11 +130,12 @@ def test_token_flip_aligns_logits_with_the_flipped_mask(toy: Path, tmp_path: Pat
     dm, module = _setup(cfg)
     attach_caches(cfg, dm, module)
     store_ds = dm.train_dataset
+    reads = dict(tokens_from=store_ds.tokens_from, early_from=store_ds.early_from)
     plain_ds = FeatureDataset(
-        _store_of(store_ds), store_ds.frames, train=True, patch_size=14, hflip=0.0, with_image=True
+        _store_of(store_ds), store_ds.frames, **reads, train=True, patch_size=14, hflip=0.0, with_image=True
     )
     flip_ds = FeatureDataset(
-        _store_of(store_ds), store_ds.frames, train=True, patch_size=14, hflip=1.0, with_image=True
+        _store_of(store_ds), store_ds.frames, **reads, train=True, patch_size=14, hflip=1.0, with_image=True
     )
     plain, flipped = plain_ds[0], flip_ds[0]
     padded_w = 70  # 64 padded to 5 patches
@@ -190,7 +191,7 @@ def test_frame_store_serves_any_two_disjoint_folds(toy: Path, tmp_path: Path, ba
         # Validation reads view 0, the plain image: its tokens never change between reads.
         assert torch.equal(val_ds[1]["tokens"], val_ds[1]["tokens"])
         assert torch.equal(
-            val_ds[1]["tokens"], torch.from_numpy(np.array(store.store.arrays["tokens"][val_idx[1] * 2]))
+            val_ds[1]["tokens"], torch.from_numpy(np.array(store.store.arrays["hidden3"][val_idx[1] * 2]))
         )
     # The train path over train + val finds the same store.
     report = attach_caches(cfg, dm, module)
@@ -362,3 +363,42 @@ def test_lora_checkpoint_loads_and_exports(toy: Path, tmp_path: Path) -> None:
     with torch.no_grad():
         expected = loaded.model(x).numpy()
     np.testing.assert_allclose(OnnxRunner(tmp_path / "m.onnx").run(x.numpy()), expected, atol=1e-3)
+
+
+def test_explicit_block_set_is_shared_by_configs_it_covers(toy: Path, tmp_path: Path, backbone_calls) -> None:
+    """Configs that differ in layers and train_blocks share one backbone pass via data.cache.blocks."""
+    shared = [1, 2, 3, 4]
+    variants = [
+        {"layers": [0, 2, 3], "train_blocks": 1},  # needs hidden 3 (tokens) and 1, 3 (early)
+        {"layers": [3], "train_blocks": 2},  # needs hidden 2
+        {"layers": [0, 2, 3], "train_blocks": 0},  # needs 1, 3, 4
+    ]
+    paths = []
+    for i, backbone in enumerate(variants):
+        cfg = _cfg(toy, tmp_path, backbone=backbone, blocks=shared)
+        dm, module = _setup(cfg)
+        plain = collate([dm.val_dataset[j] for j in range(len(dm.val_dataset))])
+        (row,) = attach_caches(cfg, dm, module).stores
+        paths.append(row["path"])
+        assert row["built"] == (i == 0)
+        module.eval()
+        with torch.no_grad():
+            cached = module._logits(FeatureDataset.collate([dm.val_dataset[j] for j in range(2)]))
+            uncached = module.model(plain["image"])
+        assert (cached.argmax(1) == uncached.argmax(1)).float().mean() >= 0.999
+    assert backbone_calls[0] == 6 and len(set(paths)) == 1  # one pass over the 6 frames
+    auto = _cfg(toy, tmp_path, backbone=variants[1])
+    (row,) = attach_caches(auto, *_setup(auto)).stores
+    assert row["built"] and row["path"] != paths[0]  # auto stores only what this config needs
+
+
+def test_block_set_that_misses_a_need_is_refused(toy: Path, tmp_path: Path) -> None:
+    cfg = _cfg(toy, tmp_path, backbone={"layers": [0, 2, 3], "train_blocks": 0}, blocks=[1, 2])
+    with pytest.raises(ConfigError, match=r"data\.cache\.blocks=\[1, 2\] lacks \[3, 4\]"):
+        attach_caches(cfg, *_setup(cfg))
+    cfg = _cfg(toy, tmp_path, blocks=[1, 9])
+    with pytest.raises(ConfigError, match=r"indices must be in 0\.\.4"):
+        attach_caches(cfg, *_setup(cfg))
+    cfg = _cfg(toy, tmp_path, blocks="all")
+    with pytest.raises(ConfigError, match="use auto or a list"):
+        attach_caches(cfg, *_setup(cfg))

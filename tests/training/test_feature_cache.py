@@ -145,7 +145,7 @@ def test_truncated_feature_array_is_rebuilt(toy: Path, tmp_path: Path, backbone_
     calls = backbone_calls
     cfg = _cfg(toy, tmp_path / "c", features=True)
     first = attach_caches(cfg, *_setup(cfg))
-    feat = Path(first.stores[0]["path"]) / "early0.npy"
+    feat = Path(first.stores[0]["path"]) / "hidden2.npy"
     with feat.open("r+b") as f:
         f.truncate(feat.stat().st_size // 2)
     with pytest.warns(CacheWarning, match="not usable"):
@@ -156,16 +156,16 @@ def test_truncated_feature_array_is_rebuilt(toy: Path, tmp_path: Path, backbone_
 
 
 def test_failure_mid_build_leaves_no_store(toy: Path, tmp_path: Path, monkeypatch) -> None:
-    real = Segmentor.forward_cacheable
+    real = Segmentor.forward_hidden
     calls = [0]
 
-    def failing(self, images):
+    def failing(self, images, indices):
         calls[0] += 1
         if calls[0] == 2:
             raise RuntimeError("simulated crash while writing the cache")
-        return real(self, images)
+        return real(self, images, indices)
 
-    monkeypatch.setattr(Segmentor, "forward_cacheable", failing)
+    monkeypatch.setattr(Segmentor, "forward_hidden", failing)
     cfg = _cfg(toy, tmp_path / "c", features=True)
     with pytest.raises(RuntimeError, match="simulated"):
         attach_caches(cfg, *_setup(cfg))
@@ -196,7 +196,7 @@ def test_views_store_augmented_copies(toy: Path, tmp_path: Path) -> None:
     dm, module = _setup(cfg)
     report = attach_caches(cfg, dm, module)
     assert report.features and report.views == 3
-    feats = dm.train_dataset.arrays["early0"]
+    feats = dm.train_dataset.arrays["hidden2"]
     images = dm.train_dataset.arrays["images"]
     assert feats.shape[0] == (4 + 2) * 3  # every frame of train + val, 3 views each
     assert not np.array_equal(feats[0], feats[1])  # views of one image differ
@@ -212,7 +212,7 @@ def test_views_store_augmented_copies(toy: Path, tmp_path: Path) -> None:
     )
     dm2, module2 = _setup(cfg2)
     attach_caches(cfg2, dm2, module2)
-    assert np.array_equal(dm2.train_dataset.arrays["early0"], feats)
+    assert np.array_equal(dm2.train_dataset.arrays["hidden2"], feats)
 
 
 def test_hflip_mask_aligns_with_padded_feature_flip() -> None:
