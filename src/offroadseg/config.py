@@ -40,6 +40,10 @@ class CacheConfig:
     decoded: bool = False  # decode + resize images/masks once into a memory-mapped cache
     features: bool = False  # frozen-backbone features computed once (half precision)
     views: int = 1  # cached augmented views per image for the feature cache (hflip makes 2)
+    # Hidden states the feature cache stores (h: the pre-norm tokens entering block h; 0 = embeddings
+    # output, L = last block). auto: what this config needs; a list: shared by every config whose needs
+    # it covers (e.g. a benchmark's rows that differ in layers/train_blocks share one backbone pass).
+    blocks: str | list[int] = "auto"
     dir: str | None = None  # default: <user cache dir>/offroadseg
 
 
@@ -69,12 +73,24 @@ class DataConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (peft) on the attention/MLP linears of the last blocks; rank 0 = off."""
+
+    rank: int = 0  # adapter rank r (0: no LoRA)
+    alpha: float = 16.0  # LoRA scaling numerator: the update is (alpha / rank) * B @ A
+    blocks: int | None = None  # how many of the last blocks get adapters (None: train_blocks, or all when 0)
+
+
+@dataclass
 class BackboneConfig:
     name: str = "dinov2_vits14"  # dinov2_vit{s,b,l,g}14[_reg]
     weights: str | None = None  # HF id | local dir | .pth | offline:dinov2-small | random (None: HF default)
     layers: int | list[int] = 1  # last n blocks, or explicit block indices
-    frozen: bool = True
-    unfreeze_last: int = 0  # fine-tune the last n blocks (turns the feature cache off)
+    # How many of the last L blocks (plus the final norm) train: 0 = frozen, L = full fine-tuning
+    # (embeddings included). With data.cache.features the tokens entering block L-k are cached.
+    train_blocks: int = 0
+    frozen: bool = True  # alias kept for old configs: false means train_blocks = L
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -104,6 +120,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 2
     lr: float = 1e-4
+    backbone_lr_mult: float = 0.1  # LR of trained backbone parameters = lr * backbone_lr_mult
+    layer_decay: float = 1.0  # block i of L gets lr * backbone_lr_mult * layer_decay**(L-1-i); 1.0 = off
     optimizer: str = "sgd"  # sgd | adamw
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -161,6 +179,15 @@ CHOICES = {
     "eval.tta": ("none", "flip", "scales", "flip+scales"),
     "train.scheduler": ("constant", "cosine"),
     "train.precision": ("32", "bf16", "16", "amp", "16-mixed", "bf16-mixed", "32-true"),
+}
+
+# Keys that existed once -> (their inert default, the fix). A saved config (run directory, checkpoint)
+# that carries the default still loads; one that sets the key gets the replacement, not "unknown key".
+REPLACED_KEYS: dict[str, tuple[Any, str]] = {
+    "model.backbone.unfreeze_last": (
+        0,
+        "use model.backbone.train_blocks: n (the same meaning: train the last n blocks)",
+    ),
 }
 
 
@@ -229,6 +256,11 @@ def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if full in REPLACED_KEYS:
+            inert, fix = REPLACED_KEYS[full]
+            if value == inert:
+                continue
+            raise ConfigError(f"{source}: {full}={value!r} was removed; fix: {fix}")
         if key not in names:
             valid = _all_keys(Config)
             raise ConfigError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from offroadseg.data.stats import count_pixels
 from offroadseg.errors import ConfigError
 from offroadseg.losses import class_weights_from_counts
 from offroadseg.metrics import SegmentationScores, best_epoch, json_ready
-from offroadseg.progress import ProgressFn, progress
+from offroadseg.progress import ProgressFn
 from offroadseg.training.callbacks import AtomicCheckpointIO, HistoryWriter, write_history
 from offroadseg.training.datamodule import SegDataModule
 from offroadseg.training.module import SegmentationModule
@@ -120,12 +121,19 @@ def build_trainer(cfg: Config, run_dir: Path, *, extra_callbacks: list | None = 
     )
 
 
-def train(cfg: Config, *, resume: bool = False) -> TrainResult:
+def train(
+    cfg: Config,
+    *,
+    resume: bool = False,
+    progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
+) -> TrainResult:
     """Train from a config; writes everything into ``cfg.run.dir``.
 
     Args:
         cfg: the resolved config.
         resume: continue from ``<run.dir>/checkpoints/last.ckpt``.
+        progress: ``progress(description)`` returns a ``(done, total)`` callback for the cache builds
+            (decoding, the backbone pass), or None for silence.
     """
     run_dir = Path(cfg.run.dir)
     ckpt_dir = run_dir / "checkpoints"
@@ -137,9 +145,9 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
     dm = SegDataModule(cfg)
     weights = None
     if cfg.loss.class_weights == "auto":
-        shown = cfg.run.progress and rank_zero_only.rank == 0
+        shown = progress is not None and rank_zero_only.rank == 0
         weights = compute_class_weights(
-            dm, cfg.loss.max_weight, progress=progress("class weights", unit="mask") if shown else None
+            dm, cfg.loss.max_weight, progress=progress("class weights") if shown else None
         )
     module = build_module(cfg, dm, weights)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +155,7 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
 
     from offroadseg.training.caches import attach_caches  # noqa: PLC0415 (keeps import light)
 
-    cache_report = attach_caches(cfg, dm, module)
+    cache_report = attach_caches(cfg, dm, module, progress=progress)
     trainer = build_trainer(cfg, run_dir)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
