@@ -39,8 +39,17 @@ TINY = [
 ]
 
 
-def make_ycor_like(root: Path, n_train: int = 4, n_val: int = 2, size: tuple[int, int] = (34, 64)) -> Path:
-    """A YCOR-like set: images/*.jpg, palette-index labels/*.png, split.tsv, classes.tsv."""
+def make_ycor_like(
+    root: Path,
+    n_train: int = 4,
+    n_val: int = 2,
+    size: tuple[int, int] = (34, 64),
+    frame_ids: list[int] | None = None,
+) -> Path:
+    """A YCOR-like set: images/*.jpg, palette-index labels/*.png, split.tsv, classes.tsv.
+
+    ``frame_ids``: the frames' trailing ids (default ``0 .. n_train + n_val - 1``, one gap group).
+    """
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
@@ -48,7 +57,7 @@ def make_ycor_like(root: Path, n_train: int = 4, n_val: int = 2, size: tuple[int
     palette = [c for _, rgb in CLASSES for c in rgb]
     lines = []
     for i in range(n_train + n_val):
-        name = f"iid{i:06d}"
+        name = f"iid{(frame_ids[i] if frame_ids else i):06d}"
         ids = np.full((h, w), 8, dtype=np.uint8)  # sky on top
         ids[h // 3 :] = rng.integers(1, 8)  # one ground class below
         ids[h // 3 :, : w // 4] = 7  # trees on the left
