@@ -72,12 +72,24 @@ class DataConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (peft) on the attention/MLP linears of the last blocks; rank 0 = off."""
+
+    rank: int = 0  # adapter rank r (0: no LoRA)
+    alpha: float = 16.0  # LoRA scaling numerator: the update is (alpha / rank) * B @ A
+    blocks: int | None = None  # how many of the last blocks get adapters (None: train_blocks, or all when 0)
+
+
+@dataclass
 class BackboneConfig:
     name: str = "dinov2_vits14"  # dinov2_vit{s,b,l,g}14[_reg]
     weights: str | None = None  # HF id | local dir | .pth | offline:dinov2-small | random (None: HF default)
     layers: int | list[int] = 1  # last n blocks, or explicit block indices
-    frozen: bool = True
-    unfreeze_last: int = 0  # fine-tune the last n blocks (turns the feature cache off)
+    # How many of the last L blocks (plus the final norm) train: 0 = frozen, L = full fine-tuning
+    # (embeddings included). With data.cache.features the tokens entering block L-k are cached.
+    train_blocks: int = 0
+    frozen: bool = True  # alias kept for old configs: false means train_blocks = L
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -107,6 +119,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 2
     lr: float = 1e-4
+    backbone_lr_mult: float = 0.1  # LR of trained backbone parameters = lr * backbone_lr_mult
+    layer_decay: float = 1.0  # block i of L gets lr * backbone_lr_mult * layer_decay**(L-1-i); 1.0 = off
     optimizer: str = "sgd"  # sgd | adamw
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -171,6 +185,11 @@ CHOICES = {
     "train.scheduler": ("constant", "cosine"),
     "train.checkpoint": ("best", "last", "ema"),
     "train.precision": ("32", "bf16", "16", "amp", "16-mixed", "bf16-mixed", "32-true"),
+}
+
+# Keys that existed once: an old config gets the replacement instead of "unknown key".
+REPLACED_KEYS = {
+    "model.backbone.unfreeze_last": "use model.backbone.train_blocks: n (the same meaning: train the last n blocks)",
 }
 
 
@@ -239,6 +258,8 @@ def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if full in REPLACED_KEYS:
+            raise ConfigError(f"{source}: {full} was removed; fix: {REPLACED_KEYS[full]}")
         if key not in names:
             valid = _all_keys(Config)
             raise ConfigError(

@@ -84,9 +84,10 @@ def test_frozen_stays_eval_in_train_mode():
     assert not any(p.requires_grad for p in backbone.parameters())
 
 
-def test_unfreeze_last():
+def test_train_last():
     backbone = create_backbone("dinov2_test")
-    backbone.unfreeze_last(1)
+    backbone.train_last(1)
+    assert backbone.train_blocks == 1 and backbone.cache_start == 1
     trainable = {name for name, p in backbone.model.named_parameters() if p.requires_grad}
     assert trainable
     assert all(n.startswith(("encoder.layer.1.", "layernorm.")) for n in trainable)
@@ -96,14 +97,74 @@ def test_unfreeze_last():
     model = backbone.model
     assert model.encoder.layer[1].training and model.layernorm.training
     assert not model.encoder.layer[0].training and not model.embeddings.training
-    backbone.unfreeze_last(0)
+    backbone.train_last(0)
     assert not any(p.requires_grad for p in backbone.parameters())
     with pytest.raises(ValueError):
-        backbone.unfreeze_last(3)
-    backbone.unfreeze_last(backbone.num_layers)  # every block, but the embeddings stay frozen
-    assert not backbone.model.embeddings.patch_embeddings.projection.weight.requires_grad
-    backbone.unfreeze()
-    assert all(p.requires_grad for p in backbone.parameters())
+        backbone.train_last(3)
+    backbone.train_last(backbone.num_layers)  # k = L is full fine-tuning: the embeddings train too
+    assert all(p.requires_grad for p in backbone.parameters()) and backbone.cache_start == 0
+
+
+@pytest.mark.parametrize("arch", TEST_ARCHS)
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_prefix_then_suffix_equals_forward(arch, k):
+    backbone = create_backbone(arch, layers=[0, 1])
+    backbone.train_last(k)
+    images = torch.randn(2, 3, 28, 42)
+    tokens, early = backbone.forward_prefix(images)
+    prefix = backbone.num_prefix_tokens
+    assert len(early) == 2 - k  # the returned blocks before cache_start
+    if k == 0:
+        assert tokens is None
+    else:  # the whole sequence entering block L - k: class + register + patch tokens
+        assert tokens.shape == (2, prefix + 6, 48)
+        assert tokens.requires_grad == (k == backbone.num_layers)  # only trained embeddings need grads
+    for e in early:
+        assert e.shape == (2, 6, 48)
+    split = backbone.forward_suffix(tokens, early, (2, 3))
+    whole = backbone(images)
+    for a, b in zip(split, whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cache_start"):
+        backbone.forward_suffix(tokens, [*early, early[0] if early else whole[0]], (2, 3))
+
+
+def test_lora_adapters_only_and_output_unchanged():
+    pytest.importorskip("peft")
+    backbone = create_backbone("dinov2_test", layers=[0, 1])
+    images = torch.randn(1, 3, 28, 28)
+    before = [f.clone() for f in backbone(images)]
+    block = backbone.model.encoder.layer[1]
+    linears = {n for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    backbone.train_last(1)
+    backbone.add_lora(rank=4, alpha=8, blocks=1)
+    trainable = {n for n, p in backbone.model.named_parameters() if p.requires_grad}
+    lora = {n for n in trainable if "lora_" in n}
+    assert lora and trainable - lora == {"layernorm.weight", "layernorm.bias"}
+    assert all(n.startswith("encoder.layer.1.") for n in lora)
+    adapted = {n.split(".lora_")[0].removeprefix("encoder.layer.1.") for n in lora}
+    assert len(linears) == 6  # attention q, k, v, out and the two MLP layers
+    assert adapted == linears
+    for a, b in zip(backbone(images), before, strict=True):  # lora_B starts at zero
+        torch.testing.assert_close(a, b)
+    backbone.train_last(2)  # a new k keeps the adapters as the only trained block weights
+    assert {n for n, p in backbone.model.named_parameters() if p.requires_grad} == trainable
+
+
+def test_lora_without_peft_names_the_pip_command(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_peft(name, *args, **kwargs):
+        if name == "peft" or name.startswith("peft."):
+            raise ImportError("no peft")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_peft)
+    backbone = create_backbone("dinov2_test")
+    with pytest.raises(ModelError, match=r"pip install"):
+        backbone.add_lora(rank=4, alpha=8, blocks=1)
 
 
 def test_unfrozen_backbone_trains():

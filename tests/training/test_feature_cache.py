@@ -60,13 +60,13 @@ def _setup(cfg, seed: int = 0):
 
 def _count_backbone_calls(monkeypatch) -> list[int]:
     calls = [0]
-    real = Segmentor.forward_features
+    real = Segmentor.forward_cacheable
 
     def counting(self, images):
         calls[0] += len(images)
         return real(self, images)
 
-    monkeypatch.setattr(Segmentor, "forward_features", counting)
+    monkeypatch.setattr(Segmentor, "forward_cacheable", counting)
     return calls
 
 
@@ -114,7 +114,7 @@ def test_reuse_does_not_run_backbone(toy: Path, tmp_path: Path, monkeypatch) -> 
     cfg = _cfg(toy, tmp_path / "c", features=True)
     dm, module = _setup(cfg)
     first = attach_caches(cfg, dm, module)
-    assert calls[0] == 4 + 2 and all(s["built"] for s in first.stores)
+    assert calls[0] == 4 + 2 and all(s["built"] for s in first.stores) and len(first.stores) == 1
     assert first.build_s > 0 and first.nbytes > 0
     dm, module = _setup(cfg)
     second = attach_caches(cfg, dm, module)
@@ -157,18 +157,18 @@ def test_truncated_feature_array_is_rebuilt(toy: Path, tmp_path: Path, monkeypat
     calls = _count_backbone_calls(monkeypatch)
     cfg = _cfg(toy, tmp_path / "c", features=True)
     first = attach_caches(cfg, *_setup(cfg))
-    feat = Path(first.stores[0]["path"]) / "feat0.npy"
+    feat = Path(first.stores[0]["path"]) / "early0.npy"
     with feat.open("r+b") as f:
         f.truncate(feat.stat().st_size // 2)
     with pytest.warns(CacheWarning, match="not usable"):
         report = attach_caches(cfg, *_setup(cfg))
-    assert report.stores[0]["built"] and not report.stores[1]["built"]
-    assert calls[0] == 6 + 4
+    assert report.stores[0]["built"]
+    assert calls[0] == 6 + 6
     assert any("not usable" in m for m in report.messages)
 
 
 def test_failure_mid_build_leaves_no_store(toy: Path, tmp_path: Path, monkeypatch) -> None:
-    real = Segmentor.forward_features
+    real = Segmentor.forward_cacheable
     calls = [0]
 
     def failing(self, images):
@@ -177,7 +177,7 @@ def test_failure_mid_build_leaves_no_store(toy: Path, tmp_path: Path, monkeypatc
             raise RuntimeError("simulated crash while writing the cache")
         return real(self, images)
 
-    monkeypatch.setattr(Segmentor, "forward_features", failing)
+    monkeypatch.setattr(Segmentor, "forward_cacheable", failing)
     cfg = _cfg(toy, tmp_path / "c", features=True)
     with pytest.raises(RuntimeError, match="simulated"):
         attach_caches(cfg, *_setup(cfg))
@@ -193,10 +193,10 @@ def test_augmentations_turn_feature_cache_off_with_message(toy: Path, tmp_path: 
     assert "data.cache.views" in report.messages[0]
 
 
-def test_trainable_backbone_turns_feature_cache_off(toy: Path, tmp_path: Path) -> None:
-    cfg = _cfg(toy, tmp_path / "c", backbone={"unfreeze_last": 1}, features=True)
+def test_full_fine_tuning_turns_feature_cache_off(toy: Path, tmp_path: Path) -> None:
+    cfg = _cfg(toy, tmp_path / "c", backbone={"train_blocks": 2}, features=True)
     dm, module = _setup(cfg)
-    with pytest.warns(CacheWarning, match="backbone is trained"):
+    with pytest.warns(CacheWarning, match="train_blocks=2 trains the whole backbone"):
         report = attach_caches(cfg, dm, module)
     assert not report.features and report.stores == []
 
@@ -208,16 +208,23 @@ def test_views_store_augmented_copies(toy: Path, tmp_path: Path) -> None:
     dm, module = _setup(cfg)
     report = attach_caches(cfg, dm, module)
     assert report.features and report.views == 3
-    feats = dm.train_dataset.arrays["feat0"]
-    assert feats.shape[0] == 4 * 3
+    feats = dm.train_dataset.arrays["early0"]
+    images = dm.train_dataset.arrays["images"]
+    assert feats.shape[0] == (4 + 2) * 3  # every frame of train + val, 3 views each
     assert not np.array_equal(feats[0], feats[1])  # views of one image differ
+    assert not np.array_equal(images[0], images[1])
+    # View 0 is the plain image: the one the uncached validation would see.
+    store_sample = dm.val_dataset.samples[0]
+    plain = SegDataModule(cfg).val_dataset.loader(0)[0]
+    assert store_sample == dm.val_samples[0]
+    assert np.array_equal(images[dm.val_dataset.frames[0] * 3], plain)
     # Seeded: a second build (other cache folder) writes the same views.
     cfg2 = _cfg(
         toy, tmp_path / "c2", augment={"hflip": 0.5, "brightness_contrast": 1.0}, features=True, views=3
     )
     dm2, module2 = _setup(cfg2)
     attach_caches(cfg2, dm2, module2)
-    assert np.array_equal(dm2.train_dataset.arrays["feat0"], feats)
+    assert np.array_equal(dm2.train_dataset.arrays["early0"], feats)
 
 
 def test_hflip_mask_aligns_with_padded_feature_flip() -> None:

@@ -1,9 +1,23 @@
-"""DINOv2 ViT backbones (transformers) that return dense feature maps for a segmentation head."""
+"""DINOv2 ViT backbones (transformers) that return dense feature maps for a segmentation head.
+
+The forward pass is split at ``cache_start = L - train_blocks`` so that the frozen part can run
+once and be cached (:mod:`offroadseg.training.features`)::
+
+    images -> embeddings -> blocks[0 : start]      forward_prefix: frozen, cacheable
+           -> blocks[start : L] -> final norm      forward_suffix: trained (train_blocks > 0)
+
+``forward_prefix`` returns the token sequence *entering* block ``start`` (class, register and
+patch tokens) and the pre-norm patch tokens of the returned blocks before ``start``;
+``forward_suffix`` runs the rest and applies the final layernorm to every returned block, so
+``forward(x) == forward_suffix(*forward_prefix(x), grid)`` exactly.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
@@ -24,6 +38,10 @@ class DinoBackbone(nn.Module):
         patch_size: input sides must be multiples of it (14).
         out_channels: channels of each returned map (the hidden size), one per layer.
         layer_indices: 0-based indices of the returned blocks, ascending.
+        num_layers: ``L``, the number of blocks.
+        train_blocks: ``k``, how many of the last blocks (with the final norm) are adapted; 0 = frozen,
+            ``L`` = the whole backbone, embeddings included (unless LoRA adapts it).
+        lora_blocks: how many of the last blocks carry LoRA adapters (0: none).
         source: the weights source string the backbone was built from.
         is_random: whether the weights are random (tests and smoke runs only).
     """
@@ -34,21 +52,26 @@ class DinoBackbone(nn.Module):
         self.model = model
         self.patch_size: int = int(config.patch_size)
         self.num_layers: int = int(config.num_hidden_layers)
+        self.hidden_size: int = int(config.hidden_size)
         self.num_prefix_tokens: int = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
         self.layer_indices: list[int] = list(layer_indices)
-        self.out_channels: list[int] = [int(config.hidden_size)] * len(self.layer_indices)
+        self.out_channels: list[int] = [self.hidden_size] * len(self.layer_indices)
+        self.train_blocks = 0
+        self.lora_blocks = 0
         self.source = source
         self.is_random = is_random
 
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """Feature maps of the chosen blocks.
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.encoder.layer
 
-        Args:
-            images: ``[B, 3, H, W]``, ImageNet-normalised, H and W multiples of ``patch_size``.
+    @property
+    def cache_start(self) -> int:
+        """``L - train_blocks``: the first block that runs from the cache (``L``: none)."""
+        return self.num_layers - self.train_blocks
 
-        Returns:
-            One ``[B, C, H / patch_size, W / patch_size]`` map per entry of ``layer_indices``.
-        """
+    def grid(self, images: Tensor) -> tuple[int, int]:
+        """Patch grid ``(H / p, W / p)`` of ``[B, 3, H, W]`` images; refuses sides that are not multiples."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape [B, 3, H, W], got {list(images.shape)}")
         height, width = images.shape[-2:]
@@ -59,41 +82,148 @@ class DinoBackbone(nn.Module):
                 f"image shape {list(images.shape)} is not a multiple of the patch size {p}; "
                 f"pad or resize to {padded}"
             )
-        out = self.model(pixel_values=images, output_hidden_states=True, return_dict=True)
-        hidden_states = out.hidden_states  # [embeddings, block 0, ..., block L-1]
-        grid = (height // p, width // p)
-        maps = []
-        for index in self.layer_indices:
-            if index == self.num_layers - 1:
-                tokens = out.last_hidden_state  # the model already applied the final layernorm
-            else:
-                tokens = self.model.layernorm(hidden_states[index + 1])
-            patches = tokens[:, self.num_prefix_tokens :]
-            maps.append(patches.reshape(patches.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous())
-        return maps
+        return height // p, width // p
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """Feature maps of the chosen blocks.
+
+        Args:
+            images: ``[B, 3, H, W]``, ImageNet-normalised, H and W multiples of ``patch_size``.
+
+        Returns:
+            One ``[B, C, H / patch_size, W / patch_size]`` map per entry of ``layer_indices``.
+        """
+        grid = self.grid(images)
+        tokens, early = self.forward_prefix(images)
+        return self.forward_suffix(tokens, early, grid)
+
+    def forward_prefix(self, images: Tensor) -> tuple[Tensor | None, list[Tensor]]:
+        """The frozen part: embeddings and blocks ``[0, cache_start)``.
+
+        Runs without autograd when none of it is trainable (a frozen prefix needs no activations).
+
+        Args:
+            images: ``[B, 3, H, W]`` as in :meth:`forward`.
+
+        Returns:
+            ``tokens``: ``[B, P + h * w, C]`` entering block ``cache_start`` (P class + register
+            tokens first), or None when ``cache_start == L``; ``early``: pre-norm patch tokens
+            ``[B, h * w, C]`` of each returned block before ``cache_start``.
+        """
+        self.grid(images)
+        start = self.cache_start
+        prefix = [self.model.embeddings, *self.blocks[:start]]
+        trainable = any(p.requires_grad for part in prefix for p in part.parameters())
+        ctx = contextlib.nullcontext() if trainable else torch.no_grad()
+        early: list[Tensor] = []
+        with ctx:
+            tokens = self.model.embeddings(images)
+            for index in range(start):
+                tokens = self.blocks[index](tokens)
+                if index in self.layer_indices:
+                    early.append(tokens[:, self.num_prefix_tokens :])
+        return (tokens if start < self.num_layers else None), early
+
+    def forward_suffix(
+        self, tokens: Tensor | None, early: list[Tensor], grid: tuple[int, int]
+    ) -> list[Tensor]:
+        """The adapted part: blocks ``[cache_start, L)``, then the final norm on every returned block.
+
+        Args:
+            tokens: ``[B, P + h * w, C]`` entering block ``cache_start`` (None when it is ``L``).
+            early: pre-norm patch tokens ``[B, h * w, C]`` of the returned blocks before ``cache_start``.
+            grid: ``(h, w)``, the patch grid.
+
+        Returns:
+            One ``[B, C, h, w]`` map per entry of ``layer_indices``.
+        """
+        start = self.cache_start
+        n_early = sum(1 for i in self.layer_indices if i < start)
+        if len(early) != n_early or (tokens is None) != (start == self.num_layers):
+            raise ValueError(
+                f"cached inputs do not match cache_start={start}: {len(early)} early maps (expected {n_early}), "
+                f"tokens {'absent' if tokens is None else 'present'}"
+            )
+        taps = list(early)
+        for index in range(start, self.num_layers):
+            tokens = self.blocks[index](tokens)
+            if index in self.layer_indices:
+                taps.append(tokens[:, self.num_prefix_tokens :])
+        h, w = grid
+        # LayerNorm is per token, so norming patch tokens alone equals norming the whole sequence.
+        return [
+            self.model.layernorm(t).reshape(t.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
+            for t in taps
+        ]
 
     def freeze(self) -> None:
         """Make every parameter untrainable and switch to eval mode."""
-        for param in self.parameters():
-            param.requires_grad_(False)
-        self.eval()
+        self.train_last(0)
 
     def unfreeze(self) -> None:
         """Make every parameter trainable (embeddings included) for full fine-tuning."""
-        self.requires_grad_(True)
-        self.train(self.training)
+        self.train_last(self.num_layers)
 
-    def unfreeze_last(self, n: int) -> None:
-        """Freeze all but the last ``n`` blocks and the final layernorm (trainable when ``n > 0``)."""
-        if not 0 <= n <= self.num_layers:
-            raise ValueError(f"unfreeze_last(n) needs 0 <= n <= {self.num_layers}, got {n}")
+    def train_last(self, k: int) -> None:
+        """Train the last ``k`` blocks and the final layernorm; ``k = L`` trains the embeddings too.
+
+        With LoRA adapters in place only the adapters and the final norm train (see :meth:`add_lora`).
+        """
+        if not 0 <= k <= self.num_layers:
+            raise ValueError(f"train_last(k) needs 0 <= k <= {self.num_layers}, got {k}")
         was_training = self.training
-        self.freeze()
-        if n:
-            for block in self.model.encoder.layer[self.num_layers - n :]:
+        self.requires_grad_(False)
+        self.train_blocks = k
+        if k:
+            for block in self.blocks[self.num_layers - k :]:
                 block.requires_grad_(True)
             self.model.layernorm.requires_grad_(True)
+            if k == self.num_layers:
+                self.model.embeddings.requires_grad_(True)
+        if self.lora_blocks:
+            self._only_adapters()
         self.train(was_training)
+
+    def add_lora(self, *, rank: int, alpha: float, blocks: int) -> None:
+        """LoRA adapters (peft) on the attention and MLP linears of the last ``blocks`` blocks.
+
+        Afterwards only the adapter weights and the final layernorm are trainable; the base weights
+        of every block and the embeddings are frozen. ``lora_B`` starts at zero, so the output is
+        unchanged until the adapters train.
+
+        Raises:
+            ModelError: peft is not installed, or ``rank``/``blocks`` out of range.
+        """
+        try:
+            from peft import LoraConfig, inject_adapter_in_model  # noqa: PLC0415 (optional extra)
+        except ImportError:
+            raise ModelError(
+                "model.backbone.lora needs the peft package; fix: pip install 'offroadseg[lora]' "
+                "(or pip install peft), or remove model.backbone.lora"
+            ) from None
+        if not 1 <= blocks <= self.num_layers:
+            raise ModelError(f"model.backbone.lora.blocks={blocks} is out of range; use 1..{self.num_layers}")
+        if rank < 1:
+            raise ModelError(f"model.backbone.lora.rank={rank} must be >= 1 (0 turns LoRA off)")
+        # Every linear of a block is attention (q, k, v, out) or MLP; their names differ across
+        # transformers versions, so the targets are found by type, not by name.
+        first = self.num_layers - blocks
+        targets = [
+            f"encoder.layer.{first + i}.{name}"
+            for i, block in enumerate(self.blocks[first:])
+            for name, module in block.named_modules()
+            if isinstance(module, nn.Linear)
+        ]
+        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=targets)
+        was_training = self.training
+        inject_adapter_in_model(config, self.model)
+        self.lora_blocks = blocks
+        self._only_adapters()
+        self.train(was_training)
+
+    def _only_adapters(self) -> None:
+        for name, param in self.model.named_parameters():
+            param.requires_grad_("lora_" in name or name.startswith("layernorm."))
 
     def train(self, mode: bool = True) -> DinoBackbone:
         """Set train mode, keeping every fully frozen part (embeddings, block, norm) in eval mode."""
@@ -107,10 +237,13 @@ class DinoBackbone(nn.Module):
         return self
 
     def _parts(self) -> list[nn.Module]:
-        return [self.model.embeddings, *self.model.encoder.layer, self.model.layernorm]
+        return [self.model.embeddings, *self.blocks, self.model.layernorm]
 
     def extra_repr(self) -> str:
-        return f"layers={self.layer_indices}, source={self.source!r}, random={self.is_random}"
+        return (
+            f"layers={self.layer_indices}, train_blocks={self.train_blocks}, lora_blocks={self.lora_blocks}, "
+            f"source={self.source!r}, random={self.is_random}"
+        )
 
 
 def _resolve_layers(layers: int | Sequence[int], num_layers: int) -> list[int]:

@@ -6,8 +6,11 @@ the head, upsamples the logits to the padded size and crops them back, so every
 output pixel lines up with its input pixel (resizing would shift and blur borders).
 
 The two halves are also callable apart (timm's ``forward_features`` /
-``forward_head``) so a training run with a frozen backbone can cache features once
-and train the head from the cache.
+``forward_head``), and the backbone's frozen prefix apart from the rest
+(``forward_cacheable`` / ``features_from_cache``), so a training run can cache what
+the frozen part computes once and train the last blocks, the norm and the head from
+the cache. A head with ``uses_image = True`` also gets the (padded) normalised image:
+``head(features, image=image)``.
 """
 
 from __future__ import annotations
@@ -93,7 +96,44 @@ class Segmentor(nn.Module):
         with ctx:
             return list(self.backbone(padded))
 
-    def forward_head(self, features: list[Tensor], out_size: tuple[int, int]) -> Tensor:
+    @property
+    def uses_image(self) -> bool:
+        """True when the head also reads the image (an image-guided refinement head)."""
+        return bool(getattr(self.head, "uses_image", False))
+
+    def forward_cacheable(self, images: Tensor) -> tuple[Tensor | None, list[Tensor]]:
+        """Pad ``images`` and run the backbone's frozen prefix (what the feature cache stores).
+
+        Args:
+            images: ``[B, 3, H, W]`` normalised images, any ``H``, ``W``.
+
+        Returns:
+            ``(tokens [B, P + h * w, C] or None, early pre-norm patch tokens [B, h * w, C] each)``,
+            see :meth:`DinoBackbone.forward_prefix`.
+        """
+        return self.backbone.forward_prefix(self._pad(images))
+
+    def features_from_cache(
+        self, tokens: Tensor | None, early: list[Tensor], size: tuple[int, int]
+    ) -> list[Tensor]:
+        """Feature maps from cached prefix outputs: runs the trained blocks and the final norm.
+
+        Args:
+            tokens: ``[B, P + h * w, C]`` or None, as from :meth:`forward_cacheable`.
+            early: pre-norm patch tokens ``[B, h * w, C]`` per early returned block.
+            size: ``(H, W)`` of the (unpadded) images the cache was computed from.
+
+        Returns:
+            Feature maps ``[B, C_i, h, w]``, as :meth:`forward_features` returns them.
+        """
+        ph, pw = self.padded_size(int(size[0]), int(size[1]))
+        return list(
+            self.backbone.forward_suffix(tokens, early, (ph // self.patch_size, pw // self.patch_size))
+        )
+
+    def forward_head(
+        self, features: list[Tensor], out_size: tuple[int, int], image: Tensor | None = None
+    ) -> Tensor:
         """Run the head and bring its logits to ``out_size``.
 
         The padded size is recovered from the feature size (``h * p``, ``w * p``). When
@@ -106,11 +146,18 @@ class Segmentor(nn.Module):
         Args:
             features: Maps ``[B, C_i, h, w]`` as returned by :meth:`forward_features`.
             out_size: ``(H, W)`` of the wanted logits.
+            image: ``[B, 3, H', W']`` normalised image for a head that ``uses_image`` (padded here
+                to ``h * p, w * p`` unless it already is); ignored by other heads.
 
         Returns:
             Logits ``[B, K, H, W]``.
         """
-        logits = self.head(features)
+        if self.uses_image:
+            if image is None:
+                raise ValueError(f"head {type(self.head).__name__} uses the image: pass image=")
+            logits = self.head(features, image=self._pad(image))
+        else:
+            logits = self.head(features)
         fh, fw = features[0].shape[-2:]
         padded = (fh * self.patch_size, fw * self.patch_size)
         out_h, out_w = int(out_size[0]), int(out_size[1])
@@ -122,7 +169,9 @@ class Segmentor(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """Logits ``[B, K, H, W]`` for normalised images ``[B, 3, H, W]`` of any size."""
         h, w = images.shape[-2:]
-        return self.forward_head(self.forward_features(images), (h, w))
+        return self.forward_head(
+            self.forward_features(images), (h, w), image=images if self.uses_image else None
+        )
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:

@@ -5,6 +5,15 @@ asks for it (``data.cache.decoded`` / ``data.cache.features``), and returns a
 :class:`CacheReport` (what was built or reused, sizes, build time, and why a cache was
 turned off). A cache that cannot be used is turned off with a :class:`CacheWarning`,
 never silently.
+
+The feature cache is one *frame store* over train + val (see :mod:`offroadseg.training.features`).
+Cross-validation builds the same store and cuts its folds from it::
+
+    store = open_frame_store(cfg, module, samples, taxonomy=tax, progress=cb)
+    train_ds, val_ds = feature_datasets(store, train_idx, val_idx, cfg, module)
+
+``samples`` may come in any order (the store keeps them sorted by image path; ``store.samples``
+is that order and ``train_idx``/``val_idx`` index it, ``store.indices_of(samples)`` maps back).
 """
 
 from __future__ import annotations
@@ -13,20 +22,34 @@ import dataclasses
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from offroadseg.config import AugmentConfig, Config
-from offroadseg.data.cache import CacheWarning, DecodedCache, cache_root, open_decoded_cache
+from offroadseg.data.cache import CacheWarning, cache_root, open_decoded_cache
+from offroadseg.data.datasets import Sample, SegmentationDataset
 from offroadseg.data.transforms import build_train_transform, photometric_or_geometric
 from offroadseg.errors import ConfigError
+from offroadseg.taxonomy import Taxonomy
 from offroadseg.training.datamodule import SegDataModule, default_workers
-from offroadseg.training.features import FeatureDataset, backbone_digest, feature_key, open_feature_store
+from offroadseg.training.features import (
+    FeatureDataset,
+    FrameStore,
+    cache_digest,
+    canonical_samples,
+    feature_key,
+    open_feature_store,
+)
 
-__all__ = ["CacheReport", "attach_caches", "feature_cache_blockers"]
+__all__ = [
+    "CacheReport",
+    "attach_caches",
+    "feature_cache_blockers",
+    "feature_datasets",
+    "open_frame_store",
+]
 
 
 @dataclass
@@ -50,13 +73,24 @@ class CacheReport:
 
 
 def feature_cache_blockers(cfg: Config, module) -> list[str]:
-    """Reasons the frozen-feature cache cannot serve this config (empty: it can)."""
+    """Reasons the feature cache cannot serve this config (empty: it can).
+
+    Raises:
+        ConfigError: LoRA adapters on blocks the cache would skip (``lora.blocks > train_blocks``).
+    """
     reasons = []
-    b = cfg.model.backbone
-    if not b.frozen or b.unfreeze_last > 0 or not module.model.backbone_frozen:
+    backbone = module.model.backbone
+    if any(p.requires_grad for p in backbone.model.embeddings.parameters()):
         reasons.append(
-            "the backbone is trained (model.backbone.frozen=false or unfreeze_last > 0), so its features "
-            "change every step"
+            f"model.backbone.train_blocks={backbone.train_blocks} trains the whole backbone (embeddings "
+            f"included), so nothing before it can be cached; fix: train_blocks < {backbone.num_layers}"
+        )
+    elif backbone.lora_blocks > backbone.train_blocks:
+        raise ConfigError(
+            f"model.backbone.lora.blocks={backbone.lora_blocks} > model.backbone.train_blocks="
+            f"{backbone.train_blocks}: with data.cache.features=true the adapters must sit in the blocks "
+            f"that run from the cache; fix: lora.blocks <= train_blocks, train_blocks={backbone.lora_blocks}, "
+            f"or data.cache.features=false"
         )
     uncached = photometric_or_geometric(cfg.data.augment)
     if uncached and cfg.data.cache.views <= 1:
@@ -116,10 +150,7 @@ def attach_caches(
     start = time.perf_counter()
     report = CacheReport()
     cc = cfg.data.cache
-    if cc.views < 1:
-        raise ConfigError(
-            f"data.cache.views must be >= 1, got {cc.views}; fix: data.cache.views=1 (or K > 1)"
-        )
+    _frame_views(cfg)  # refuses views < 1 before any work
     root = cache_root(cc.dir)
     size = (int(cfg.data.image_size[0]), int(cfg.data.image_size[1]))
     workers = default_workers(cfg.data.num_workers)
@@ -139,7 +170,7 @@ def attach_caches(
                 report.messages.append(msg)
                 warnings.warn(msg, CacheWarning, stacklevel=2)
 
-    if cc.decoded:
+    if cc.decoded and not use_features:  # with features on, the frame store decodes what it needs
         # Building must not consume the run's random numbers (a DataLoader draws a seed), so a run
         # that reuses the stores trains exactly like the one that built them.
         with warnings.catch_warnings(record=True) as caught, torch.random.fork_rng(devices=[]):
@@ -174,7 +205,7 @@ def attach_caches(
 
     if use_features:
         with torch.random.fork_rng(devices=[]):
-            _features_block(cfg, dm, module, report, root=root, size=size, bar=bar)
+            _attach_features(cfg, dm, module, report, bar=bar)
 
     device = _build_device(cfg)
     if device.type == "cuda":
@@ -183,12 +214,6 @@ def attach_caches(
     report.build_s = sum(s["build_s"] for s in report.stores)
     report.setup_s = time.perf_counter() - start
     return report
-
-
-def _features_block(cfg, dm, module, report, *, root, size, bar) -> None:
-    # Features are computed from the datasets' loaders: the decoded store when it is on.
-    loaders = (dm.train_dataset.loader, dm.val_dataset.loader)
-    _attach_features(cfg, dm, module, report, *loaders, root=root, size=size, bar=bar)
 
 
 def _relay(caught, report: CacheReport) -> None:
@@ -202,93 +227,163 @@ def _without_hflip(aug: AugmentConfig) -> AugmentConfig:
     return dataclasses.replace(aug, hflip=0.0)
 
 
-def _attach_features(cfg, dm, module, report, train_loader, val_loader, *, root: Path, size, bar) -> None:
-    model = module.model
-    cc = cfg.data.cache
-    views = cc.views
+def _frame_views(cfg: Config, report: CacheReport | None = None) -> int:
+    views = cfg.data.cache.views
+    if views < 1:
+        raise ConfigError(f"data.cache.views must be >= 1, got {views}; fix: data.cache.views=1 (or K > 1)")
     if views > 1 and not photometric_or_geometric(cfg.data.augment):
-        views = 1
-        report.messages.append(
-            f"data.cache.views={cc.views} but no augmentation other than hflip is on: the views would be "
-            f"identical, so 1 view is cached (hflip is applied in feature space)"
-        )
+        if report is not None:
+            report.messages.append(
+                f"data.cache.views={views} but no augmentation other than hflip is on: the views would be "
+                f"identical, so 1 view is cached (hflip is applied in feature space)"
+            )
+        return 1
+    return views
+
+
+def open_frame_store(
+    cfg: Config,
+    module,
+    samples: list[Sample],
+    *,
+    taxonomy: Taxonomy,
+    progress: Callable[[int, int], None] | None = None,
+    decode_progress: Callable[[int, int], None] | None = None,
+) -> FrameStore:
+    """The feature store of ``samples`` (any order, duplicates dropped) for this config and module.
+
+    Reused when one with the same frames, training size, frozen backbone part, ``train_blocks``,
+    views and seed exists under ``data.cache.dir``; else built on the run's device
+    (``train.accelerator``), in the precision training would use. Draws no random numbers
+    from the caller's generators.
+
+    Args:
+        cfg: the resolved config (data, model, train sections).
+        module: the :class:`~offroadseg.training.module.SegmentationModule` (its backbone computes).
+        samples: the frames, e.g. train + val of a dataset.
+        taxonomy: the taxonomy the masks are encoded with.
+        progress: ``(done views, total views)`` while the backbone runs.
+        decode_progress: ``(done, total)`` while the decoded cache is built (``data.cache.decoded``).
+
+    Raises:
+        ConfigError: the config cannot use the feature cache (the reasons are listed).
+    """
+    blockers = feature_cache_blockers(cfg, module)
+    if blockers:
+        raise ConfigError("the feature cache cannot serve this config: " + "; ".join(blockers))
+    frames = canonical_samples(samples)
+    size = (int(cfg.data.image_size[0]), int(cfg.data.image_size[1]))
+    root = cache_root(cfg.data.cache.dir)
+    full_res = bool(cfg.eval.full_resolution)
+    with torch.random.fork_rng(devices=[]):
+        if cfg.data.cache.decoded:
+            loader = open_decoded_cache(
+                frames,
+                taxonomy,
+                image_size=size,
+                unknown=cfg.data.unknown_values,
+                full_res=full_res,
+                root=root,
+                workers=default_workers(cfg.data.num_workers),
+                progress=decode_progress,
+            )
+            workers = 0  # decoded pairs come out of a memory map: no worker competes with the backbone
+        else:
+            loader = SegmentationDataset(
+                frames, taxonomy, image_size=size, unknown=cfg.data.unknown_values, full_res=True
+            ).loader
+            workers = default_workers(cfg.data.num_workers)
+        return _open_frames(cfg, module, frames, loader, taxonomy, workers=workers, progress=progress)
+
+
+def _open_frames(cfg, module, frames, loader, taxonomy: Taxonomy, *, workers: int, progress) -> FrameStore:
+    model = module.model
+    views = _frame_views(cfg)
     device = _build_device(cfg)
-    amp = _autocast_dtype(cfg, device)
-    digest = backbone_digest(model.backbone)
+    size = (int(cfg.data.image_size[0]), int(cfg.data.image_size[1]))
+    full_res = bool(cfg.eval.full_resolution)
+    aug_no_flip = _without_hflip(cfg.data.augment)
+    transform = build_train_transform(aug_no_flip, ignore_index=taxonomy.ignore_index) if views > 1 else None
     b = cfg.model.backbone
-    common = dict(
-        taxonomy=dm.taxonomy.to_dict(),
+    key = feature_key(
+        frames,
+        taxonomy=taxonomy.to_dict(),
         image_size=size,
         unknown=cfg.data.unknown_values,
         backbone_name=b.name,
         weights=b.weights,
-        digest=digest,
+        digest=cache_digest(model),
         layers=list(model.backbone.layer_indices),
+        cache_start=model.backbone.cache_start,
         pad_mode=model.pad_mode,
+        views=views,
+        augment=dataclasses.asdict(aug_no_flip),
         seed=cfg.train.seed,
+        full_res=full_res,
     )
-    aug_no_flip = _without_hflip(cfg.data.augment)
-    transform = (
-        build_train_transform(aug_no_flip, ignore_index=dm.taxonomy.ignore_index) if views > 1 else None
-    )
-    full_res = bool(cfg.eval.full_resolution)
+    # A batch that fits: a ViT forward in inference mode holds only one block's activations.
     batch = 16 if device.type == "cuda" else max(1, cfg.eval.batch_size)
-    # Decoded pairs come out of a memory map: no worker needed, and none competes with the backbone.
-    workers = 0 if isinstance(train_loader, DecodedCache) else default_workers(cfg.data.num_workers)
     model.to(device)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", CacheWarning)
-            train_store = open_feature_store(
-                dm.train_samples,
-                train_loader,
-                model,
-                key=feature_key(
-                    dm.train_samples,
-                    views=views,
-                    augment=dataclasses.asdict(aug_no_flip),
-                    full_res=False,
-                    **common,
-                ),
-                root=root,
-                image_size=size,
-                views=views,
-                transform=transform,
-                seed=cfg.train.seed,
-                device=device,
-                autocast_dtype=amp,
-                batch_size=batch,
-                workers=workers,
-                progress=bar("features train"),
-            )
-            val_store = open_feature_store(
-                dm.val_samples,
-                val_loader,
-                model,
-                key=feature_key(dm.val_samples, views=1, augment=None, full_res=full_res, **common),
-                root=root,
-                image_size=size,
-                full_res=full_res,
-                device=device,
-                autocast_dtype=amp,
-                batch_size=batch,
-                workers=workers,
-                progress=bar("features val"),
-            )
-        _relay(caught, report)
+        return open_feature_store(
+            frames,
+            loader,
+            model,
+            key=key,
+            root=cache_root(cfg.data.cache.dir),
+            image_size=size,
+            views=views,
+            transform=transform,
+            seed=cfg.train.seed,
+            full_res=full_res,
+            device=device,
+            autocast_dtype=_autocast_dtype(cfg, device),
+            batch_size=batch,
+            workers=workers,
+            progress=progress,
+        )
     finally:
         model.to("cpu")
-    ignore = dm.taxonomy.ignore_index
-    dm.train_dataset = FeatureDataset(
-        train_store,
-        dm.train_samples,
-        patch_size=model.patch_size,
-        ignore_index=ignore,
-        hflip=cfg.data.augment.hflip,
+
+
+def feature_datasets(
+    store: FrameStore, train_idx: Sequence[int], val_idx: Sequence[int], cfg: Config, module
+) -> tuple[FeatureDataset, FeatureDataset]:
+    """A training and a validation dataset over two index subsets of one frame store.
+
+    Args:
+        store: from :func:`open_frame_store`.
+        train_idx: indices into ``store.samples`` of the training frames (random view, hflip).
+        val_idx: indices of the validation frames (view 0, full-resolution masks when stored).
+        cfg: the resolved config (``data.augment.hflip``, ``eval.full_resolution``).
+        module: the module that will train (its head decides whether items carry the image).
+    """
+    model = module.model
+    ignore = int(getattr(module, "ignore_index", 255))
+    common = dict(patch_size=model.patch_size, ignore_index=ignore, with_image=model.uses_image)
+    train_ds = FeatureDataset(store, train_idx, train=True, hflip=cfg.data.augment.hflip, **common)
+    val_ds = FeatureDataset(store, val_idx, train=False, full_res=bool(cfg.eval.full_resolution), **common)
+    return train_ds, val_ds
+
+
+def _attach_features(cfg, dm, module, report, *, bar) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CacheWarning)
+        store = open_frame_store(
+            cfg,
+            module,
+            dm.train_samples + dm.val_samples,
+            taxonomy=dm.taxonomy,
+            progress=bar("features"),
+            decode_progress=bar("decode"),
+        )
+    _relay(caught, report)
+    _frame_views(cfg, report)  # says so when the views were collapsed to one
+    train_ds, val_ds = feature_datasets(
+        store, store.indices_of(dm.train_samples), store.indices_of(dm.val_samples), cfg, module
     )
-    dm.val_dataset = FeatureDataset(
-        val_store, dm.val_samples, patch_size=model.patch_size, ignore_index=ignore, full_res=full_res
-    )
+    dm.train_dataset, dm.val_dataset = train_ds, val_ds
     report.features = True
-    report.views = views
-    report.stores += [_store_row("features", "train", train_store), _store_row("features", "val", val_store)]
+    report.decoded = bool(cfg.data.cache.decoded)  # the store was computed from the decoded cache
+    report.views = store.views
+    report.stores.append(_store_row("features", "train+val", store.store))

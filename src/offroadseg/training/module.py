@@ -22,6 +22,7 @@ from offroadseg.config import Config, config_from_dict
 from offroadseg.losses import create_loss
 from offroadseg.metrics import BatchMeanIoU, ConfusionMatrixMetric, scores_from_confusion
 from offroadseg.models.factory import build_segmentor
+from offroadseg.training.optim import param_groups
 from offroadseg.training.schedule import lr_factor
 
 CHECKPOINT_FORMAT = 1
@@ -80,9 +81,13 @@ class SegmentationModule(L.LightningModule):
         return self.model(images)
 
     def _logits(self, batch: dict) -> Tensor:
-        if "features" in batch:  # from the frozen-feature cache (stored in fp16; autocast recasts)
-            features = [f.float() for f in batch["features"]]
-            return self.model.forward_head(features, tuple(batch["mask"].shape[-2:]))
+        if "early" in batch:  # from the feature cache (fp16): run the trained blocks, the norm, the head
+            size = tuple(batch["mask"].shape[-2:])
+            tokens = batch.get("tokens")
+            features = self.model.features_from_cache(
+                tokens.float() if tokens is not None else None, [e.float() for e in batch["early"]], size
+            )
+            return self.model.forward_head(features, size, image=batch.get("image"))
         return self.model(batch["image"])
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -159,7 +164,14 @@ class SegmentationModule(L.LightningModule):
     # ---- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):
         t = self.cfg.train
-        params = [p for p in self.parameters() if p.requires_grad]
+        # Head at lr, backbone at lr * backbone_lr_mult with layer-wise decay (training/optim.py).
+        params = param_groups(
+            self.model,
+            lr=t.lr,
+            backbone_lr_mult=t.backbone_lr_mult,
+            layer_decay=t.layer_decay,
+            weight_decay=t.weight_decay,
+        )
         if t.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         else:
