@@ -101,6 +101,8 @@ def test_cv_cli_runs_grouped_folds(tmp_path: Path, capsys) -> None:
         assert r["scored_with"].startswith("last checkpoint") and r["epochs"] == 1
         assert not (Path(r["run_dir"]) / "checkpoints").exists()  # removed after scoring
     assert sorted(held_out) == sorted(groups)
+    # one feature store over train ∪ val serves every fold: only the first fold runs the backbone
+    assert [r["cache_built"] for r in rows] == [True, False, False]
     mious = [r["miou"] for r in rows]
     assert entry["miou_mean"] == pytest.approx(np.mean(mious))
     assert entry["miou_std"] == pytest.approx(np.std(mious, ddof=1))
