@@ -94,7 +94,8 @@ def assign_folds(group_sizes: Mapping[str, int], k: int, *, seed: int = 0) -> di
         raise ConfigError(f"--folds must be >= 2, got {k}; fix: e.g. --folds 5")
     if k > len(group_sizes):
         raise ConfigError(
-            f"--folds {k} is more than the {len(group_sizes)} groups of neighbouring frames, so a fold would "
+            f"--folds {k} is more than the {len(group_sizes)} group{'s' if len(group_sizes) != 1 else ''} of "
+            f"neighbouring frames, so a fold would "
             f"be empty; fix: --folds {len(group_sizes)} or fewer, or a smaller --gap (more, smaller groups)"
         )
     rng = random.Random(seed)

@@ -31,7 +31,7 @@ from offroadseg.data.folds import Fold, make_folds, split_file_text
 from offroadseg.data.io import atomic_write_text
 from offroadseg.errors import ConfigError
 
-__all__ = ["cross_validate", "fold_config", "plan_folds", "summarize_folds"]
+__all__ = ["cross_validate", "eval_device", "fold_config", "plan_folds", "summarize_folds"]
 
 
 def plan_folds(
@@ -76,7 +76,8 @@ def fold_config(cfg: Config, fold: Fold, run_dir: str | Path) -> Config:
     return out
 
 
-def _eval_device(cfg: Config) -> str:
+def eval_device(cfg: Config) -> str:
+    """Where a trained config's checkpoint is evaluated: the run's own device."""
     return "cpu" if cfg.train.accelerator == "cpu" else "auto"
 
 
@@ -100,7 +101,7 @@ def _run_fold(cfg: Config, fold: Fold, k: int, run_dir: Path, *, keep_checkpoint
         t0 = time.perf_counter()
         loaded = load_checkpoint(result.model_checkpoint)
         scores = evaluate_loaded(
-            loaded, split=fcfg.data.val_split, device=_eval_device(cfg)
+            loaded, split=fcfg.data.val_split, device=eval_device(cfg)
         ).scores  # the loaded config carries the fold's split file and eval.tta
         eval_s = time.perf_counter() - t0
         scored_with = f"{mode} checkpoint ({result.model_checkpoint.name}), {cfg.eval.tta} TTA"
