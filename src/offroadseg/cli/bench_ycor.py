@@ -14,11 +14,9 @@ from offroadseg.cli.cv import (
     per_class_markdown,
     rare_text,
     write_markdown,
+    write_partial,
 )
-
-
-def _seconds(s: float) -> str:
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+from offroadseg.cli.cv import seconds as _seconds
 
 
 def _res(size: list[int]) -> str:
@@ -115,13 +113,11 @@ def cmd_bench_ycor(args: argparse.Namespace) -> int:
         )
         for msg in row["cache_messages"]:
             print(f"    note: {msg}")
-        if args.json:  # partial results survive an interrupted run
-            write_json(args.json, {**partial, "partial": True})
+        write_partial(args.json, partial)  # partial results survive an interrupted run
 
     def on_fold(progress: dict, cv_so_far: dict) -> None:
         print(fold_line(progress), flush=True)
-        if args.json:
-            write_json(args.json, {**partial, "cv": cv_so_far, "partial": True})
+        write_partial(args.json, {**partial, "cv": cv_so_far})
 
     if args.folds:
         print(f"  then grouped {args.folds}-fold cross-validation of each config over train ∪ val")
@@ -143,7 +139,11 @@ def cmd_bench_ycor(args: argparse.Namespace) -> int:
     md = bench_markdown(res)
     if "cv" in res:
         cv = res["cv"]
-        gap = cv["gap"] if cv["gap"] is not None else "data.group_gap"
+        gap = (
+            cv["gap"]
+            if cv["gap"] is not None
+            else "/".join(str(g) for g in sorted({c["group_gap"] for c in cv["configs"]}))
+        )
         print(
             f"\ngrouped {cv['folds']}-fold CV over train ∪ val (gap {gap}, seed {cv['seed']}), dataset-level mIoU "
             f"per fold, std over folds (ddof=1); best by CV: {res['best_cv']}"

@@ -7,9 +7,10 @@ as ``--set KEY=VALUE``; they apply to every config."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from offroadseg.cli.common import fmt, write_json
+from offroadseg.cli.common import fmt, nan_none, write_json
 from offroadseg.data.io import atomic_write_text
 
 
@@ -26,6 +27,10 @@ def mean_std(entry: dict) -> str:
     return f"{entry['miou_mean']:.4f} ± {std:.4f}" if std is not None else f"{entry['miou_mean']:.4f}"
 
 
+def _groups(n: int) -> str:
+    return f"{n} group" if n == 1 else f"{n} groups"
+
+
 def fold_line(progress: dict) -> str:
     """One progress line per fold: its score, times and the ETA of the whole invocation."""
     row = progress["row"]
@@ -33,10 +38,16 @@ def fold_line(progress: dict) -> str:
     tta = f" ({row['scored_with']})" if "TTA" in row["scored_with"] else ""
     return (
         f"  [{progress['done']}/{progress['total']}] {progress['name']} fold {progress['fold']}/{progress['folds']}: "
-        f"mIoU {fmt(row['miou'])}{tta} on {row['val_frames']} frames ({len(row['val_groups'])} groups), "
+        f"mIoU {fmt(row['miou'])}{tta} on {row['val_frames']} frames ({_groups(len(row['val_groups']))}), "
         f"train {seconds(row['train_s'])}{build}; elapsed {seconds(progress['elapsed_s'])}, "
         f"ETA {seconds(progress['eta_s'])}"
     )
+
+
+def write_partial(path: str | None, payload: dict) -> None:
+    """The results so far, atomically and quietly (after every fold; the final write announces itself)."""
+    if path:
+        atomic_write_text(path, json.dumps({**payload, "partial": True}, indent=2, default=nan_none))
 
 
 def split_positionals(items: list[str]) -> tuple[list[str], list[str]]:
@@ -94,9 +105,14 @@ def rare_text(res: dict) -> str:
     return "\n".join(out)
 
 
+def _config_gaps(res: dict) -> str:
+    gaps = sorted({c["group_gap"] for c in res["configs"]})
+    return f"{'/'.join(str(g) for g in gaps)} (data.group_gap)"
+
+
 def print_cv(res: dict, *, val: dict[str, float | None] | None = None) -> str:
     """Print the tables for a person; returns the markdown written with --markdown."""
-    gap = res["gap"] if res["gap"] is not None else "data.group_gap"
+    gap = res["gap"] if res["gap"] is not None else _config_gaps(res)
     print(
         f"\ngrouped {res['folds']}-fold cross-validation over train ∪ val (gap {gap}, seed {res['seed']}): "
         f"dataset-level mIoU per fold over the classes labelled or predicted in it; std over folds (ddof=1)"
@@ -145,8 +161,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         print(fold_line(progress), flush=True)
         for msg in progress["row"]["cache_messages"]:
             print(f"    note: {msg}")
-        if args.json:  # partial results survive an interrupted run
-            write_json(args.json, {**so_far, "partial": True})
+        write_partial(args.json, so_far)  # partial results survive an interrupted run
 
     res = cross_validate(
         entries,
