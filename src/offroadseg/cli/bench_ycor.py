@@ -169,14 +169,6 @@ def register(bench_sub) -> None:
     )
     p.add_argument("--data", default=None, help="the YCOR folder (default: each config's data.root)")
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs of every config")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override for every config (repeatable), e.g. --set data.num_workers=0",
-    )
     p.add_argument("--work-dir", default="runs/bench_ycor", help="runs go to <work-dir>/<config stem>")
     p.add_argument("--json", help="write the results as JSON to this file")
     add_cv_arguments(p, folds_required=False)

@@ -182,7 +182,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def add_cv_arguments(p: argparse.ArgumentParser, *, folds_required: bool) -> None:
-    """--folds, --gap, --seed, --rare-class, --keep-checkpoints (shared with ``bench ycor``)."""
+    """--folds, --gap, --seed, --rare-class, --keep-checkpoints, --markdown, --set (shared with ``bench ycor``)."""
     p.add_argument(
         "--folds",
         type=int,
@@ -209,6 +209,14 @@ def add_cv_arguments(p: argparse.ArgumentParser, *, folds_required: bool) -> Non
         help="keep each fold's checkpoints (deleted after scoring by default: each holds the backbone)",
     )
     p.add_argument("--markdown", help="also write the table(s) as markdown to this file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override for every config (repeatable), e.g. --set data.num_workers=0",
+    )
 
 
 def register(sub) -> None:
@@ -220,14 +228,6 @@ def register(sub) -> None:
     )
     p.add_argument("items", nargs="+", metavar="CONFIG|KEY=VALUE", help="config files, then dotted overrides")
     add_cv_arguments(p, folds_required=True)
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override for every config (repeatable; same as a KEY=VALUE after the configs)",
-    )
     p.add_argument("--work-dir", default="runs/cv", help="fold runs go to <work-dir>/<config stem>/fold<i>")
     p.add_argument("--json", help="write the results as JSON to this file (partial results after every fold)")
     p.set_defaults(func=cmd_cv)
