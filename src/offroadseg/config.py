@@ -40,6 +40,10 @@ class CacheConfig:
     decoded: bool = False  # decode + resize images/masks once into a memory-mapped cache
     features: bool = False  # frozen-backbone features computed once (half precision)
     views: int = 1  # cached augmented views per image for the feature cache (hflip makes 2)
+    # Hidden states the feature cache stores (h: the pre-norm tokens entering block h; 0 = embeddings
+    # output, L = last block). auto: what this config needs; a list: shared by every config whose needs
+    # it covers (e.g. a benchmark's rows that differ in layers/train_blocks share one backbone pass).
+    blocks: str | list[int] = "auto"
     dir: str | None = None  # default: <user cache dir>/offroadseg
 
 
@@ -187,9 +191,13 @@ CHOICES = {
     "train.precision": ("32", "bf16", "16", "amp", "16-mixed", "bf16-mixed", "32-true"),
 }
 
-# Keys that existed once: an old config gets the replacement instead of "unknown key".
-REPLACED_KEYS = {
-    "model.backbone.unfreeze_last": "use model.backbone.train_blocks: n (the same meaning: train the last n blocks)",
+# Keys that existed once -> (their inert default, the fix). A saved config (run directory, checkpoint)
+# that carries the default still loads; one that sets the key gets the replacement, not "unknown key".
+REPLACED_KEYS: dict[str, tuple[Any, str]] = {
+    "model.backbone.unfreeze_last": (
+        0,
+        "use model.backbone.train_blocks: n (the same meaning: train the last n blocks)",
+    ),
 }
 
 
@@ -259,7 +267,10 @@ def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
     for key, value in data.items():
         full = f"{prefix}{key}"
         if full in REPLACED_KEYS:
-            raise ConfigError(f"{source}: {full} was removed; fix: {REPLACED_KEYS[full]}")
+            inert, fix = REPLACED_KEYS[full]
+            if value == inert:
+                continue
+            raise ConfigError(f"{source}: {full}={value!r} was removed; fix: {fix}")
         if key not in names:
             valid = _all_keys(Config)
             raise ConfigError(

@@ -45,8 +45,8 @@ def test_bench_train_cli_writes_ratios(config: Path, tmp_path: Path, capsys) -> 
     base, feat = res["variants"]["baseline"], res["variants"]["features"]
     assert len(base["epoch_s"]) == 2 and base["num_workers"] == 0 and base["caches"]["stores"] == []
     assert (
-        feat["caches"]["features"] and len(feat["caches"]["stores"]) == 4
-    )  # decoded + features, train + val
+        feat["caches"]["features"] and len(feat["caches"]["stores"]) == 2
+    )  # decoded + features, one store each over train + val
     assert (
         res["variants"]["decoded"]["caches"]["decoded"]
         and not res["variants"]["decoded"]["caches"]["features"]

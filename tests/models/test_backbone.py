@@ -184,3 +184,13 @@ def test_random_weights_warn():
     with pytest.warns(RandomWeightsWarning, match="RANDOM weights"):
         backbone = create_backbone("dinov2_test", weights="random:dinov2_test")
     assert backbone.is_random
+
+
+def test_cache_needs_known_answers():
+    backbone = create_backbone("dinov2_test", layers=[0, 1])  # L = 2
+    expected = {0: [1, 2], 1: [1], 2: [0]}  # k=1: tokens entering block 1 = block 0's output (early too)
+    for k, needs in expected.items():
+        backbone.train_last(k)
+        assert backbone.cache_needs() == needs
+    hidden = backbone.hidden_states(torch.randn(1, 3, 28, 28), [0, 2])
+    assert sorted(hidden) == [0, 2] and hidden[2].shape == (1, 1 + 4, 48)

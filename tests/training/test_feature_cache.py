@@ -58,18 +58,6 @@ def _setup(cfg, seed: int = 0):
     return dm, module
 
 
-def _count_backbone_calls(monkeypatch) -> list[int]:
-    calls = [0]
-    real = Segmentor.forward_cacheable
-
-    def counting(self, images):
-        calls[0] += len(images)
-        return real(self, images)
-
-    monkeypatch.setattr(Segmentor, "forward_cacheable", counting)
-    return calls
-
-
 def _val_confusion(module, dataset) -> torch.Tensor:
     cm = ConfusionMatrixMetric(module.num_classes, ignore_index=255)
     module.eval()
@@ -109,8 +97,8 @@ def test_decoded_only_val_scores_identical(toy: Path, tmp_path: Path) -> None:
     assert torch.equal(_val_confusion(module, dm.val_dataset), plain)
 
 
-def test_reuse_does_not_run_backbone(toy: Path, tmp_path: Path, monkeypatch) -> None:
-    calls = _count_backbone_calls(monkeypatch)
+def test_reuse_does_not_run_backbone(toy: Path, tmp_path: Path, backbone_calls) -> None:
+    calls = backbone_calls
     cfg = _cfg(toy, tmp_path / "c", features=True)
     dm, module = _setup(cfg)
     first = attach_caches(cfg, dm, module)
@@ -131,8 +119,8 @@ def test_reuse_does_not_run_backbone(toy: Path, tmp_path: Path, monkeypatch) -> 
         {"size": [28, 56]},
     ],
 )
-def test_invalidated_by_backbone_or_size(toy: Path, tmp_path: Path, monkeypatch, change) -> None:
-    calls = _count_backbone_calls(monkeypatch)
+def test_invalidated_by_backbone_or_size(toy: Path, tmp_path: Path, backbone_calls, change) -> None:
+    calls = backbone_calls
     cfg = _cfg(toy, tmp_path / "c", features=True)
     dm, module = _setup(cfg)
     attach_caches(cfg, dm, module)
@@ -144,8 +132,8 @@ def test_invalidated_by_backbone_or_size(toy: Path, tmp_path: Path, monkeypatch,
     assert calls[0] == 12 and all(s["built"] for s in report.stores)
 
 
-def test_changed_file_invalidates(toy: Path, tmp_path: Path, monkeypatch) -> None:
-    calls = _count_backbone_calls(monkeypatch)
+def test_changed_file_invalidates(toy: Path, tmp_path: Path, backbone_calls) -> None:
+    calls = backbone_calls
     cfg = _cfg(toy, tmp_path / "c", features=True)
     attach_caches(cfg, *_setup(cfg))
     make_toy_dataset(toy, n_train=4, n_val=2, size=(48, 80), seed=5)  # new content, new mtimes
@@ -153,11 +141,11 @@ def test_changed_file_invalidates(toy: Path, tmp_path: Path, monkeypatch) -> Non
     assert calls[0] == 12 and all(s["built"] for s in report.stores)
 
 
-def test_truncated_feature_array_is_rebuilt(toy: Path, tmp_path: Path, monkeypatch) -> None:
-    calls = _count_backbone_calls(monkeypatch)
+def test_truncated_feature_array_is_rebuilt(toy: Path, tmp_path: Path, backbone_calls) -> None:
+    calls = backbone_calls
     cfg = _cfg(toy, tmp_path / "c", features=True)
     first = attach_caches(cfg, *_setup(cfg))
-    feat = Path(first.stores[0]["path"]) / "early0.npy"
+    feat = Path(first.stores[0]["path"]) / "hidden2.npy"
     with feat.open("r+b") as f:
         f.truncate(feat.stat().st_size // 2)
     with pytest.warns(CacheWarning, match="not usable"):
@@ -168,16 +156,16 @@ def test_truncated_feature_array_is_rebuilt(toy: Path, tmp_path: Path, monkeypat
 
 
 def test_failure_mid_build_leaves_no_store(toy: Path, tmp_path: Path, monkeypatch) -> None:
-    real = Segmentor.forward_cacheable
+    real = Segmentor.forward_hidden
     calls = [0]
 
-    def failing(self, images):
+    def failing(self, images, indices):
         calls[0] += 1
         if calls[0] == 2:
             raise RuntimeError("simulated crash while writing the cache")
-        return real(self, images)
+        return real(self, images, indices)
 
-    monkeypatch.setattr(Segmentor, "forward_cacheable", failing)
+    monkeypatch.setattr(Segmentor, "forward_hidden", failing)
     cfg = _cfg(toy, tmp_path / "c", features=True)
     with pytest.raises(RuntimeError, match="simulated"):
         attach_caches(cfg, *_setup(cfg))
@@ -208,7 +196,7 @@ def test_views_store_augmented_copies(toy: Path, tmp_path: Path) -> None:
     dm, module = _setup(cfg)
     report = attach_caches(cfg, dm, module)
     assert report.features and report.views == 3
-    feats = dm.train_dataset.arrays["early0"]
+    feats = dm.train_dataset.arrays["hidden2"]
     images = dm.train_dataset.arrays["images"]
     assert feats.shape[0] == (4 + 2) * 3  # every frame of train + val, 3 views each
     assert not np.array_equal(feats[0], feats[1])  # views of one image differ
@@ -224,7 +212,7 @@ def test_views_store_augmented_copies(toy: Path, tmp_path: Path) -> None:
     )
     dm2, module2 = _setup(cfg2)
     attach_caches(cfg2, dm2, module2)
-    assert np.array_equal(dm2.train_dataset.arrays["early0"], feats)
+    assert np.array_equal(dm2.train_dataset.arrays["hidden2"], feats)
 
 
 def test_hflip_mask_aligns_with_padded_feature_flip() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import sys
+import time
 from pathlib import Path
 
 
@@ -38,7 +40,9 @@ def _bar(desc: str, total: int):
 
 
 def progress(desc: str):
-    """A (done, total) callback that drives one tqdm bar."""
+    """A (done, total) callback: a tqdm bar on a terminal, else a line every 10 % or 30 s (logs)."""
+    if not sys.stderr.isatty():
+        return _progress_lines(desc)
     state: dict = {}
 
     def update(done: int, total: int) -> None:
@@ -48,6 +52,26 @@ def progress(desc: str):
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
+
+    return update
+
+
+def _progress_lines(desc: str, *, every_s: float = 30.0):
+    """One line per 10 % step or ``every_s`` seconds, and one at the end, for output that is not a terminal."""
+    state = {"step": -1, "time": time.monotonic(), "start": time.monotonic()}
+
+    def update(done: int, total: int) -> None:
+        step = 10 * done // max(1, total)
+        now = time.monotonic()
+        if done < total and step == state["step"] and now - state["time"] < every_s:
+            return
+        state.update(step=step, time=now)
+        took = now - state["start"]
+        print(
+            f"{desc}: {done}/{total} ({100 * done / max(1, total):.0f} %, {took:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     return update
 

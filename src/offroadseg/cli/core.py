@@ -22,7 +22,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _announce_weights(cfg.model.backbone.weights)
     print(f"offroadseg {__version__}: training {args.config} -> {cfg.run.dir}")
     start = time.perf_counter()
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, progress=progress if cfg.run.progress else None)
     if result.best_checkpoint is None and result.history == []:
         return 0  # a non-zero DDP rank
     took = time.perf_counter() - start

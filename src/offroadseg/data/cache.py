@@ -1,5 +1,11 @@
 """On-disk array stores and the decoded-data cache.
 
+Caching in offroadseg has three parts, one home each: this module owns the store mechanics
+(atomic build, manifest, checks, memory maps), cache keys, the folder (:func:`cache_root`, from
+:mod:`offroadseg.paths`), label-resolution ids (:class:`FullLabels`) and the decoded-data cache;
+:mod:`offroadseg.training.features` owns the frame stores of backbone tokens (they need the
+model); :mod:`offroadseg.training.caches` decides from a config which caches a run uses.
+
 A *store* is a folder of ``.npy`` arrays plus ``manifest.json`` (format, key, shapes,
 dtypes), memory-mapped on open. It is built in a unique temporary folder beside its final
 place and moved there with one ``os.replace``, so a reader (or a second process building
@@ -35,12 +41,15 @@ import numpy as np
 from offroadseg.data.datasets import Sample, load_pair, resize_image, resize_mask
 from offroadseg.data.io import image_size as read_image_size
 from offroadseg.errors import DataError
+from offroadseg.paths import cache_dir
 from offroadseg.taxonomy import Taxonomy
 
 __all__ = [
     "CACHE_FORMAT",
     "CacheWarning",
     "DecodedCache",
+    "FullLabels",
+    "read_full_labels",
     "Store",
     "build_store",
     "cache_root",
@@ -83,8 +92,6 @@ def cache_root(directory: str | None) -> Path:
     """``data.cache.dir`` when set, else ``<offroadseg cache dir>`` (``$OFFROADSEG_CACHE_DIR`` wins)."""
     if directory:
         return Path(directory).expanduser()
-    from offroadseg.models.weights import cache_dir  # noqa: PLC0415 (keeps torch/transformers out)
-
     return cache_dir()
 
 
@@ -280,6 +287,51 @@ def open_or_build_store(
     return build_store(path, key, specs(), fill)
 
 
+# ---- label-resolution ids ---------------------------------------------------------------------
+class FullLabels:
+    """The label-resolution ids of ``n`` frames of different sizes, in one flat uint8 array.
+
+    Arrays: ``full_flat [sum of H*W]``, ``full_offsets [n + 1]`` and ``full_shapes [n, 2]``. Used
+    by every store that keeps full-resolution labels (decoded data, feature frames).
+    """
+
+    def __init__(self, samples: list[Sample]) -> None:
+        self.samples = samples
+        self.shapes = [read_image_size(s.label) for s in samples]
+        self.offsets = np.zeros(len(samples) + 1, dtype=np.int64)
+        self.offsets[1:] = np.cumsum([h * w for h, w in self.shapes])
+
+    def specs(self) -> dict[str, tuple[tuple[int, ...], Any]]:
+        n = len(self.samples)
+        return {
+            "full_flat": ((int(self.offsets[-1]),), np.uint8),
+            "full_offsets": ((n + 1,), np.int64),
+            "full_shapes": ((n, 2), np.int32),
+        }
+
+    def write_index(self, arrays: dict[str, np.ndarray]) -> None:
+        arrays["full_offsets"][:] = self.offsets
+        arrays["full_shapes"][:] = np.array(self.shapes, dtype=np.int32).reshape(len(self.samples), 2)
+
+    def put(self, arrays: dict[str, np.ndarray], index: int, full: np.ndarray | None) -> None:
+        """Write frame ``index``'s ids; refuses a mask that changed size since the specs were made."""
+        if full is None or tuple(full.shape) != self.shapes[index]:
+            raise DataError(
+                f"mask {self.samples[index].label} has no full-resolution ids or changed size while the "
+                f"cache was built; run again"
+            )
+        arrays["full_flat"][self.offsets[index] : self.offsets[index + 1]] = full.reshape(-1)
+
+
+def read_full_labels(arrays: dict[str, np.ndarray], index: int) -> np.ndarray | None:
+    """Frame ``index``'s label-resolution ids ``[H0, W0]`` from a store's arrays (None: not stored)."""
+    if "full_flat" not in arrays:
+        return None
+    start, stop = (int(v) for v in arrays["full_offsets"][index : index + 2])
+    h, w = (int(v) for v in arrays["full_shapes"][index])
+    return np.array(arrays["full_flat"][start:stop]).reshape(h, w)
+
+
 # ---- decoded-data cache ------------------------------------------------------------------------
 def decoded_key(
     samples: list[Sample],
@@ -354,12 +406,7 @@ class DecodedCache(MappedStore):
         a = self.arrays
         image = np.array(a["images"][index])
         ids = np.array(a["masks"][index])
-        full = None
-        if "full_flat" in a:
-            start, stop = (int(v) for v in a["full_offsets"][index : index + 2])
-            h, w = (int(v) for v in a["full_shapes"][index])
-            full = np.array(a["full_flat"][start:stop]).reshape(h, w)
-        return image, ids, full
+        return image, ids, read_full_labels(a, index)
 
 
 def _decode_one(sample: Sample, taxonomy: Taxonomy, size: tuple[int, int], unknown: str):
@@ -405,43 +452,31 @@ def open_decoded_cache(
     path = Path(root) if root is not None else cache_root(None)
     path = path / "decoded" / key[:32]
     n = len(samples)
-    shapes: list[tuple[int, int]] = []
+    full: list[FullLabels] = []  # made when building: reading every label's size costs a pass
 
     def specs():
         out = {"images": ((n, *size, 3), np.uint8), "masks": ((n, *size), np.uint8)}
         if full_res:
-            shapes[:] = [read_image_size(s.label) for s in samples]
-            total = sum(h * w for h, w in shapes)
-            out.update(
-                full_flat=((total,), np.uint8),
-                full_offsets=((n + 1,), np.int64),
-                full_shapes=((n, 2), np.int32),
-            )
+            full[:] = [FullLabels(samples)]
+            out.update(full[0].specs())
         return out
 
     def fill(arrays: dict[str, np.ndarray]) -> dict:
         from torch.utils.data import DataLoader  # noqa: PLC0415
 
         if full_res:
-            offsets = np.zeros(n + 1, dtype=np.int64)
-            offsets[1:] = np.cumsum([h * w for h, w in shapes])
-            arrays["full_offsets"][:] = offsets
-            arrays["full_shapes"][:] = np.array(shapes, dtype=np.int32).reshape(n, 2)
+            full[0].write_index(arrays)
         loader = DataLoader(
             _DecodeJobs(samples, taxonomy, size, unknown),
             batch_size=None,
             num_workers=workers,
             collate_fn=lambda x: x,
         )
-        for done, (i, image, ids, full) in enumerate(loader, start=1):
+        for done, (i, image, ids, full_ids) in enumerate(loader, start=1):
             arrays["images"][i] = image
             arrays["masks"][i] = ids
             if full_res:
-                if tuple(full.shape) != shapes[i]:
-                    raise DataError(
-                        f"mask {samples[i].label} changed size while the cache was built; run again"
-                    )
-                arrays["full_flat"][offsets[i] : offsets[i + 1]] = full.reshape(-1)
+                full[0].put(arrays, i, full_ids)
             if progress is not None:
                 progress(done, n)
         return {"samples": n, "image_size": list(size)}

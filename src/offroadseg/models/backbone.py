@@ -97,6 +97,40 @@ class DinoBackbone(nn.Module):
         tokens, early = self.forward_prefix(images)
         return self.forward_suffix(tokens, early, grid)
 
+    def cache_needs(self) -> list[int]:
+        """Hidden-state indices the cache must hold for this backbone's ``train_blocks`` and layers.
+
+        Hidden state ``h`` is the pre-norm token sequence entering block ``h`` (0: the embeddings'
+        output; ``L``: the last block's output). Needed: ``cache_start`` (when ``< L``) and
+        ``j + 1`` for every returned block ``j`` before it.
+        """
+        start = self.cache_start
+        needs = {j + 1 for j in self.layer_indices if j < start}
+        if start < self.num_layers:
+            needs.add(start)
+        return sorted(needs)
+
+    def hidden_states(self, images: Tensor, indices: Sequence[int]) -> dict[int, Tensor]:
+        """Pre-norm hidden states ``[B, P + h * w, C]`` (class + register tokens first) by index.
+
+        Runs the embeddings and blocks ``[0, max(indices))`` only.
+
+        Args:
+            images: ``[B, 3, H, W]`` as in :meth:`forward`.
+            indices: hidden-state indices in ``0..L`` (see :meth:`cache_needs`).
+        """
+        self.grid(images)
+        wanted = set(indices)
+        if not all(0 <= h <= self.num_layers for h in wanted):
+            raise ValueError(f"hidden-state indices must be in 0..{self.num_layers}, got {sorted(wanted)}")
+        tokens = self.model.embeddings(images)
+        out = {0: tokens} if 0 in wanted else {}
+        for index in range(max(wanted, default=0)):
+            tokens = self.blocks[index](tokens)
+            if index + 1 in wanted:
+                out[index + 1] = tokens
+        return out
+
     def forward_prefix(self, images: Tensor) -> tuple[Tensor | None, list[Tensor]]:
         """The frozen part: embeddings and blocks ``[0, cache_start)``.
 
@@ -110,19 +144,22 @@ class DinoBackbone(nn.Module):
             tokens first), or None when ``cache_start == L``; ``early``: pre-norm patch tokens
             ``[B, h * w, C]`` of each returned block before ``cache_start``.
         """
-        self.grid(images)
         start = self.cache_start
         prefix = [self.model.embeddings, *self.blocks[:start]]
         trainable = any(p.requires_grad for part in prefix for p in part.parameters())
-        ctx = contextlib.nullcontext() if trainable else torch.no_grad()
-        early: list[Tensor] = []
-        with ctx:
-            tokens = self.model.embeddings(images)
-            for index in range(start):
-                tokens = self.blocks[index](tokens)
-                if index in self.layer_indices:
-                    early.append(tokens[:, self.num_prefix_tokens :])
-        return (tokens if start < self.num_layers else None), early
+        with contextlib.nullcontext() if trainable else torch.no_grad():
+            hidden = self.hidden_states(images, self.cache_needs())
+        return self.split_cached(hidden)
+
+    def split_cached(self, hidden: dict[int, Tensor]) -> tuple[Tensor | None, list[Tensor]]:
+        """``(tokens entering cache_start or None, early pre-norm patch tokens)`` from hidden states.
+
+        Args:
+            hidden: at least the indices of :meth:`cache_needs`, each ``[B, P + h * w, C]``.
+        """
+        start = self.cache_start
+        early = [hidden[j + 1][:, self.num_prefix_tokens :] for j in self.layer_indices if j < start]
+        return (hidden[start] if start < self.num_layers else None), early
 
     def forward_suffix(
         self, tokens: Tensor | None, early: list[Tensor], grid: tuple[int, int]

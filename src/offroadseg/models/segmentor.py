@@ -7,7 +7,7 @@ output pixel lines up with its input pixel (resizing would shift and blur border
 
 The two halves are also callable apart (timm's ``forward_features`` /
 ``forward_head``), and the backbone's frozen prefix apart from the rest
-(``forward_cacheable`` / ``features_from_cache``), so a training run can cache what
+(``forward_hidden`` / ``features_from_cache``), so a training run can cache what
 the frozen part computes once and train the last blocks, the norm and the head from
 the cache. A head with ``uses_image = True`` also gets the (padded) normalised image:
 ``head(features, image=image)``.
@@ -101,17 +101,17 @@ class Segmentor(nn.Module):
         """True when the head also reads the image (an image-guided refinement head)."""
         return bool(getattr(self.head, "uses_image", False))
 
-    def forward_cacheable(self, images: Tensor) -> tuple[Tensor | None, list[Tensor]]:
-        """Pad ``images`` and run the backbone's frozen prefix (what the feature cache stores).
+    def forward_hidden(self, images: Tensor, indices: list[int]) -> dict[int, Tensor]:
+        """Pad ``images`` and return the backbone's pre-norm hidden states (what the feature cache stores).
 
         Args:
             images: ``[B, 3, H, W]`` normalised images, any ``H``, ``W``.
+            indices: hidden-state indices in ``0..L`` (0: embeddings output, i: output of block i-1).
 
         Returns:
-            ``(tokens [B, P + h * w, C] or None, early pre-norm patch tokens [B, h * w, C] each)``,
-            see :meth:`DinoBackbone.forward_prefix`.
+            ``{index: [B, P + h * w, C]}``, see :meth:`DinoBackbone.hidden_states`.
         """
-        return self.backbone.forward_prefix(self._pad(images))
+        return self.backbone.hidden_states(self._pad(images), indices)
 
     def features_from_cache(
         self, tokens: Tensor | None, early: list[Tensor], size: tuple[int, int]
@@ -119,7 +119,8 @@ class Segmentor(nn.Module):
         """Feature maps from cached prefix outputs: runs the trained blocks and the final norm.
 
         Args:
-            tokens: ``[B, P + h * w, C]`` or None, as from :meth:`forward_cacheable`.
+            tokens: ``[B, P + h * w, C]`` entering block ``cache_start``, or None when it is ``L``
+                (see :meth:`DinoBackbone.forward_prefix`).
             early: pre-norm patch tokens ``[B, h * w, C]`` per early returned block.
             size: ``(H, W)`` of the (unpadded) images the cache was computed from.
 

@@ -33,6 +33,7 @@ from transformers import PreTrainedModel
 
 from offroadseg.errors import ModelError, close_matches
 from offroadseg.models.archs import ARCHS
+from offroadseg.paths import cache_dir  # re-exported: where converted weights are cached
 
 __all__ = [
     "OFFLINE_WEIGHTS",
@@ -88,16 +89,6 @@ _CONVERTER_VERSION = "1"
 def is_random_source(source: str) -> bool:
     """Whether ``source`` asks for random weights (``random`` or ``random:<arch>``)."""
     return source == "random" or source.startswith("random:")
-
-
-def cache_dir() -> Path:
-    """Where converted weights are cached: ``$OFFROADSEG_CACHE_DIR`` or the user cache dir."""
-    env = os.environ.get("OFFROADSEG_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("offroadseg"))
 
 
 def load_dinov2(arch: str, source: str) -> PreTrainedModel:

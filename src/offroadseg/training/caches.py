@@ -49,6 +49,7 @@ __all__ = [
     "feature_cache_blockers",
     "feature_datasets",
     "open_frame_store",
+    "stored_blocks",
 ]
 
 
@@ -293,7 +294,10 @@ def open_frame_store(
                 frames, taxonomy, image_size=size, unknown=cfg.data.unknown_values, full_res=True
             ).loader
             workers = default_workers(cfg.data.num_workers)
-        return _open_frames(cfg, module, frames, loader, taxonomy, workers=workers, progress=progress)
+        store = _open_frames(cfg, module, frames, loader, taxonomy, workers=workers, progress=progress)
+    if cfg.data.cache.decoded:
+        store.decoded = loader
+    return store
 
 
 def _open_frames(cfg, module, frames, loader, taxonomy: Taxonomy, *, workers: int, progress) -> FrameStore:
@@ -305,6 +309,7 @@ def _open_frames(cfg, module, frames, loader, taxonomy: Taxonomy, *, workers: in
     aug_no_flip = _without_hflip(cfg.data.augment)
     transform = build_train_transform(aug_no_flip, ignore_index=taxonomy.ignore_index) if views > 1 else None
     b = cfg.model.backbone
+    blocks = stored_blocks(cfg, module)
     key = feature_key(
         frames,
         taxonomy=taxonomy.to_dict(),
@@ -312,9 +317,8 @@ def _open_frames(cfg, module, frames, loader, taxonomy: Taxonomy, *, workers: in
         unknown=cfg.data.unknown_values,
         backbone_name=b.name,
         weights=b.weights,
-        digest=cache_digest(model),
-        layers=list(model.backbone.layer_indices),
-        cache_start=model.backbone.cache_start,
+        digest=cache_digest(model, blocks),
+        blocks=blocks,
         pad_mode=model.pad_mode,
         views=views,
         augment=dataclasses.asdict(aug_no_flip),
@@ -330,6 +334,7 @@ def _open_frames(cfg, module, frames, loader, taxonomy: Taxonomy, *, workers: in
             loader,
             model,
             key=key,
+            blocks=blocks,
             root=cache_root(cfg.data.cache.dir),
             image_size=size,
             views=views,
@@ -346,6 +351,40 @@ def _open_frames(cfg, module, frames, loader, taxonomy: Taxonomy, *, workers: in
         model.to("cpu")
 
 
+def stored_blocks(cfg: Config, module) -> list[int]:
+    """The hidden states the frame store holds: ``data.cache.blocks`` (auto: this config's needs).
+
+    Raises:
+        ConfigError: a value other than auto or a list of indices in ``0..L``, or a list that misses
+            one of this config's needs.
+    """
+    backbone = module.model.backbone
+    needs = backbone.cache_needs()
+    value = cfg.data.cache.blocks
+    if isinstance(value, str):
+        if value != "auto":
+            raise ConfigError(
+                f"data.cache.blocks={value!r} is not valid; use auto or a list of hidden-state indices "
+                f"0..{backbone.num_layers} (e.g. {needs})"
+            )
+        return needs
+    depth = backbone.num_layers
+    bad = [h for h in value if not 0 <= h <= depth]
+    if bad or not value:
+        raise ConfigError(
+            f"data.cache.blocks={list(value)}: indices must be in 0..{depth} (0 = embeddings output, "
+            f"i = output of block i-1) and at least one; e.g. {needs}"
+        )
+    missing = sorted(set(needs) - set(value))
+    if missing:
+        raise ConfigError(
+            f"data.cache.blocks={list(value)} lacks {missing}, which this config needs ({needs}: "
+            f"model.backbone.layers={cfg.model.backbone.layers}, train_blocks={backbone.train_blocks}); "
+            f"fix: add them or use data.cache.blocks=auto"
+        )
+    return sorted(set(value))
+
+
 def feature_datasets(
     store: FrameStore, train_idx: Sequence[int], val_idx: Sequence[int], cfg: Config, module
 ) -> tuple[FeatureDataset, FeatureDataset]:
@@ -359,8 +398,16 @@ def feature_datasets(
         module: the module that will train (its head decides whether items carry the image).
     """
     model = module.model
+    backbone = model.backbone
+    start = backbone.cache_start
     ignore = int(getattr(module, "ignore_index", 255))
-    common = dict(patch_size=model.patch_size, ignore_index=ignore, with_image=model.uses_image)
+    common = dict(
+        tokens_from=start if start < backbone.num_layers else None,
+        early_from=[j + 1 for j in backbone.layer_indices if j < start],
+        patch_size=model.patch_size,
+        ignore_index=ignore,
+        with_image=model.uses_image,
+    )
     train_ds = FeatureDataset(store, train_idx, train=True, hflip=cfg.data.augment.hflip, **common)
     val_ds = FeatureDataset(store, val_idx, train=False, full_res=bool(cfg.eval.full_resolution), **common)
     return train_ds, val_ds
@@ -374,8 +421,8 @@ def _attach_features(cfg, dm, module, report, *, bar) -> None:
             module,
             dm.train_samples + dm.val_samples,
             taxonomy=dm.taxonomy,
-            progress=bar("features"),
-            decode_progress=bar("decode"),
+            progress=bar("backbone pass (feature cache)"),
+            decode_progress=bar("decode frames"),
         )
     _relay(caught, report)
     _frame_views(cfg, report)  # says so when the views were collapsed to one
@@ -386,4 +433,6 @@ def _attach_features(cfg, dm, module, report, *, bar) -> None:
     report.features = True
     report.decoded = bool(cfg.data.cache.decoded)  # the store was computed from the decoded cache
     report.views = store.views
+    if store.decoded is not None:
+        report.stores.append(_store_row("decoded", "train+val", store.decoded))
     report.stores.append(_store_row("features", "train+val", store.store))

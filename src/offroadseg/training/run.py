@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,12 +121,19 @@ def build_trainer(cfg: Config, run_dir: Path, *, extra_callbacks: list | None = 
     )
 
 
-def train(cfg: Config, *, resume: bool = False) -> TrainResult:
+def train(
+    cfg: Config,
+    *,
+    resume: bool = False,
+    progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
+) -> TrainResult:
     """Train from a config; writes everything into ``cfg.run.dir``.
 
     Args:
         cfg: the resolved config.
         resume: continue from ``<run.dir>/checkpoints/last.ckpt``.
+        progress: ``progress(description)`` returns a ``(done, total)`` callback for the cache builds
+            (decoding, the backbone pass), or None for silence.
     """
     run_dir = Path(cfg.run.dir)
     ckpt_dir = run_dir / "checkpoints"
@@ -146,7 +154,7 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
 
     from offroadseg.training.caches import attach_caches  # noqa: PLC0415 (keeps import light)
 
-    cache_report = attach_caches(cfg, dm, module)
+    cache_report = attach_caches(cfg, dm, module, progress=progress)
     trainer = build_trainer(cfg, run_dir)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
