@@ -67,6 +67,9 @@ class DataConfig:
     label_dir: str = "labels"
     label_suffix: str = ".png"
     split_file: str | None = None
+    # cross-validation groups (`offroadseg cv`): frames whose trailing ids (iid000839 -> 839, same prefix)
+    # are at most group_gap apart form one group; a third column "<group>" in split_file overrides it
+    group_gap: int = 5
     num_workers: int = -1  # -1: min(4, cpus - 1)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -139,6 +142,12 @@ class TrainConfig:
     strategy: str = "auto"  # auto | ddp | ...
     limit_train_batches: float = 1.0  # fraction or count (smoke runs)
     limit_val_batches: float = 1.0
+    # which weights are "the" model (validated, reported, returned by train): best = the epoch with the
+    # highest val mIoU (best.ckpt), last = the final epoch (last.ckpt), ema = an exponential moving
+    # average of the trainable weights, validated and saved in their place (last.ckpt). last/ema need
+    # no epoch picked on a small val set; see `offroadseg cv`.
+    checkpoint: str = "best"
+    ema_decay: float = 0.99  # per optimizer step; keep decay**steps small (0.99: ~100-step window)
 
 
 @dataclass
@@ -178,6 +187,7 @@ CHOICES = {
     "train.optimizer": ("sgd", "adamw"),
     "eval.tta": ("none", "flip", "scales", "flip+scales"),
     "train.scheduler": ("constant", "cosine"),
+    "train.checkpoint": ("best", "last", "ema"),
     "train.precision": ("32", "bf16", "16", "amp", "16-mixed", "bf16-mixed", "32-true"),
 }
 

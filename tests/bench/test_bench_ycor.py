@@ -39,8 +39,17 @@ TINY = [
 ]
 
 
-def make_ycor_like(root: Path, n_train: int = 4, n_val: int = 2, size: tuple[int, int] = (34, 64)) -> Path:
-    """A YCOR-like set: images/*.jpg, palette-index labels/*.png, split.tsv, classes.tsv."""
+def make_ycor_like(
+    root: Path,
+    n_train: int = 4,
+    n_val: int = 2,
+    size: tuple[int, int] = (34, 64),
+    frame_ids: list[int] | None = None,
+) -> Path:
+    """A YCOR-like set: images/*.jpg, palette-index labels/*.png, split.tsv, classes.tsv.
+
+    ``frame_ids``: the frames' trailing ids (default ``0 .. n_train + n_val - 1``, one gap group).
+    """
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
@@ -48,7 +57,7 @@ def make_ycor_like(root: Path, n_train: int = 4, n_val: int = 2, size: tuple[int
     palette = [c for _, rgb in CLASSES for c in rgb]
     lines = []
     for i in range(n_train + n_val):
-        name = f"iid{i:06d}"
+        name = f"iid{(frame_ids[i] if frame_ids else i):06d}"
         ids = np.full((h, w), 8, dtype=np.uint8)  # sky on top
         ids[h // 3 :] = rng.integers(1, 8)  # one ground class below
         ids[h // 3 :, : w // 4] = 7  # trees on the left
@@ -169,3 +178,43 @@ def test_real_ycor_lists_and_loads() -> None:
         image, ids = load_pair(sample, tax, unknown=cfg.data.unknown_values)
         assert image.shape == (544, 1024, 3) and ids.shape == (544, 1024)
         assert set(np.unique(ids)) <= set(range(tax.num_classes)) | {tax.ignore_index}
+
+
+@pytest.mark.slow
+def test_bench_ycor_folds_adds_cross_validation_to_the_table(tmp_path: Path, capsys) -> None:
+    root = make_ycor_like(tmp_path / "ycor", n_train=4, n_val=2, frame_ids=[0, 1, 10, 11, 20, 21])
+    out, md = tmp_path / "ycor.json", tmp_path / "ycor.md"
+    configs = [str(REPO / "configs" / "ycor_linear.yaml"), str(REPO / "configs" / "ycor.yaml")]
+    argv = ["bench", "ycor", *configs, "--data", str(root), "--epochs", "1", "--folds", "2"]
+    argv += ["--json", str(out), "--markdown", str(md), "--work-dir", str(tmp_path / "runs")]
+    for override in [*TINY, "eval.tta=none"]:
+        argv += ["--set", override]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "[4/4] ycor fold 2/2" in printed and "best by CV" in printed
+    res = json.loads(out.read_text())
+    assert "partial" not in res and [r["name"] for r in res["rows"]] == ["ycor_linear", "ycor"]
+    cv = {c["name"]: c for c in res["cv"]["configs"]}
+    assert list(cv) == ["ycor_linear", "ycor"] and res["best_cv"] in cv
+    for name, c in cv.items():
+        assert len(c["fold_rows"]) == 2 and sum(c["fold_sizes"]) == 6
+        assert c["miou_mean"] == pytest.approx(sum(r["miou"] for r in c["fold_rows"]) / 2)
+        assert all(Path(r["run_dir"]).parent == tmp_path / "runs" / "cv" / name for r in c["fold_rows"])
+    # the val runs built the store over train ∪ val; every fold reused it
+    assert not any(r["cache_built"] for c in cv.values() for r in c["fold_rows"])
+    table = md.read_text()
+    assert "CV mIoU (2-fold, mean ± std)" in table and "val mIoU (70 frames)" in table
+    lin = next(line for line in table.splitlines() if line.startswith("| ycor_linear |"))
+    assert f"{cv['ycor_linear']['miou_mean']:.4f} ± {cv['ycor_linear']['miou_std']:.4f}" in lin
+    assert f"{res['rows'][0]['val_miou']:.4f}" in lin
+
+
+def test_bench_ycor_too_many_folds_fails_before_training(tmp_path: Path, capsys) -> None:
+    root = make_ycor_like(tmp_path / "ycor", n_train=2, n_val=1, frame_ids=[0, 1, 2])
+    argv = ["bench", "ycor", str(REPO / "configs" / "ycor_linear.yaml"), "--data", str(root), "--folds", "2"]
+    argv += ["--work-dir", str(tmp_path / "runs")]
+    assert main(argv) == 2
+    assert "--folds 2 is more than the 1 group of neighbouring frames" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

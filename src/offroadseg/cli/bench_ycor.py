@@ -1,15 +1,22 @@
-"""``offroadseg bench ycor [CONFIG ...] [--data ROOT] [--json FILE] [--epochs N]``: real-data
-quality (YCOR val mIoU, per-class IoU, wall time) of each config in one run."""
+"""``offroadseg bench ycor [CONFIG ...] [--data ROOT] [--json FILE] [--epochs N] [--folds K]``: real-data
+quality (YCOR val mIoU, per-class IoU, wall time) of each config in one run; with ``--folds K``
+also grouped K-fold cross-validation over train ∪ val (mean ± std), in one table."""
 
 from __future__ import annotations
 
 import argparse
 
 from offroadseg.cli.common import fmt, write_json
-
-
-def _seconds(s: float) -> str:
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+from offroadseg.cli.cv import (
+    add_cv_arguments,
+    fold_line,
+    mean_std,
+    per_class_markdown,
+    rare_text,
+    write_markdown,
+    write_partial,
+)
+from offroadseg.cli.cv import seconds as _seconds
 
 
 def _res(size: list[int]) -> str:
@@ -49,10 +56,47 @@ def print_table(res: dict) -> None:
         print(f"  {name:<32} {fmt(iou)}" + ("   (absent from val)" if iou is None else ""))
 
 
-def cmd_bench_ycor(args: argparse.Namespace) -> int:
-    from offroadseg.bench.ycor import DEFAULT_CONFIGS, bench_ycor
+def bench_markdown(res: dict) -> str:
+    """One table: CV mean ± std (when run), the 70-frame val figure, train and cache-build times."""
+    cv = {c["name"]: c for c in res.get("cv", {}).get("configs", [])}
+    folds = res.get("cv", {}).get("folds")
+    head = "| config | head | checkpoint | TTA |"
+    if cv:
+        head += f" CV mIoU ({folds}-fold, mean ± std) | CV min | CV max |"
+    head += " val mIoU (70 frames) | train (val run) |"
+    if cv:
+        head += " train / fold |"
+    head += " cache build |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in res["rows"]:
+        c = cv.get(r["name"])
+        line = f"| {r['name']} | {r['head']} | {r.get('checkpoint', 'best')} | {r['tta']} |"
+        if cv:
+            line += (
+                f" {mean_std(c)} | {fmt(c.get('miou_min'))} | {fmt(c.get('miou_max'))} |" if c else " | | |"
+            )
+        line += f" {fmt(r['val_miou'])} | {_seconds(r['train_s'])} |"
+        if cv:
+            line += f" {_seconds(c['train_s_mean']) if c and c.get('train_s_mean') else 'n/a'} |"
+        build = r["cache_build_s"] + (c["cache_build_s"] if c else 0.0)
+        line += f" {_seconds(build)} |"
+        lines.append(line)
+    text = "\n".join(lines) + "\n"
+    if cv:
+        text += "\nPer-class mean IoU over the CV folds where the class is labelled or predicted:\n\n"
+        text += per_class_markdown(res["cv"])
+        rare = rare_text(res["cv"])
+        if rare:
+            text += (
+                "\nRare class per fold:\n\n" + "\n".join(f"- {x.strip()}" for x in rare.splitlines()) + "\n"
+            )
+    return text
 
-    configs = args.configs or list(DEFAULT_CONFIGS)
+
+def cmd_bench_ycor(args: argparse.Namespace) -> int:
+    from offroadseg.bench.ycor import DEFAULT_CONFIGS, DEFAULT_CV_CONFIGS, bench_ycor
+
+    configs = args.configs or list(DEFAULT_CV_CONFIGS if args.folds else DEFAULT_CONFIGS)
     print(
         f"bench ycor: {len(configs)} config(s) {', '.join(configs)}; data "
         f"{args.data or '(from each config)'}; runs under {args.work_dir}/<config>"
@@ -69,9 +113,14 @@ def cmd_bench_ycor(args: argparse.Namespace) -> int:
         )
         for msg in row["cache_messages"]:
             print(f"    note: {msg}")
-        if args.json:  # partial results survive an interrupted run
-            write_json(args.json, {**partial, "partial": True})
+        write_partial(args.json, partial)  # partial results survive an interrupted run
 
+    def on_fold(progress: dict, cv_so_far: dict) -> None:
+        print(fold_line(progress), flush=True)
+        write_partial(args.json, {**partial, "cv": cv_so_far})
+
+    if args.folds:
+        print(f"  then grouped {args.folds}-fold cross-validation of each config over train ∪ val")
     res = bench_ycor(
         configs,
         data_root=args.data,
@@ -79,9 +128,31 @@ def cmd_bench_ycor(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         work_dir=args.work_dir,
         on_config=on_config,
+        folds=args.folds,
+        gap=args.gap,
+        seed=args.seed,
+        rare_class=args.rare_class,
+        keep_checkpoints=args.keep_checkpoints,
+        on_fold=on_fold,
     )
     print_table(res)
+    md = bench_markdown(res)
+    if "cv" in res:
+        cv = res["cv"]
+        gap = (
+            cv["gap"]
+            if cv["gap"] is not None
+            else "/".join(str(g) for g in sorted({c["group_gap"] for c in cv["configs"]}))
+        )
+        print(
+            f"\ngrouped {cv['folds']}-fold CV over train ∪ val (gap {gap}, seed {cv['seed']}), dataset-level mIoU "
+            f"per fold, std over folds (ddof=1); best by CV: {res['best_cv']}"
+        )
+        for c in cv["configs"]:
+            print(f"  {c['name']}: scored with the {c.get('scored_with', '')}")
+        print("\n" + md)
     write_json(args.json, res)
+    write_markdown(args.markdown, md)
     return 0
 
 
@@ -93,18 +164,12 @@ def register(bench_sub) -> None:
     p.add_argument(
         "configs",
         nargs="*",
-        help="config files (default: configs/ycor_{linear,conv,ppm}.yaml, configs/ycor.yaml)",
+        help="config files (default: configs/ycor_{linear,conv,ppm}.yaml, configs/ycor.yaml; with --folds: "
+        "configs/ycor_{linear,ppm}.yaml, configs/ycor.yaml)",
     )
     p.add_argument("--data", default=None, help="the YCOR folder (default: each config's data.root)")
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs of every config")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override for every config (repeatable), e.g. --set data.num_workers=0",
-    )
     p.add_argument("--work-dir", default="runs/bench_ycor", help="runs go to <work-dir>/<config stem>")
     p.add_argument("--json", help="write the results as JSON to this file")
+    add_cv_arguments(p, folds_required=False)
     p.set_defaults(func=cmd_bench_ycor)

@@ -40,11 +40,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = result.history[-1] if result.history else {}
     print(f"  reference batch-mean IoU (comparison only): {fmt(last.get('val_batch_mean_iou'))}")
     print(f"best checkpoint: {result.best_checkpoint}")
+    if cfg.train.checkpoint != "best":  # the weights to predict/evaluate/export with
+        print(f"model checkpoint (train.checkpoint={cfg.train.checkpoint}): {result.model_checkpoint}")
     write_json(
         args.json,
         {
             "run_dir": str(result.run_dir),
             "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+            "model_checkpoint": str(result.model_checkpoint) if result.model_checkpoint else None,
             "best_val_miou": result.best_val_miou,
             "val": result.val_scores,
             "history": result.history,

@@ -63,7 +63,12 @@ def _duality_split_dir(root: Path, split: str) -> Path:
     )
 
 
-def _read_split_file(path: Path) -> dict[str, str]:
+def read_split_table(path: Path) -> dict[str, tuple[str, str | None]]:
+    """``<name><tab><split>[<tab><group>]`` lines -> ``{name: (split, group or None)}``.
+
+    The optional group column names the recording/sequence a frame belongs to, for grouped
+    cross-validation (:mod:`offroadseg.data.folds`); training ignores it.
+    """
     if not path.is_file():
         raise DataError(f"split file {path} does not exist; fix: check data.split_file")
     out = {}
@@ -71,19 +76,29 @@ def _read_split_file(path: Path) -> dict[str, str]:
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.replace(",", "\t").split()
-        if len(parts) != 2:
-            raise DataError(f"{path}:{n}: {line!r} is not '<name><tab><split>'; fix that line")
-        out[parts[0]] = parts[1]
+        if len(parts) not in (2, 3):
+            raise DataError(f"{path}:{n}: {line!r} is not '<name><tab><split>[<tab><group>]'; fix that line")
+        out[parts[0]] = (parts[1], parts[2] if len(parts) == 3 else None)
     return out
+
+
+def _read_split_file(path: Path) -> dict[str, str]:
+    return {name: split for name, (split, _) in read_split_table(path).items()}
+
+
+def split_file_path(cfg: DataConfig) -> Path | None:
+    """The generic layout's split file (relative to ``data.root`` unless absolute), or None."""
+    if not cfg.split_file:
+        return None
+    path = Path(cfg.split_file)
+    return path if path.is_absolute() else Path(cfg.root) / path
 
 
 def split_assignments(cfg: DataConfig) -> dict[str, str] | None:
     """name -> split from the generic layout's ``data.split_file`` (relative to the root), or None
     without one (then every image is in every split)."""
-    if not cfg.split_file:
-        return None
-    path = Path(cfg.split_file)
-    return _read_split_file(path if path.is_absolute() else Path(cfg.root) / path)
+    path = split_file_path(cfg)
+    return None if path is None else _read_split_file(path)
 
 
 def list_samples(cfg: DataConfig, split: str, *, require_labels: bool = True) -> list[Sample]:
@@ -106,8 +121,9 @@ def list_samples(cfg: DataConfig, split: str, *, require_labels: bool = True) ->
         if not image_dir.is_dir():
             raise DataError(f"image folder {image_dir} does not exist; fix: set data.image_dir")
         images = _images_in(image_dir)
-        splits = split_assignments(cfg)
-        if splits is not None:
+        split_path = split_file_path(cfg)
+        if split_path is not None:
+            splits = _read_split_file(split_path)
             images = [p for p in images if splits.get(p.stem) == split]
         label_suffix = cfg.label_suffix
     if not images:

@@ -43,6 +43,7 @@ class TrainResult:
     class_weights: list[float] | None = None
     caches: dict | None = None  # CacheReport.to_dict(): stores used/built, sizes, messages
     world_size: int = 1  # processes that trained (DDP)
+    model_checkpoint: Path | None = None  # the one train.checkpoint selects (best.ckpt | last.ckpt)
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -94,6 +95,10 @@ def build_trainer(cfg: Config, run_dir: Path, *, extra_callbacks: list | None = 
         ),
         HistoryWriter(run_dir),
     ]
+    if t.checkpoint == "ema":
+        from offroadseg.training.averaging import EMAOfTrainable  # noqa: PLC0415
+
+        callbacks.append(EMAOfTrainable(t.ema_decay))
     if t.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor="val_miou", mode="max", patience=t.early_stopping_patience))
     if cfg.run.progress:
@@ -141,6 +146,10 @@ def train(
     if resume and not last.is_file():
         raise ConfigError(f"--resume: {last} does not exist; fix: train without --resume first")
     resolve_precision(cfg.train.precision, cfg.train.accelerator)  # fail before any work
+    if cfg.train.checkpoint == "ema":
+        from offroadseg.training.averaging import check_ema_decay  # noqa: PLC0415
+
+        check_ema_decay(cfg.train.ema_decay)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     dm = SegDataModule(cfg)
     weights = None
@@ -164,6 +173,8 @@ def train(
     if not trainer.is_global_zero:
         return TrainResult(run_dir, None, None, None)
     best = ckpt_dir / "best.ckpt"
+    # last/ema: last.ckpt holds the final epoch's weights (under ema, the average validated there).
+    chosen = best if cfg.train.checkpoint == "best" else last
     result = TrainResult(
         run_dir=run_dir,
         best_checkpoint=best if best.is_file() else None,
@@ -173,6 +184,7 @@ def train(
         class_weights=weights,
         caches=cache_report.to_dict(),
         world_size=trainer.world_size,
+        model_checkpoint=chosen if chosen.is_file() else None,
     )
     finish_run(cfg, run_dir, module, dm, result, steps_per_epoch=module.steps_per_epoch)
     return result
@@ -187,11 +199,17 @@ def finish_run(
     *,
     steps_per_epoch: int | None,
 ) -> None:
-    """Plots, metrics text and JSON of a finished run (best epoch's validation scores)."""
+    """Plots, metrics text and JSON of a finished run: the validation scores of the model
+    ``train.checkpoint`` selects (the best epoch, or the last one, whose weights are the EMA under ema)."""
     from offroadseg.reporting import plots  # noqa: PLC0415 (matplotlib only when needed)
 
     write_history(run_dir, result.history)
-    scores: SegmentationScores | None = module.best_val_scores
+    selected = (
+        "best epoch" if cfg.train.checkpoint == "best" else f"last epoch, {cfg.train.checkpoint} weights"
+    )
+    scores: SegmentationScores | None = (
+        module.best_val_scores if cfg.train.checkpoint == "best" else module.last_val_scores
+    )
     names = dm.taxonomy.names
     score_dict = scores.to_dict(names) if scores is not None else None
     result.val_scores = score_dict
@@ -208,13 +226,15 @@ def finish_run(
     if score_dict is not None:
         plots.plot_per_class_iou(score_dict, run_dir / "per_class_iou.png", colors=dm.taxonomy.colors)
         plots.plot_confusion_matrix(score_dict, run_dir / "confusion_matrix.png")
-        title = f"offroadseg run {run_dir.name}: validation scores of the best epoch"
+        title = f"offroadseg run {run_dir.name}: validation scores of the {selected}"
         atomic_write_text(
             run_dir / "evaluation_metrics.txt", plots.evaluation_text(result.history, score_dict, title=title)
         )
         summary = {
             "best_val_miou": result.best_val_miou,
             "best_epoch": top[0] if (top := best_epoch(result.history)) else None,
+            "checkpoint": cfg.train.checkpoint,
+            "model_checkpoint": str(result.model_checkpoint) if result.model_checkpoint else None,
             "val": score_dict,
             "class_weights": result.class_weights,
         }

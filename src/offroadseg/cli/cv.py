@@ -1,0 +1,233 @@
+"""``offroadseg cv CONFIG [CONFIG ...] [KEY=VALUE ...] --folds K [--gap G] [--seed S] [--json FILE]``:
+grouped K-fold cross-validation over train ∪ val, mean ± std mIoU per config.
+
+Overrides go right after the config files (argparse takes positionals in one run) or anywhere
+as ``--set KEY=VALUE``; they apply to every config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from offroadseg.cli.common import fmt, nan_none, write_json
+from offroadseg.data.io import atomic_write_text
+
+
+def seconds(s: float | None) -> str:
+    if s is None:
+        return "n/a"
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def mean_std(entry: dict) -> str:
+    if entry.get("miou_mean") is None:
+        return "n/a"
+    std = entry.get("miou_std")
+    return f"{entry['miou_mean']:.4f} ± {std:.4f}" if std is not None else f"{entry['miou_mean']:.4f}"
+
+
+def _groups(n: int) -> str:
+    return f"{n} group" if n == 1 else f"{n} groups"
+
+
+def fold_line(progress: dict) -> str:
+    """One progress line per fold: its score, times and the ETA of the whole invocation."""
+    row = progress["row"]
+    build = f", cache build {seconds(row['cache_build_s'])}" if row["cache_built"] else ""
+    tta = f" ({row['scored_with']})" if "TTA" in row["scored_with"] else ""
+    return (
+        f"  [{progress['done']}/{progress['total']}] {progress['name']} fold {progress['fold']}/{progress['folds']}: "
+        f"mIoU {fmt(row['miou'])}{tta} on {row['val_frames']} frames ({_groups(len(row['val_groups']))}), "
+        f"train {seconds(row['train_s'])}{build}; elapsed {seconds(progress['elapsed_s'])}, "
+        f"ETA {seconds(progress['eta_s'])}"
+    )
+
+
+def write_partial(path: str | None, payload: dict) -> None:
+    """The results so far, atomically and quietly (after every fold; the final write announces itself)."""
+    if path:
+        atomic_write_text(path, json.dumps({**payload, "partial": True}, indent=2, default=nan_none))
+
+
+def split_positionals(items: list[str]) -> tuple[list[str], list[str]]:
+    """Config files and ``key=value`` overrides, in any order."""
+    return [i for i in items if "=" not in i], [i for i in items if "=" in i]
+
+
+def cv_markdown(res: dict, *, val: dict[str, float | None] | None = None) -> str:
+    """The CV table (one row per config) as markdown; ``val`` adds a single-split column."""
+    head = "| config | checkpoint | TTA | CV mIoU (mean ± std) | min | max |"
+    rule = "|---|---|---|---|---|---|"
+    if val is not None:
+        head += " 70-frame val |"
+        rule += "---|"
+    head += " train / fold | cache build |"
+    rule += "---|---|"
+    lines = [head, rule]
+    for c in res["configs"]:
+        row = (
+            f"| {c['name']} | {c['checkpoint']} | {c['tta']} | {mean_std(c)} | {fmt(c.get('miou_min'))} "
+            f"| {fmt(c.get('miou_max'))} |"
+        )
+        if val is not None:
+            row += f" {fmt(val.get(c['name']))} |"
+        row += f" {seconds(c.get('train_s_mean'))} | {seconds(c.get('cache_build_s'))} |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def per_class_markdown(res: dict) -> str:
+    """Per-class mean IoU over the folds where the class is labelled or predicted."""
+    configs = res["configs"]
+    if not configs or not configs[0].get("per_class_mean_iou"):
+        return ""
+    names = list(configs[0]["per_class_mean_iou"])
+    lines = ["| class | " + " | ".join(c["name"] for c in configs) + " |"]
+    lines.append("|---|" + "---|" * len(configs))
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(fmt(c["per_class_mean_iou"].get(n)) for c in configs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rare_text(res: dict) -> str:
+    out = []
+    for c in res["configs"]:
+        rare = c.get("rare")
+        if not rare:
+            continue
+        folds = ", ".join(
+            f"fold {f['fold']}: IoU {fmt(f['iou'], 3)} ({f['labelled_px']} px labelled, "
+            f"{f['predicted_px']} predicted, {f['correct_px']} correct)"
+            for f in rare["per_fold"]
+        )
+        out.append(f"  {c['name']} {rare['class']}: {folds}")
+    return "\n".join(out)
+
+
+def _config_gaps(res: dict) -> str:
+    gaps = sorted({c["group_gap"] for c in res["configs"]})
+    return f"{'/'.join(str(g) for g in gaps)} (data.group_gap)"
+
+
+def print_cv(res: dict, *, val: dict[str, float | None] | None = None) -> str:
+    """Print the tables for a person; returns the markdown written with --markdown."""
+    gap = res["gap"] if res["gap"] is not None else _config_gaps(res)
+    print(
+        f"\ngrouped {res['folds']}-fold cross-validation over train ∪ val (gap {gap}, seed {res['seed']}): "
+        f"dataset-level mIoU per fold over the classes labelled or predicted in it; std over folds (ddof=1)"
+    )
+    for c in res["configs"]:
+        print(f"  {c['name']}: scored with the {c.get('scored_with', c['checkpoint'] + ' checkpoint')}")
+    table = cv_markdown(res, val=val)
+    per_class = per_class_markdown(res)
+    print("\n" + table)
+    if per_class:
+        print("per-class mean IoU over the folds where the class is labelled or predicted:\n")
+        print(per_class)
+    rare = rare_text(res)
+    if rare:
+        print("rare class per fold:\n" + rare)
+    md = table + ("\n" + per_class if per_class else "")
+    return md + ("\n" + "\n".join(f"- {line.strip()}" for line in rare.splitlines()) + "\n" if rare else "")
+
+
+def write_markdown(path: str | None, text: str) -> None:
+    if path:
+        atomic_write_text(path, text)
+        print(f"wrote {path}")
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from offroadseg.config import load_config
+    from offroadseg.errors import ConfigError
+    from offroadseg.training.cv import cross_validate
+
+    configs, overrides = split_positionals(args.items)
+    overrides += args.overrides
+    if not configs:
+        raise ConfigError("cv: no config file given; fix: offroadseg cv CONFIG [CONFIG ...] --folds K")
+    entries = []
+    for path in configs:
+        cfg = load_config(path, overrides)
+        cfg.run.progress = False
+        entries.append((Path(path).stem, cfg))
+    print(
+        f"cv: {len(entries)} config(s) x {args.folds} folds ({', '.join(configs)}); runs under "
+        f"{args.work_dir}/<config>/fold<i>"
+    )
+
+    def on_fold(progress: dict, so_far: dict) -> None:
+        print(fold_line(progress), flush=True)
+        for msg in progress["row"]["cache_messages"]:
+            print(f"    note: {msg}")
+        write_partial(args.json, so_far)  # partial results survive an interrupted run
+
+    res = cross_validate(
+        entries,
+        args.folds,
+        gap=args.gap,
+        seed=args.seed,
+        work_dir=args.work_dir,
+        rare_class=args.rare_class,
+        keep_checkpoints=args.keep_checkpoints,
+        on_fold=on_fold,
+    )
+    md = print_cv(res)
+    if res["best"]:
+        print(f"\nbest by CV mean mIoU: {res['best']}")
+    write_json(args.json, res)
+    write_markdown(args.markdown, md)
+    return 0
+
+
+def add_cv_arguments(p: argparse.ArgumentParser, *, folds_required: bool) -> None:
+    """--folds, --gap, --seed, --rare-class, --keep-checkpoints, --markdown, --set (shared with ``bench ycor``)."""
+    p.add_argument(
+        "--folds",
+        type=int,
+        required=folds_required,
+        default=None,
+        help="number of grouped folds over train ∪ val (at most the number of groups)",
+    )
+    p.add_argument(
+        "--gap",
+        type=int,
+        default=None,
+        help="frames whose trailing ids are at most G apart form one group (default: data.group_gap, 5); "
+        "a third column in the split file overrides it",
+    )
+    p.add_argument("--seed", type=int, default=0, help="fold-assignment seed (default 0)")
+    p.add_argument(
+        "--rare-class",
+        default=None,
+        help="class reported per fold (default: the least-labelled one, e.g. puddle on YCOR)",
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep each fold's checkpoints (deleted after scoring by default: each holds the backbone)",
+    )
+    p.add_argument("--markdown", help="also write the table(s) as markdown to this file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override for every config (repeatable), e.g. --set data.num_workers=0",
+    )
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "cv",
+        help="grouped K-fold cross-validation over train+val: mean ± std mIoU per config",
+        description="Grouped K-fold cross-validation: neighbouring frames never straddle a fold; each fold "
+        "is an ordinary training run scored on its held-out groups.",
+    )
+    p.add_argument("items", nargs="+", metavar="CONFIG|KEY=VALUE", help="config files, then dotted overrides")
+    add_cv_arguments(p, folds_required=True)
+    p.add_argument("--work-dir", default="runs/cv", help="fold runs go to <work-dir>/<config stem>/fold<i>")
+    p.add_argument("--json", help="write the results as JSON to this file (partial results after every fold)")
+    p.set_defaults(func=cmd_cv)

@@ -1,0 +1,286 @@
+"""Grouped K-fold cross-validation of training configs over a dataset's train ∪ val frames.
+
+A fold is an ordinary training run whose split assignment differs: the fold's groups of
+neighbouring frames (:mod:`offroadseg.data.folds`) are written to a per-fold split file as
+``val``, every other frame as ``train``, and :func:`offroadseg.training.run.train` trains on it.
+A feature store keyed on the set of frames (not on the split) is therefore reused by every
+fold. Cross-validation needs the generic layout (one image folder, a split file); the Duality
+layout keeps train and val in separate folders and is refused with one line.
+
+Each fold is scored from one confusion matrix over its val frames at the label's resolution:
+mIoU is the mean over the classes present in the fold's labels or predictions (a class
+predicted where the fold has none counts with IoU 0; a rare class is never dropped for being
+absent from a split). The model scored is the one ``train.checkpoint`` selects (best | last |
+ema); with ``eval.tta`` other than ``none`` it is scored again from that checkpoint with that
+TTA, and ``scored_with`` says which.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from offroadseg.config import Config, config_from_dict
+from offroadseg.data.datasets import list_samples, read_split_table, split_file_path
+from offroadseg.data.folds import Fold, make_folds, split_file_text
+from offroadseg.data.io import atomic_write_text
+from offroadseg.devices import accelerator_device
+from offroadseg.errors import ConfigError
+
+__all__ = ["cross_validate", "fold_config", "plan_folds", "summarize_folds"]
+
+
+def plan_folds(
+    cfg: Config, k: int, *, gap: int | None = None, seed: int = 0, source: str = "config"
+) -> list[Fold]:
+    """The grouped folds of a config's train ∪ val frames.
+
+    Args:
+        cfg: the resolved config (generic layout).
+        k: number of folds.
+        gap: id gap joining neighbouring frames (default: ``data.group_gap``); a ``group``
+            column in the split file takes precedence.
+        seed: fold-assignment seed.
+        source: the config's file, for messages.
+    """
+    d = cfg.data
+    if d.layout != "generic":
+        raise ConfigError(
+            f"{source}: cross-validation needs data.layout=generic (got {d.layout!r}): the duality layout keeps "
+            f"train and val in separate folders, which a split file cannot regroup; fix: put the frames in one "
+            f"images/ + labels/ folder with a split file (data.layout=generic, data.split_file)"
+        )
+    names: list[str] = []
+    for split in (d.train_split, d.val_split):
+        names += [s.name for s in list_samples(d, split) if s.name not in names]
+    path = split_file_path(d)
+    groups = {n: g for n, (_, g) in read_split_table(path).items()} if path is not None else None
+    return make_folds(names, k, gap=d.group_gap if gap is None else gap, seed=seed, groups=groups)
+
+
+def fold_config(cfg: Config, fold: Fold, run_dir: str | Path) -> Config:
+    """The config of one fold: its own split file (written into ``run_dir``) and run directory."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split_path = (run_dir / "cv_split.tsv").resolve()
+    atomic_write_text(
+        split_path, split_file_text(fold, train_split=cfg.data.train_split, val_split=cfg.data.val_split)
+    )
+    out = config_from_dict(cfg.to_dict())
+    out.data.split_file = str(split_path)
+    out.run.dir = str(run_dir)
+    return out
+
+
+def _run_fold(cfg: Config, fold: Fold, k: int, run_dir: Path, *, keep_checkpoints: bool) -> dict:
+    from offroadseg.training.run import train  # noqa: PLC0415 (torch/lightning only when running)
+
+    fcfg = fold_config(cfg, fold, run_dir)
+    start = time.perf_counter()
+    result = train(fcfg)
+    fit_s = time.perf_counter() - start
+    caches = result.caches or {}
+    mode = cfg.train.checkpoint
+    scores = result.val_scores
+    no_tta = scores["miou"] if scores else None
+    scored_with = f"{mode} checkpoint, in-loop validation (no TTA)"
+    eval_s = 0.0
+    if cfg.eval.tta != "none" and result.model_checkpoint is not None:
+        from offroadseg.inference.checkpoint import load_checkpoint  # noqa: PLC0415
+        from offroadseg.inference.evaluate import evaluate_loaded  # noqa: PLC0415
+
+        t0 = time.perf_counter()
+        loaded = load_checkpoint(result.model_checkpoint)
+        scores = evaluate_loaded(
+            loaded, split=fcfg.data.val_split, device=accelerator_device(cfg.train.accelerator)
+        ).scores  # the loaded config carries the fold's split file and eval.tta
+        eval_s = time.perf_counter() - t0
+        scored_with = f"{mode} checkpoint ({result.model_checkpoint.name}), {cfg.eval.tta} TTA"
+    if not keep_checkpoints:  # each holds the backbone too: 5 folds x N configs add up
+        shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
+    return {
+        "fold": fold.index + 1,
+        "folds": k,
+        "val_frames": len(fold.val),
+        "train_frames": len(fold.train),
+        "val_groups": list(fold.val_groups),
+        "run_dir": str(result.run_dir),
+        "miou": scores["miou"] if scores else None,
+        "miou_no_tta": no_tta,
+        "scored_with": scored_with,
+        "per_class_iou": scores["per_class_iou"] if scores else None,
+        "confusion_matrix": scores["confusion_matrix"] if scores else None,
+        "epochs": len(result.history),
+        "best_epoch": _best_epoch(result.history),
+        "history_val_miou": [h.get("val_miou") for h in result.history],
+        "cache_build_s": float(caches.get("build_s", 0.0)),
+        "cache_built": any(s.get("built") for s in caches.get("stores", [])),
+        "cache_messages": list(caches.get("messages", [])),
+        "train_s": fit_s - float(caches.get("setup_s", 0.0)),
+        "eval_s": eval_s,
+        "total_s": fit_s + eval_s,
+    }
+
+
+def _best_epoch(history: list[dict]) -> int | None:
+    scored = [h for h in history if h.get("val_miou") is not None]
+    return max(scored, key=lambda h: h["val_miou"])["epoch"] if scored else None
+
+
+def summarize_folds(rows: Sequence[dict], *, rare_class: str | None = None) -> dict:
+    """Mean ± std over folds, per-class means and the rare class's figures per fold.
+
+    Args:
+        rows: fold rows with ``miou``, ``per_class_iou`` (name -> IoU or None) and
+            ``confusion_matrix`` (rows = ground truth, in ``per_class_iou`` order).
+        rare_class: the class to report per fold (default: the class with the fewest labelled
+            pixels over all folds, among those with any).
+
+    Returns:
+        ``miou_mean``, ``miou_std`` (sample standard deviation, ``ddof=1``; None for one fold),
+        ``miou_min``/``miou_max``, ``per_class_mean_iou`` (mean over the folds where the class
+        has an IoU, i.e. is labelled or predicted there), ``per_class_folds`` (how many),
+        ``rare`` (class, and per fold its IoU, labelled, predicted and correct pixels),
+        ``train_s_mean``, ``train_s_total``, ``cache_build_s``, ``eval_s_total``, ``total_s``.
+    """
+    scored = [r for r in rows if r.get("miou") is not None]
+    mious = np.array([r["miou"] for r in scored], dtype=np.float64)
+    names = list(scored[0]["per_class_iou"]) if scored else []
+    per_class, per_class_n = {}, {}
+    for name in names:
+        vals = [r["per_class_iou"][name] for r in scored if r["per_class_iou"][name] is not None]
+        per_class[name] = float(np.mean(vals)) if vals else None
+        per_class_n[name] = len(vals)
+    rare = None
+    if scored:
+        cms = [np.asarray(r["confusion_matrix"], dtype=np.int64) for r in scored]
+        labelled = sum(cm.sum(axis=1) for cm in cms)
+        if rare_class is None:
+            present = [i for i in range(len(names)) if labelled[i] > 0]
+            rare_i = min(present, key=lambda i: labelled[i]) if present else None
+        else:
+            if rare_class not in names:
+                raise ConfigError(
+                    f"--rare-class {rare_class!r} is not a class of this taxonomy; choose one of: {', '.join(names)}"
+                )
+            rare_i = names.index(rare_class)
+        if rare_i is not None:
+            rare = {"class": names[rare_i], "per_fold": []}
+            for r, cm in zip(scored, cms, strict=True):
+                rare["per_fold"].append(
+                    {
+                        "fold": r["fold"],
+                        "iou": r["per_class_iou"][names[rare_i]],
+                        "labelled_px": int(cm[rare_i].sum()),
+                        "predicted_px": int(cm[:, rare_i].sum()),
+                        "correct_px": int(cm[rare_i, rare_i]),
+                    }
+                )
+    train = [r["train_s"] for r in rows]
+    return {
+        "folds_done": len(rows),
+        "miou_mean": float(mious.mean()) if len(mious) else None,
+        "miou_std": float(mious.std(ddof=1)) if len(mious) > 1 else None,
+        "miou_min": float(mious.min()) if len(mious) else None,
+        "miou_max": float(mious.max()) if len(mious) else None,
+        "per_class_mean_iou": per_class,
+        "per_class_folds": per_class_n,
+        "rare": rare,
+        "train_s_mean": float(np.mean(train)) if train else None,
+        "train_s_total": float(np.sum(train)),
+        "cache_build_s": float(sum(r["cache_build_s"] for r in rows)),
+        "eval_s_total": float(sum(r["eval_s"] for r in rows)),
+        "total_s": float(sum(r["total_s"] for r in rows)),
+    }
+
+
+def cross_validate(
+    entries: Sequence[tuple[str, Config]],
+    k: int,
+    *,
+    gap: int | None = None,
+    seed: int = 0,
+    work_dir: str | Path = "runs/cv",
+    rare_class: str | None = None,
+    keep_checkpoints: bool = False,
+    on_fold: Callable[[dict, dict], None] | None = None,
+) -> dict:
+    """Grouped K-fold CV of each config; runs go to ``<work_dir>/<name>/fold<i>``.
+
+    Args:
+        entries: ``(name, config)`` pairs; names must be unique (they name the run folders).
+        k: number of folds (at most the number of groups).
+        gap: id gap joining frames into a group (default: each config's ``data.group_gap``).
+        seed: fold-assignment seed (the training seed is each config's ``train.seed``).
+        work_dir: where the fold runs go.
+        rare_class: the class reported per fold (default: the least-labelled one).
+        keep_checkpoints: keep each fold's ``checkpoints/`` (deleted after scoring by default).
+        on_fold: ``on_fold(progress, result_so_far)`` after every fold: ``progress`` has
+            ``name``, ``fold``, ``folds``, ``row``, ``done``, ``total``, ``elapsed_s``, ``eta_s``;
+            ``result_so_far`` is the return value with the folds done so far (for partial JSON).
+
+    Returns:
+        ``folds``, ``gap``, ``seed``, ``configs``: one entry per config with its settings
+        (``checkpoint``, ``tta``, ``scored_with``), ``fold_rows`` and the
+        :func:`summarize_folds` figures; ``best``: the name with the highest mean mIoU.
+    """
+    if not entries:
+        raise ConfigError("cv: no config given; fix: offroadseg cv CONFIG [CONFIG ...] --folds K")
+    seen: set[str] = set()
+    for name, _ in entries:
+        if name in seen:
+            raise ConfigError(f"cv: two configs are named {name!r} (the run folder name); fix: rename one")
+        seen.add(name)
+    plans = [(name, cfg, plan_folds(cfg, k, gap=gap, seed=seed, source=name)) for name, cfg in entries]
+    total = k * len(plans)
+    result: dict = {"folds": k, "gap": gap, "seed": seed, "configs": [], "best": None}
+    done, start, fold_times = 0, time.perf_counter(), []
+    for name, cfg, folds in plans:
+        entry = {
+            "name": name,
+            "checkpoint": cfg.train.checkpoint,
+            "tta": cfg.eval.tta,
+            "epochs": cfg.train.epochs,
+            "head": cfg.model.head.name,
+            "group_gap": cfg.data.group_gap if gap is None else gap,
+            "fold_sizes": [len(f.val) for f in folds],
+            "fold_rows": [],
+        }
+        result["configs"].append(entry)
+        for fold in folds:
+            row = _run_fold(
+                cfg,
+                fold,
+                k,
+                Path(work_dir) / name / f"fold{fold.index + 1}",
+                keep_checkpoints=keep_checkpoints,
+            )
+            entry["fold_rows"].append(row)
+            entry["scored_with"] = row["scored_with"]
+            entry.update(summarize_folds(entry["fold_rows"], rare_class=rare_class))
+            done += 1
+            # the ETA leaves out cache builds: they happen once, not per fold
+            fold_times.append(row["total_s"] - row["cache_build_s"])
+            eta = float(np.mean(fold_times)) * (total - done)
+            if on_fold is not None:
+                progress = {
+                    "name": name,
+                    "fold": fold.index + 1,
+                    "folds": k,
+                    "row": row,
+                    "done": done,
+                    "total": total,
+                    "elapsed_s": time.perf_counter() - start,
+                    "eta_s": eta,
+                }
+                on_fold(progress, result)
+    scored = [
+        c for c in result["configs"] if c.get("miou_mean") is not None and not math.isnan(c["miou_mean"])
+    ]
+    result["best"] = max(scored, key=lambda c: c["miou_mean"])["name"] if scored else None
+    return result

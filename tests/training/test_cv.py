@@ -1,0 +1,150 @@
+"""``offroadseg cv``: grouped K-fold runs, per-fold dataset-level scores, mean ± std, bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from offroadseg.cli import main
+from offroadseg.errors import ConfigError
+from offroadseg.metrics import scores_from_confusion
+from offroadseg.training.cv import summarize_folds
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location(
+    "_bench_ycor_helpers", REPO / "tests" / "bench" / "test_bench_ycor.py"
+)
+_helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_helpers)
+make_ycor_like, TINY = _helpers.make_ycor_like, _helpers.TINY
+
+IDS = [0, 1, 10, 11, 20, 21]  # three gap-5 groups of two neighbouring frames
+
+
+def _row(fold: int, cm: list[list[int]], names=("a", "b", "c")) -> dict:
+    scores = scores_from_confusion(np.array(cm)).to_dict(list(names))
+    return {
+        **scores,
+        "fold": fold,
+        "train_s": 10.0 * fold,
+        "cache_build_s": 0.0,
+        "eval_s": 0.0,
+        "total_s": 1.0,
+    }
+
+
+def test_summary_known_answer() -> None:
+    # fold 1: c absent from labels and predictions (no IoU); fold 2: c labelled, never predicted (IoU 0)
+    f1 = _row(1, [[8, 2, 0], [0, 10, 0], [0, 0, 0]])
+    f2 = _row(2, [[10, 0, 0], [0, 5, 5], [0, 5, 0]])
+    assert f1["per_class_iou"] == {"a": 0.8, "b": 10 / 12, "c": None}
+    s = summarize_folds([f1, f2])
+    m1, m2 = (0.8 + 10 / 12) / 2, (1.0 + 5 / 15 + 0.0) / 3  # c counts in fold 2 only
+    assert s["miou_mean"] == pytest.approx((m1 + m2) / 2)
+    assert s["miou_std"] == pytest.approx(abs(m1 - m2) / np.sqrt(2))  # ddof=1 over 2 folds
+    assert s["per_class_mean_iou"]["c"] == 0.0 and s["per_class_folds"] == {"a": 2, "b": 2, "c": 1}
+    assert s["per_class_mean_iou"]["b"] == pytest.approx((10 / 12 + 5 / 15) / 2)
+    # the least-labelled class is reported per fold: 5 px labelled in fold 2, 5 predicted (wrongly)
+    assert s["rare"]["class"] == "c"
+    assert s["rare"]["per_fold"][1] == {
+        "fold": 2,
+        "iou": 0.0,
+        "labelled_px": 5,
+        "predicted_px": 5,
+        "correct_px": 0,
+    }
+    assert s["rare"]["per_fold"][0]["iou"] is None and s["train_s_mean"] == 15.0
+    assert summarize_folds([f1, f2], rare_class="a")["rare"]["class"] == "a"
+    with pytest.raises(ConfigError, match="--rare-class 'x' is not a class"):
+        summarize_folds([f1], rare_class="x")
+
+
+def _argv(root: Path, tmp_path: Path, *extra: str) -> list[str]:
+    argv = ["cv", str(REPO / "configs" / "ycor.yaml"), f"data.root={root}", *TINY, "train.epochs=1"]
+    return argv + ["--work-dir", str(tmp_path / "runs"), *extra]
+
+
+@pytest.mark.slow
+def test_cv_cli_runs_grouped_folds(tmp_path: Path, capsys) -> None:
+    root = make_ycor_like(tmp_path / "ycor", n_train=4, n_val=2, frame_ids=IDS)
+    out, md = tmp_path / "cv.json", tmp_path / "cv.md"
+    argv = _argv(root, tmp_path, "--set", "train.checkpoint=last", "--folds", "3", "--set", "eval.tta=none")
+    argv += ["--json", str(out)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*argv, "--markdown", str(md)]) == 0
+    printed = capsys.readouterr().out
+    assert "[1/3] ycor fold 1/3" in printed and "ETA" in printed and "[3/3]" in printed
+    res = json.loads(out.read_text())
+    assert "partial" not in res and res["folds"] == 3 and res["best"] == "ycor"
+    (entry,) = res["configs"]
+    rows = entry["fold_rows"]
+    assert [r["fold"] for r in rows] == [1, 2, 3] and entry["fold_sizes"] == [2, 2, 2]
+    groups = {"iid000000": {"iid000000", "iid000001"}, "iid000010": {"iid000010", "iid000011"}}
+    groups["iid000020"] = {"iid000020", "iid000021"}
+    held_out = []
+    for r in rows:
+        # the fold trained on the other groups and was scored on its own, from one confusion matrix
+        (group,) = r["val_groups"]
+        split = dict(
+            line.split("\t") for line in (Path(r["run_dir"]) / "cv_split.tsv").read_text().splitlines()
+        )
+        assert {n for n, s in split.items() if s == "val"} == groups[group]
+        assert {n for n, s in split.items() if s == "train"} == set().union(*groups.values()) - groups[group]
+        held_out.append(group)
+        assert r["miou"] == pytest.approx(scores_from_confusion(np.array(r["confusion_matrix"])).miou)
+        assert r["scored_with"].startswith("last checkpoint") and r["epochs"] == 1
+        assert not (Path(r["run_dir"]) / "checkpoints").exists()  # removed after scoring
+    assert sorted(held_out) == sorted(groups)
+    # one feature store over train ∪ val serves every fold: only the first fold runs the backbone
+    assert [r["cache_built"] for r in rows] == [True, False, False]
+    mious = [r["miou"] for r in rows]
+    assert entry["miou_mean"] == pytest.approx(np.mean(mious))
+    assert entry["miou_std"] == pytest.approx(np.std(mious, ddof=1))
+    assert entry["rare"]["class"] in entry["per_class_mean_iou"] and len(entry["rare"]["per_fold"]) == 3
+    assert entry["train_s_mean"] > 0 and entry["checkpoint"] == "last"
+    assert "| ycor | last | none |" in md.read_text()
+
+
+@pytest.mark.slow
+def test_cv_scores_with_the_configs_tta(tmp_path: Path) -> None:
+    from offroadseg.config import load_config
+    from offroadseg.training.cv import cross_validate
+
+    root = make_ycor_like(tmp_path / "ycor", n_train=3, n_val=1, frame_ids=IDS[:4])
+    cfg = load_config(REPO / "configs" / "ycor.yaml", [f"data.root={root}", *TINY, "train.epochs=1"])
+    assert cfg.eval.tta == "flip"
+    seen = []
+    res = cross_validate(
+        [("ycor", cfg)],
+        2,
+        seed=1,
+        work_dir=tmp_path / "runs",
+        keep_checkpoints=True,
+        on_fold=lambda p, so_far: seen.append((p["done"], len(so_far["configs"][0]["fold_rows"]))),
+    )
+    assert seen == [(1, 1), (2, 2)]  # partial results grow fold by fold
+    for r in res["configs"][0]["fold_rows"]:
+        assert r["scored_with"] == "best checkpoint (best.ckpt), flip TTA" and r["eval_s"] > 0
+        assert r["miou_no_tta"] is not None and (Path(r["run_dir"]) / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_more_folds_than_groups_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    root = make_ycor_like(tmp_path / "ycor", n_train=4, n_val=2, frame_ids=IDS)
+    assert main(_argv(root, tmp_path, "--folds", "4")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--folds 4 is more than the 3 groups" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_duality_layout_is_refused(toy_root: Path, tmp_path: Path, capsys) -> None:
+    from offroadseg.data.toy import toy_config
+    from offroadseg.training.cv import plan_folds
+
+    with pytest.raises(ConfigError, match="cross-validation needs data.layout=generic"):
+        plan_folds(toy_config(toy_root, tmp_path / "r"), 2)
