@@ -79,9 +79,11 @@ class BackboneConfig:
 
 @dataclass
 class HeadConfig:
-    name: str = "conv"  # linear | conv | ppm
-    channels: int | None = None  # head width (None: the head's default)
-    dropout: float | None = None
+    name: str = (
+        "conv"  # linear | conv | ppm | uper | dpt (uper/dpt read 4 blocks: backbone.layers [2, 5, 8, 11])
+    )
+    channels: int | None = None  # head width (None: the head's default); conv, ppm, uper, dpt
+    dropout: float | None = None  # Dropout2d before the classifier (None: the head's default); ppm, uper, dpt
 
 
 @dataclass
