@@ -56,10 +56,13 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return value
 
 
-def compute_class_weights(dm: SegDataModule, max_weight: float) -> list[float]:
-    """Loss weights from the training masks' pixel frequencies."""
+CLASS_WEIGHT_MODE = {"auto": "inverse", "sqrt": "sqrt"}  # loss.class_weights -> class_weights_from_counts
+
+
+def compute_class_weights(dm: SegDataModule, max_weight: float, mode: str = "inverse") -> list[float]:
+    """Loss weights from the training masks' pixel frequencies (``mode``: inverse | sqrt)."""
     counts, _, _ = count_pixels(dm.train_samples, dm.taxonomy, unknown=dm.cfg.data.unknown_values)
-    return class_weights_from_counts(counts, max_weight=max_weight).tolist()
+    return class_weights_from_counts(counts, max_weight=max_weight, mode=mode).tolist()
 
 
 def build_module(cfg: Config, dm: SegDataModule, class_weights: list[float] | None) -> SegmentationModule:
@@ -130,7 +133,8 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
     resolve_precision(cfg.train.precision, cfg.train.accelerator)  # fail before any work
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     dm = SegDataModule(cfg)
-    weights = compute_class_weights(dm, cfg.loss.max_weight) if cfg.loss.class_weights == "auto" else None
+    mode = CLASS_WEIGHT_MODE.get(cfg.loss.class_weights)
+    weights = compute_class_weights(dm, cfg.loss.max_weight, mode) if mode else None
     module = build_module(cfg, dm, weights)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
