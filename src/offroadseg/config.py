@@ -87,6 +87,8 @@ class HeadConfig:
     )
     channels: int | None = None  # head width (None: the head's default); conv, ppm, uper, dpt
     dropout: float | None = None  # Dropout2d before the classifier (None: the head's default); ppm, uper, dpt
+    refine: bool = False  # image-guided refinement: a conv stem on the RGB at 1/4 corrects the head's logits
+    refine_channels: int = 32  # width of the refinement's image stem and fusion convs
 
 
 @dataclass
