@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from offroadseg.errors import ModelError, close_matches
 from offroadseg.models.decoders.dpt import DPTHead
 from offroadseg.models.decoders.uper import UPerHead
-from offroadseg.models.layers import conv_gn_relu
+from offroadseg.models.layers import align_features, conv_gn_relu
 
 __all__ = [
     "HEADS",
@@ -63,17 +63,7 @@ def concat_features(features: Sequence[Tensor], in_channels: Sequence[int]) -> T
         ValueError: When the number of maps or their channel counts do not match
             ``in_channels`` (the head was built for another backbone or layer set).
     """
-    got = [int(f.shape[1]) for f in features]
-    if got != list(in_channels):
-        raise ValueError(
-            f"head was built for feature channels {list(in_channels)} but received {got}; "
-            "build the head from the backbone's out_channels"
-        )
-    size = features[0].shape[-2:]
-    maps = [
-        f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-        for f in features
-    ]
+    maps = align_features(features, in_channels)
     return maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
 
 

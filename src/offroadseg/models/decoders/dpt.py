@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from offroadseg.models.decoders.pyramid import check_levels, common_grid
-from offroadseg.models.layers import conv_gn_relu, group_norm
+from offroadseg.models.decoders.pyramid import check_levels
+from offroadseg.models.layers import align_features, conv_gn_relu, group_norm
 
 __all__ = ["DPTHead"]
 
@@ -104,7 +104,7 @@ class DPTHead(nn.Module):
 
     def forward(self, features: list[Tensor]) -> Tensor:
         """Map 4 maps ``[B, C_i, h, w]`` to logits ``[B, K, 4h, 4w]``."""
-        maps = common_grid(features, self.in_channels, "dpt")
+        maps = align_features(features, self.in_channels, head="dpt")
         levels = [
             conv(rs(proj(f)))
             for f, proj, rs, conv in zip(maps, self.project, self.resample, self.level_conv, strict=True)

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn.functional as F
-from torch import Tensor
-
 from offroadseg.errors import ModelError
 
-__all__ = ["PYRAMID_LEVELS", "check_levels", "common_grid"]
+__all__ = ["PYRAMID_LEVELS", "check_levels"]
 
 PYRAMID_LEVELS = 4  # maps a pyramid decoder reads: one per level (x4, x2, x1, /2)
 
@@ -34,21 +31,3 @@ def check_levels(head: str, in_channels: Sequence[int]) -> list[int]:
             f"(4 blocks spread over the depth of a 12-block ViT) or model.backbone.layers: 4"
         )
     return channels
-
-
-def common_grid(features: Sequence[Tensor], in_channels: Sequence[int], head: str) -> list[Tensor]:
-    """Check the maps against ``in_channels`` and bring them all to the first map's grid.
-
-    ViT blocks already share one grid; resizing only matters for other backbones.
-    """
-    got = [int(f.shape[1]) for f in features]
-    if got != list(in_channels):
-        raise ValueError(
-            f"head {head!r} was built for feature channels {list(in_channels)} but received {got}; "
-            "build the head from the backbone's out_channels"
-        )
-    size = features[0].shape[-2:]
-    return [
-        f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-        for f in features
-    ]

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from offroadseg.models.decoders.pyramid import check_levels, common_grid
-from offroadseg.models.layers import conv_gn_relu, group_norm
+from offroadseg.models.decoders.pyramid import check_levels
+from offroadseg.models.layers import align_features, conv_gn_relu, group_norm
 
 __all__ = ["UPerHead", "vit_resamplers"]
 
@@ -87,7 +87,7 @@ class UPerHead(nn.Module):
 
     def forward(self, features: list[Tensor]) -> Tensor:
         """Map 4 maps ``[B, C_i, h, w]`` to logits ``[B, K, 4h, 4w]``."""
-        maps = common_grid(features, self.in_channels, "uper")
+        maps = align_features(features, self.in_channels, head="uper")
         levels = [rs(lat(f)) for f, lat, rs in zip(maps, self.lateral, self.resample, strict=True)]
         top = levels[3]
         pooled = [
