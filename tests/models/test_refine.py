@@ -92,3 +92,19 @@ def test_refine_in_a_segmentor_needs_a_segmentor_that_passes_the_image() -> None
             ModelError, match="model.head.refine=true needs a segmentor that passes the image"
         ):
             build_segmentor(cfg.model, K)
+
+
+def test_dynamic_onnx_wrapper_passes_the_image_to_an_image_guided_head() -> None:
+    from offroadseg.inference.onnx import _PatchMultipleSegmentor
+    from offroadseg.models.backbone import create_backbone
+
+    backbone = create_backbone("dinov2_test", weights="random", layers=1)
+    head = RefineHead(create_head("linear", backbone.out_channels, K), K, patch_size=P, channels=8)
+    with torch.no_grad():
+        head.correction.weight.normal_()
+    seg = Segmentor(backbone, head).eval()
+    x = torch.randn(1, 3, 28, 42)
+    with torch.no_grad():
+        out = _PatchMultipleSegmentor(seg)(x)
+        expected = F.interpolate(head(backbone(x), x), size=(28, 42), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, expected)

@@ -88,7 +88,11 @@ class _PatchMultipleSegmentor(nn.Module):
         self.head = segmentor.head
 
     def forward(self, images: Tensor) -> Tensor:
-        logits = self.head(self.backbone(images))
+        features = self.backbone(images)
+        # An image-guided head (uses_image, e.g. model.head.refine) also reads the image.
+        logits = (
+            self.head(features, images) if getattr(self.head, "uses_image", False) else self.head(features)
+        )
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
