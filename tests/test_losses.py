@@ -16,12 +16,21 @@ from offroadseg.losses import (
     CrossEntropyLoss,
     DiceLoss,
     FocalLoss,
+    LovaszSoftmaxLoss,
+    OhemCrossEntropyLoss,
     class_weights_from_counts,
     create_loss,
     cross_entropy,
     dice_loss,
     focal_loss,
+    lovasz_grad,
+    lovasz_softmax,
+    lovasz_softmax_flat,
+    ohem_cross_entropy,
 )
+
+# Every single loss and the combinations a YAML file would name.
+ALL_NAMES = [*sorted(LOSSES), "ce+dice", "focal+dice", "ce+lovasz", "ohem+lovasz", "focal+dice+lovasz"]
 
 K = 4
 
@@ -50,6 +59,21 @@ def test_class_weights_known_answer() -> None:
     assert w.dtype == torch.float32
     torch.testing.assert_close(w, torch.tensor([5.0, 5 / 3, 5 / 6, 0.0]))
     torch.testing.assert_close(class_weights_from_counts([1, 1], max_weight=2.0), torch.tensor([2.0, 2.0]))
+
+
+def test_sqrt_class_weights_known_answer() -> None:
+    # total 100, K 4: total/(K*count) = 2.5, 0.8333, 0.41667, 25 (count 1); sqrt, then capped at 3.
+    w = class_weights_from_counts(np.array([10, 30, 59, 1]), max_weight=3.0, mode="sqrt")
+    expected = [math.sqrt(2.5), math.sqrt(100 / 120), math.sqrt(100 / 236), 3.0]
+    torch.testing.assert_close(w, torch.tensor(expected, dtype=torch.float32))
+    # An absent class gets 0; a balanced set gets 1 everywhere (no rescaling, unlike 'inverse').
+    torch.testing.assert_close(
+        class_weights_from_counts([5, 0, 15], mode="sqrt"),
+        torch.tensor([math.sqrt(20 / 15), 0.0, math.sqrt(20 / 45)], dtype=torch.float32),
+    )
+    torch.testing.assert_close(class_weights_from_counts([7, 7], mode="sqrt"), torch.ones(2))
+    with pytest.raises(ValueError, match="mode"):
+        class_weights_from_counts([1, 2], mode="log")
 
 
 def test_class_weights_reject_bad_counts() -> None:
@@ -140,7 +164,7 @@ def test_dice_class_weights() -> None:
 # shared behaviour of every loss
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", ALL_NAMES)
 def test_ignored_pixels_with_garbage_logits_change_nothing(name: str) -> None:
     loss = create_loss(name, num_classes=K, class_weights=torch.tensor([1.0, 2.0, 0.5, 3.0]))
     logits, target = _batch()
@@ -155,13 +179,94 @@ def test_ignored_pixels_with_garbage_logits_change_nothing(name: str) -> None:
     assert (a_in.grad[ignored] == 0).all()
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", ALL_NAMES)
 def test_all_ignored_gives_zero_not_nan(name: str) -> None:
     loss = create_loss(name, num_classes=K)
     logits = torch.randn(1, K, 3, 3, requires_grad=True)
     value = loss(logits, torch.full((1, 3, 3), 255))
     assert value.item() == 0.0
     value.backward()
+
+
+# OHEM
+
+
+def _two_class_logits(p0: list[float]) -> torch.Tensor:
+    """2-class logits ``[1, 2, 1, P]`` whose softmax gives p(class 0) = p0."""
+    p = torch.tensor(p0, dtype=torch.float64).reshape(1, 1, -1)
+    return torch.stack([p.log(), (1 - p).log()], dim=1)
+
+
+def test_ohem_known_answer() -> None:
+    # True-class probabilities 0.9, 0.5, 0.2, 0.95 (all targets class 0).
+    logits = _two_class_logits([0.9, 0.5, 0.2, 0.95])
+    target = torch.zeros(1, 1, 4, dtype=torch.long)
+    # thresh 0.7: the two pixels below it are kept.
+    got = ohem_cross_entropy(logits, target, thresh=0.7, min_kept=1)
+    assert got.item() == pytest.approx((-math.log(0.5) - math.log(0.2)) / 2)
+    # min_kept 3 > 2 hard pixels: the 3 lowest probabilities are kept.
+    got = ohem_cross_entropy(logits, target, thresh=0.7, min_kept=3)
+    assert got.item() == pytest.approx((-math.log(0.5) - math.log(0.2) - math.log(0.9)) / 3)
+    # min_kept above the pixel count keeps every pixel: plain cross-entropy.
+    torch.testing.assert_close(
+        ohem_cross_entropy(logits, target, thresh=0.0, min_kept=100), cross_entropy(logits, target)
+    )
+
+
+def test_ohem_class_weights_and_ignore() -> None:
+    logits = _two_class_logits([0.9, 0.5, 0.2, 0.4])
+    target = torch.tensor([[[0, 0, 1, 255]]])
+    # p(true): 0.9, 0.5, 0.8 -> only pixel 1 is below 0.7; min_kept 2 adds pixel 2 (0.8) not pixel 0.
+    w = torch.tensor([1.0, 3.0])
+    got = ohem_cross_entropy(logits, target, thresh=0.7, min_kept=2, weight=w)
+    expected = (1.0 * -math.log(0.5) + 3.0 * -math.log(0.8)) / (1.0 + 3.0)
+    assert got.item() == pytest.approx(expected)
+
+
+# Lovasz-softmax
+
+
+def test_lovasz_grad_known_answer() -> None:
+    # gt sorted by decreasing error [0, 1]: jaccard [0.5, 1.0] -> grad [0.5, 0.5].
+    torch.testing.assert_close(lovasz_grad(torch.tensor([0.0, 1.0])), torch.tensor([0.5, 0.5]))
+    torch.testing.assert_close(lovasz_grad(torch.tensor([1.0, 0.0])), torch.tensor([1.0, 0.0]))
+
+
+def test_lovasz_hand_computed_two_class() -> None:
+    # Pixel a: target 0, p0 0.8; pixel b: target 1, p0 0.3 (p1 0.7).
+    # Class 0: errors [0.2, 0.3] -> sorted [b, a], gt [0, 1], grad [0.5, 0.5] -> 0.25.
+    # Class 1: errors [0.2, 0.3] -> sorted [b, a], gt [1, 0], grad [1, 0] -> 0.3. Mean 0.275.
+    logits = _two_class_logits([0.8, 0.3])
+    target = torch.tensor([[[0, 1]]])
+    assert lovasz_softmax(logits, target).item() == pytest.approx(0.275)
+
+
+def test_lovasz_at_one_hot_is_one_minus_iou_of_present_classes() -> None:
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 3, (40,), generator=g)  # classes 0..2 present, class 3 absent
+    pred = torch.randint(0, K, (40,), generator=g)
+    probs = F.one_hot(pred, K).double()
+    ious = []
+    for c in range(3):
+        inter = ((pred == c) & (labels == c)).sum().item()
+        union = ((pred == c) | (labels == c)).sum().item()
+        ious.append(inter / union)
+    expected = sum(1 - i for i in ious) / 3
+    assert lovasz_softmax_flat(probs, labels).item() == pytest.approx(expected)
+
+
+def test_lovasz_per_image_is_the_mean_of_images() -> None:
+    logits, target = _batch()
+    per_image = lovasz_softmax(logits, target, per_image=True)
+    each = [lovasz_softmax(logits[i : i + 1], target[i : i + 1]) for i in range(2)]
+    torch.testing.assert_close(per_image, sum(each) / 2)
+    assert not torch.allclose(per_image, lovasz_softmax(logits, target))
+
+
+def test_lovasz_perfect_prediction_is_zero() -> None:
+    target = torch.tensor([[[0, 1], [2, 1]]])
+    logits = F.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
+    assert lovasz_softmax(logits, target).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_create_loss_combinations() -> None:
@@ -177,6 +282,13 @@ def test_create_loss_combinations() -> None:
     assert isinstance(create_loss("focal", num_classes=K), FocalLoss)
     assert isinstance(create_loss("dice", num_classes=K), DiceLoss)
     assert isinstance(fd, CombinedLoss)
+    cl = create_loss("ohem+lovasz", num_classes=K, class_weights=w, lovasz_weight=0.7, ohem_min_kept=5)
+    expected = ohem_cross_entropy(logits, target, min_kept=5, weight=w) + 0.7 * lovasz_softmax(logits, target)
+    torch.testing.assert_close(cl(logits, target), expected)
+    assert isinstance(create_loss("ohem", num_classes=K), OhemCrossEntropyLoss)
+    assert isinstance(create_loss("lovasz", num_classes=K), LovaszSoftmaxLoss)
+    lp = create_loss("lovasz", num_classes=K, lovasz_per_image=True)
+    torch.testing.assert_close(lp(logits, target), lovasz_softmax(logits, target, per_image=True))
 
 
 def test_create_loss_errors() -> None:
@@ -184,6 +296,16 @@ def test_create_loss_errors() -> None:
         create_loss("focl", num_classes=K)
     for name in LOSSES:
         assert name in str(info.value)
+    with pytest.raises(
+        ConfigError, match="unknown loss 'lovaz' in loss.name='ce\\+lovaz'.*did you mean: lovasz"
+    ):
+        create_loss("ce+lovaz", num_classes=K)
+    with pytest.raises(ConfigError, match="at most one of ce, focal, ohem"):
+        create_loss("ce+focal", num_classes=K)
+    with pytest.raises(ConfigError, match="once"):
+        create_loss("ce+dice+dice", num_classes=K)
+    with pytest.raises(ConfigError, match="per-pixel loss first"):
+        create_loss("lovasz+ce", num_classes=K)
     with pytest.raises(ConfigError, match="one weight per class"):
         create_loss("ce", num_classes=K, class_weights=torch.ones(3))
 

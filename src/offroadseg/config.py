@@ -71,6 +71,9 @@ class DataConfig:
     # are at most group_gap apart form one group; a third column "<group>" in split_file overrides it
     group_gap: int = 5
     num_workers: int = -1  # -1: min(4, cpus - 1)
+    # repeat-factor sampling of training images (LVIS): an image is drawn max(1, sqrt(t / f_c)) times per
+    # epoch for its rarest class c (f_c: fraction of training images containing c); t = this value, 0: off
+    repeat_factor_threshold: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
 
@@ -98,9 +101,13 @@ class BackboneConfig:
 
 @dataclass
 class HeadConfig:
-    name: str = "conv"  # linear | conv | ppm
-    channels: int | None = None  # head width (None: the head's default)
-    dropout: float | None = None
+    name: str = (
+        "conv"  # linear | conv | ppm | uper | dpt (uper/dpt read 4 blocks: backbone.layers [2, 5, 8, 11])
+    )
+    channels: int | None = None  # head width (None: the head's default); conv, ppm, uper, dpt
+    dropout: float | None = None  # Dropout2d before the classifier (None: the head's default); ppm, uper, dpt
+    refine: bool = False  # image-guided refinement: a conv stem on the RGB at 1/4 corrects the head's logits
+    refine_channels: int = 32  # width of the refinement's image stem and fusion convs
 
 
 @dataclass
@@ -111,11 +118,19 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "ce"  # ce | focal | dice | focal+dice | ce+dice
-    class_weights: str = "none"  # none | auto (w = total / (K * count), scaled so the largest is max_weight)
-    max_weight: float = 5.0
+    # ce | focal | ohem | dice | lovasz, or one per-pixel loss (ce/focal/ohem) + region losses
+    # (dice/lovasz) joined by '+', e.g. ce+dice, focal+dice, ce+lovasz, ohem+lovasz
+    name: str = "ce"
+    # none | auto (w = total / (K * count), scaled so the largest is max_weight)
+    # | sqrt (w = sqrt(total / (K * count)), capped at max_weight)
+    class_weights: str = "none"
+    max_weight: float = 5.0  # auto: the largest weight; sqrt: the cap
     focal_gamma: float = 2.0
-    dice_weight: float = 0.5
+    dice_weight: float = 0.5  # weight of dice in a combination
+    lovasz_weight: float = 1.0  # weight of lovasz in a combination
+    lovasz_per_image: bool = False  # lovasz per image (averaged) instead of over the whole batch
+    ohem_thresh: float = 0.7  # ohem keeps pixels whose true-class probability is below this
+    ohem_min_kept: int = 10000  # ... and at least this many pixels per batch
 
 
 @dataclass
@@ -183,7 +198,7 @@ CHOICES = {
     "data.layout": ("duality", "generic"),
     "data.label_encoding": ("auto", "value", "rgb"),
     "data.unknown_values": ("error", "ignore"),
-    "loss.class_weights": ("none", "auto"),
+    "loss.class_weights": ("none", "auto", "sqrt"),
     "train.optimizer": ("sgd", "adamw"),
     "eval.tta": ("none", "flip", "scales", "flip+scales"),
     "train.scheduler": ("constant", "cosine"),

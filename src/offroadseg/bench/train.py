@@ -33,7 +33,7 @@ from offroadseg.devices import accelerator_device
 from offroadseg.errors import ConfigError
 from offroadseg.training.caches import attach_caches
 from offroadseg.training.datamodule import SegDataModule, default_workers
-from offroadseg.training.run import build_module, build_trainer, compute_class_weights
+from offroadseg.training.run import CLASS_WEIGHT_MODE, build_module, build_trainer, compute_class_weights
 
 __all__ = ["DEFAULT_VARIANTS", "EpochTimer", "bench_train"]
 
@@ -216,10 +216,12 @@ def _run_variant(cfg, spec: _Variant, work_dir: Path, epochs, limit, limit_val, 
     L.seed_everything(v.train.seed, workers=True, verbose=False)
     dm = SegDataModule(v)
     _limit(dm, limit, limit_val)
-    if v.loss.class_weights == "auto":
-        if "w" not in weights_cache:  # the same for every variant: computed once, outside the timings
-            weights_cache["w"] = compute_class_weights(dm, v.loss.max_weight)
-        weights = weights_cache["w"]
+    mode = CLASS_WEIGHT_MODE.get(v.loss.class_weights)
+    if mode:
+        key = f"{mode}:{v.loss.max_weight}"
+        if key not in weights_cache:  # the same for every variant: computed once, outside the timings
+            weights_cache[key] = compute_class_weights(dm, v.loss.max_weight, mode)
+        weights = weights_cache[key]
     else:
         weights = None
     module = build_module(v, dm, weights)

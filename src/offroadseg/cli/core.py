@@ -14,7 +14,7 @@ from offroadseg.cli.common import (
     progress,
     write_json,
 )
-from offroadseg.cli.predict import add_tta_arguments
+from offroadseg.cli.predict import add_exclude_argument, add_tta_arguments
 
 
 # ---- train ------------------------------------------------------------------------------------
@@ -69,11 +69,12 @@ def _announce_weights(source: str | None) -> None:
 
 # ---- evaluate ---------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from offroadseg.cli.predict import tta_from_args
+    from offroadseg.cli.predict import excluded_from_args, tta_from_args
     from offroadseg.inference.checkpoint import load_checkpoint
     from offroadseg.inference.evaluate import evaluate_loaded
 
     loaded = load_checkpoint(args.checkpoint)
+    exclude = excluded_from_args(args, loaded.taxonomy)
     result = evaluate_loaded(
         loaded,
         data_root=args.data,
@@ -82,7 +83,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         progress=progress(f"evaluate {args.split}"),
         tta=tta_from_args(args, vars(loaded.config.eval)),
+        exclude=exclude,
     )
+    if exclude:
+        print(
+            "excluded classes (no pixel predicted): " + ", ".join(loaded.taxonomy.names[i] for i in exclude)
+        )
     print_scores(result.scores, header=f"{args.split}: {result.images} images (dataset-level scores)")
     print(f"  reference batch-mean IoU (comparison only): {fmt(result.batch_mean_iou)}")
     write_json(
@@ -92,6 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "images": result.images,
             **result.scores,
             "batch_mean_iou": result.batch_mean_iou,
+            "excluded_classes": [loaded.taxonomy.names[i] for i in exclude],
         },
     )
     return 0
@@ -163,6 +170,7 @@ def register(sub) -> None:
     e.add_argument("--batch-size", type=int, default=None)
     e.add_argument("--device", default="auto", help="auto | cpu | cuda")
     add_tta_arguments(e)
+    add_exclude_argument(e)
     e.add_argument("--json")
     e.set_defaults(func=cmd_evaluate)
 

@@ -6,10 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
+from offroadseg.cli.predict import add_exclude_argument
 from offroadseg.errors import ConfigError, OffroadsegError
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from offroadseg.cli.predict import excluded_from_args
     from offroadseg.inference.checkpoint import load_checkpoint
     from offroadseg.inference.onnx import export_onnx
 
@@ -19,9 +21,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise OffroadsegError(f"{out} already exists; fix: pass --overwrite or choose another --out")
     loaded = load_checkpoint(args.checkpoint)
+    exclude = excluded_from_args(args, loaded.taxonomy)
     start = time.perf_counter()
     meta = export_onnx(
-        loaded, out, height=args.height, width=args.width, dynamic=args.dynamic, opset=args.opset
+        loaded,
+        out,
+        height=args.height,
+        width=args.width,
+        dynamic=args.dynamic,
+        opset=args.opset,
+        exclude=exclude,
     )
     h, w = meta["image_size"]
     shape = f"dynamic height/width (default {h}x{w})" if meta["dynamic"] else f"fixed {h}x{w}"
@@ -30,6 +39,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"wrote {out} ({size_mb:.1f} MB, {shape}, {len(meta['taxonomy']['classes'])} classes, "
         f"opset {args.opset}) in {time.perf_counter() - start:.1f} s"
     )
+    if meta["excluded_classes"]:
+        print("excluded classes (masked inside the graph): " + ", ".join(meta["excluded_classes"]))
     print(f"run it with: offroadseg predict {out} IMAGES... --out DIR")
     return 0
 
@@ -48,5 +59,6 @@ def register(sub) -> None:
     )
     p.add_argument("--dynamic", action="store_true", help="dynamic height/width (needed for --tta scales)")
     p.add_argument("--opset", type=int, default=17)
+    add_exclude_argument(p)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)

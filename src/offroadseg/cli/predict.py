@@ -62,21 +62,45 @@ def add_tta_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_exclude_argument(p: argparse.ArgumentParser) -> None:
+    """--exclude-classes NAME,... (classes known to be absent where the model is deployed)."""
+    p.add_argument(
+        "--exclude-classes",
+        dest="exclude_classes",
+        default=None,
+        metavar="NAME,...",
+        help="classes absent where the model is deployed: their logits are masked, so they get no pixel",
+    )
+
+
+def excluded_from_args(args: argparse.Namespace, taxonomy) -> tuple[int, ...]:
+    """Class ids of ``--exclude-classes`` (a ConfigError listing the valid names on a bad one)."""
+    from offroadseg.inference.predictor import parse_excluded_classes
+
+    return parse_excluded_classes(getattr(args, "exclude_classes", None), taxonomy)
+
+
 def load_predictor(model_path: str, args: argparse.Namespace):
     """A predictor for a ``.ckpt`` (PyTorch) or ``.onnx`` (ONNX Runtime) file."""
     if Path(model_path).suffix.lower() == ".onnx":
         from offroadseg.inference.onnx import load_onnx_predictor, read_onnx_metadata
+        from offroadseg.taxonomy import taxonomy_from_dict
 
-        tta = tta_from_args(args, read_onnx_metadata(model_path).get("eval", {}))
+        meta = read_onnx_metadata(model_path)
+        tta = tta_from_args(args, meta.get("eval", {}))
+        exclude = excluded_from_args(args, taxonomy_from_dict(meta["taxonomy"]))
         return load_onnx_predictor(
-            model_path, tta=tta, device=args.device, batch_size=args.batch_size
+            model_path, tta=tta, device=args.device, batch_size=args.batch_size, exclude=exclude
         ), "error"
     from offroadseg.inference.checkpoint import load_checkpoint
     from offroadseg.inference.predictor import Predictor
 
     loaded = load_checkpoint(model_path)
     tta = tta_from_args(args, vars(loaded.config.eval))
-    predictor = Predictor.from_loaded(loaded, tta=tta, device=args.device, batch_size=args.batch_size)
+    exclude = excluded_from_args(args, loaded.taxonomy)
+    predictor = Predictor.from_loaded(
+        loaded, tta=tta, device=args.device, batch_size=args.batch_size, exclude=exclude
+    )
     return predictor, loaded.config.data.unknown_values
 
 
@@ -89,6 +113,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     t = predictor.tta
     mode = f"tta={t.tta}" + (f" scales={list(t.scales)}" if "scales" in t.tta else "")
     mode += f", sliding window (overlap {t.window_overlap})" if t.sliding_window else ""
+    if predictor.exclude:
+        mode += ", excluded: " + ", ".join(predictor.taxonomy.names[i] for i in predictor.exclude)
     print(
         f"predicting {len(paths)} images with {args.model} ({predictor.runtime}, {predictor.device}, "
         f"input {predictor.image_size[0]}x{predictor.image_size[1]}, {mode}) -> {args.out}"
@@ -139,6 +165,7 @@ def register(sub) -> None:
         "--gt", default=None, help="folder of ground-truth masks named like the images: score them"
     )
     add_tta_arguments(p)
+    add_exclude_argument(p)
     p.add_argument("--batch-size", type=int, default=1, help="images (or windows) per forward pass")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--alpha", type=float, default=0.5, help="prediction opacity in overlay/ (0..1)")

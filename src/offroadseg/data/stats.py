@@ -1,4 +1,4 @@
-"""Dataset statistics and validation: pixel share per class, loss weights, bad files."""
+"""Dataset statistics and validation: pixel share per class, image-level class presence, bad files."""
 
 from __future__ import annotations
 
@@ -55,6 +55,36 @@ def count_pixels(
         if progress:
             progress(i + 1, len(samples))
     return counts, ignored, sizes
+
+
+def presence_from_ids(ids: np.ndarray, num_classes: int) -> np.ndarray:
+    """Which classes a mask contains: bool ``[K]`` (ignored and out-of-range ids left out).
+
+    Args:
+        ids: uint8 train ids, any shape (one image, or several views of one image).
+        num_classes: ``K``.
+    """
+    return np.bincount(np.asarray(ids, dtype=np.uint8).ravel(), minlength=256)[:num_classes] > 0
+
+
+def image_class_presence(
+    samples: list[Sample],
+    taxonomy: Taxonomy,
+    *,
+    unknown: str = "error",
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Which classes each image's mask contains, read from the label files at their own size.
+
+    Returns:
+        bool ``[N, K]``.
+    """
+    out = np.zeros((len(samples), taxonomy.num_classes), dtype=bool)
+    for i, sample in enumerate(samples):
+        out[i] = presence_from_ids(load_ids(sample, taxonomy, unknown=unknown), taxonomy.num_classes)
+        if progress:
+            progress(i + 1, len(samples))
+    return out
 
 
 def dataset_stats(

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from offroadseg.data.datasets import SegmentationDataset, collate, list_samples
 from offroadseg.devices import pick_device
 from offroadseg.inference.checkpoint import LoadedModel
-from offroadseg.inference.predictor import Predictor, TTAConfig
+from offroadseg.inference.predictor import Predictor, TTAConfig, mask_excluded
 from offroadseg.metrics import BatchMeanIoU, ConfusionMatrixMetric, scores_from_confusion
 from offroadseg.training.module import full_resolution_predictions
 
@@ -35,11 +35,14 @@ def evaluate_loaded(
     device: str | torch.device = "auto",
     progress: Callable[[int, int], None] | None = None,
     tta=None,
+    exclude: tuple[int, ...] = (),
 ) -> EvalResult:
     """Run the model over a split and score it from one confusion matrix.
 
     ``tta`` (a :class:`~offroadseg.inference.predictor.TTAConfig`, default: the config's ``eval``
     section) switches to the predictor's TTA / sliding-window path on full-resolution images.
+    ``exclude``: class ids whose logits are masked before the argmax (they get no pixel; where
+    the labels hold them they count as misses).
     """
 
     cfg = loaded.config
@@ -48,7 +51,7 @@ def evaluate_loaded(
     if tta is None:
         tta = TTAConfig.from_eval(cfg.eval)
     if tta.tta != "none" or tta.sliding_window:
-        return _evaluate_with_predictor(loaded, samples, split, tta, batch_size, device, progress)
+        return _evaluate_with_predictor(loaded, samples, split, tta, batch_size, device, progress, exclude)
     dataset = SegmentationDataset(
         samples,
         loaded.taxonomy,
@@ -64,7 +67,7 @@ def evaluate_loaded(
     batch_iou = BatchMeanIoU(k, ignore_index=loaded.taxonomy.ignore_index).to(dev)
     done = 0
     for batch in loader:
-        logits = model(batch["image"].to(dev)).float()
+        logits = mask_excluded(model(batch["image"].to(dev)).float(), exclude)
         moved = {key: _to(value, dev) for key, value in batch.items()}
         preds, targets = full_resolution_predictions(logits, moved)
         for pred, target in zip(preds, targets, strict=True):
@@ -77,11 +80,13 @@ def evaluate_loaded(
     return EvalResult(split, len(dataset), scores, float(batch_iou.compute()))
 
 
-def _evaluate_with_predictor(loaded, samples, split, tta, batch_size, device, progress) -> EvalResult:
+def _evaluate_with_predictor(
+    loaded, samples, split, tta, batch_size, device, progress, exclude
+) -> EvalResult:
     """Score full-resolution predictions of the shared predictor (TTA, sliding window)."""
     from offroadseg.data.datasets import load_pair
 
-    predictor = Predictor.from_loaded(loaded, tta=tta, device=device, batch_size=batch_size)
+    predictor = Predictor.from_loaded(loaded, tta=tta, device=device, batch_size=batch_size, exclude=exclude)
     k = loaded.taxonomy.num_classes
     cm = ConfusionMatrixMetric(k, ignore_index=loaded.taxonomy.ignore_index)
     batch_iou = BatchMeanIoU(k, ignore_index=loaded.taxonomy.ignore_index)

@@ -2,8 +2,9 @@
 
 The ONNX file carries everything ``offroadseg predict`` needs, as JSON in the model's
 ``metadata_props`` under the key ``offroadseg``: the taxonomy, the input size,
-normalisation, patch size, whether the spatial axes are dynamic, and the eval settings
-(TTA, sliding window) of the config it was trained with.
+normalisation, patch size, whether the spatial axes are dynamic, the eval settings
+(TTA, sliding window) of the config it was trained with, and the classes excluded at export
+(``excluded_classes``: their logits are masked inside the graph, so every runtime honours them).
 
 Export uses the TorchScript-based exporter (``dynamo=False``): it needs no extra package
 and handles dynamic height/width. Two export-only rewrites keep the graph portable:
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 from offroadseg import __version__
 from offroadseg.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 from offroadseg.errors import ModelError
-from offroadseg.inference.predictor import Predictor, TTAConfig
+from offroadseg.inference.predictor import ExcludeClasses, Predictor, TTAConfig
 from offroadseg.taxonomy import taxonomy_from_dict
 
 __all__ = ["ONNX_FORMAT", "OnnxRunner", "export_onnx", "load_onnx_predictor", "read_onnx_metadata"]
@@ -87,7 +88,11 @@ class _PatchMultipleSegmentor(nn.Module):
         self.head = segmentor.head
 
     def forward(self, images: Tensor) -> Tensor:
-        logits = self.head(self.backbone(images))
+        features = self.backbone(images)
+        # An image-guided head (uses_image, e.g. model.head.refine) also reads the image.
+        logits = (
+            self.head(features, images) if getattr(self.head, "uses_image", False) else self.head(features)
+        )
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -99,6 +104,7 @@ def export_onnx(
     width: int | None = None,
     dynamic: bool = False,
     opset: int = 17,
+    exclude: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Write ``loaded``'s model as an ONNX file with its metadata; return the metadata.
 
@@ -109,6 +115,7 @@ def export_onnx(
             model takes exactly this size; a ``dynamic`` one resizes inputs to it by default.
         dynamic: make height and width dynamic (needed for multi-scale TTA).
         opset: ONNX opset version.
+        exclude: class ids masked inside the graph (no pixel, no probability).
     """
     try:
         import onnx
@@ -135,6 +142,8 @@ def export_onnx(
         }
     else:
         dummy_size = size
+    if exclude:
+        model = ExcludeClasses(model, exclude, loaded.taxonomy.num_classes)
     dummy = torch.zeros(1, 3, *dummy_size)
     meta = {
         "format": ONNX_FORMAT,
@@ -151,6 +160,7 @@ def export_onnx(
         "eval": dict(vars(cfg.eval)),
         "model": {"backbone": cfg.model.backbone.name, "head": cfg.model.head.name},
         "source": Path(getattr(loaded, "path", "")).name,
+        "excluded_classes": [loaded.taxonomy.names[i] for i in exclude],
     }
 
     def save(tmp: Path) -> None:
@@ -292,6 +302,7 @@ def load_onnx_predictor(
     device: str = "auto",
     batch_size: int = 4,
     threads: int | None = None,
+    exclude: tuple[int, ...] = (),
 ) -> Predictor:
     """A :class:`Predictor` running an exported ONNX file with ONNX Runtime.
 
@@ -300,6 +311,7 @@ def load_onnx_predictor(
         device: ``auto`` | ``cpu`` | ``cuda`` (needs onnxruntime-gpu).
         batch_size: windows per call in sliding-window mode.
         threads: ONNX Runtime intra-op threads (default: all cores).
+        exclude: class ids to mask on top of those excluded inside the file.
     """
     runner = OnnxRunner(path, device=device, threads=threads)
     meta = runner.meta
@@ -317,4 +329,5 @@ def load_onnx_predictor(
         std=meta["std"],
         fixed_size=None if runner.dynamic else runner.size,
         runtime="onnxruntime",
+        exclude=exclude,
     )

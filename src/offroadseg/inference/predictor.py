@@ -11,6 +11,11 @@ TTA: ``flip`` averages the softmax probabilities of the image and its horizontal
 (mirrored back); ``scales`` averages them over resized copies (each side a multiple of the
 patch size); ``flip+scales`` does both. Without TTA the logits themselves are upsampled,
 exactly as ``offroadseg evaluate`` does.
+
+Excluded classes (``--exclude-classes``, classes known to be absent where the model is
+deployed) have their logits set to :data:`EXCLUDED_LOGIT` on every network output, before
+upsampling, softmax, TTA averaging and argmax: they get no pixel and no probability, and the
+other classes keep their logits (the argmax only changes where an excluded class won).
 """
 
 from __future__ import annotations
@@ -23,17 +28,92 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from offroadseg.data.datasets import IMAGENET_MEAN, IMAGENET_STD, resize_image
 from offroadseg.devices import pick_device
-from offroadseg.errors import ConfigError
+from offroadseg.errors import ConfigError, close_matches
 from offroadseg.inference.sliding import ForwardFn, sliding_logits
 from offroadseg.taxonomy import Taxonomy
 
-__all__ = ["TTA_MODES", "Predictor", "TTAConfig", "pick_device", "torch_forward"]
+__all__ = [
+    "EXCLUDED_LOGIT",
+    "TTA_MODES",
+    "ExcludeClasses",
+    "Predictor",
+    "TTAConfig",
+    "mask_excluded",
+    "parse_excluded_classes",
+    "pick_device",
+    "torch_forward",
+]
 
 TTA_MODES = ("none", "flip", "scales", "flip+scales")
+# The logit of an excluded class: softmax gives it exactly 0 in float32 and argmax never picks it
+# next to real logits; finite (not -inf) so bilinear upsampling never computes 0 * inf = NaN.
+EXCLUDED_LOGIT = -1.0e4
+
+
+def parse_excluded_classes(text: str | Sequence[str] | None, taxonomy: Taxonomy) -> tuple[int, ...]:
+    """``"puddle,sky"`` (or a list of names) -> sorted class ids, checked against the taxonomy.
+
+    Names match the taxonomy's class names exactly, or ignoring case and ``_``/space.
+
+    Raises:
+        ConfigError: an unknown name (the valid names listed), or every class excluded.
+    """
+    if text is None:
+        return ()
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    valid = list(taxonomy.names)
+
+    def key(name: str) -> str:
+        return name.lower().replace("_", " ").replace("-", " ")
+
+    by_key = {key(n): i for i, n in enumerate(valid)}
+    ids = set()
+    for name in names:
+        index = valid.index(name) if name in valid else by_key.get(key(name))
+        if index is None:
+            raise ConfigError(
+                f"--exclude-classes: unknown class {name!r}{close_matches(name, valid)}; "
+                f"valid names: {', '.join(valid)}"
+            )
+        ids.add(index)
+    if len(ids) >= len(valid):
+        raise ConfigError("--exclude-classes names every class: at least one must stay; fix: name fewer")
+    return tuple(sorted(ids))
+
+
+def mask_excluded(logits: Tensor, exclude: Sequence[int]) -> Tensor:
+    """Logits ``[B, K, H, W]`` with the ``exclude`` channels set to :data:`EXCLUDED_LOGIT` (a copy)."""
+    if not exclude:
+        return logits
+    out = logits.clone()
+    out[:, list(exclude)] = EXCLUDED_LOGIT
+    return out
+
+
+class ExcludeClasses(nn.Module):
+    """A model whose excluded-class logits are masked inside its graph (for ONNX export).
+
+    A constant ``[1, K, 1, 1]`` keep-mask selects the model's logit for kept classes and
+    :data:`EXCLUDED_LOGIT` for excluded ones (one ``Where`` node in ONNX): kept logits pass
+    unchanged, and any runtime applies the exclusion without knowing about it.
+    """
+
+    def __init__(self, model: nn.Module, exclude: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        self.model = model
+        self.exclude = tuple(int(i) for i in exclude)
+        keep = torch.ones(num_classes, dtype=torch.bool)
+        keep[list(self.exclude)] = False
+        self.register_buffer("keep", keep.view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Normalised ``[B, 3, H, W]`` -> masked logits ``[B, K, H, W]``."""
+        logits = self.model(images)
+        return torch.where(self.keep, logits, torch.full_like(logits, EXCLUDED_LOGIT))
 
 
 @dataclass(frozen=True)
@@ -108,6 +188,7 @@ class Predictor:
         mean, std: per-channel normalisation of ``[0, 1]`` RGB.
         fixed_size: the only input size ``forward`` accepts (a static ONNX model), or None.
         runtime: a short name for reports (``pytorch``, ``onnxruntime``).
+        exclude: class ids that get no pixel (see :func:`parse_excluded_classes`).
     """
 
     def __init__(
@@ -124,6 +205,7 @@ class Predictor:
         std: Sequence[float] = tuple(IMAGENET_STD),
         fixed_size: tuple[int, int] | None = None,
         runtime: str = "pytorch",
+        exclude: Sequence[int] = (),
     ) -> None:
         self.forward = forward
         self.taxonomy = taxonomy
@@ -136,6 +218,7 @@ class Predictor:
         self.std = np.asarray(std, dtype=np.float32)
         self.fixed_size = fixed_size
         self.runtime = runtime
+        self.exclude = tuple(int(i) for i in exclude)
         if fixed_size is not None and any(s != 1.0 for s, _ in self.tta.views):
             raise ConfigError(
                 f"this model was exported for a fixed {fixed_size[0]}x{fixed_size[1]} input, but TTA "
@@ -150,6 +233,7 @@ class Predictor:
         tta: TTAConfig | None = None,
         device: str | torch.device = "auto",
         batch_size: int | None = None,
+        exclude: Sequence[int] = (),
     ) -> Predictor:
         """A predictor for a :class:`~offroadseg.inference.checkpoint.LoadedModel`.
 
@@ -157,6 +241,7 @@ class Predictor:
             tta: defaults to the checkpoint config's ``eval`` section.
             device: ``auto`` | ``cpu`` | ``cuda``.
             batch_size: windows per forward call (default ``eval.batch_size``).
+            exclude: class ids that get no pixel.
         """
         ev = loaded.config.eval
         if tta is None:
@@ -171,6 +256,7 @@ class Predictor:
             tta=tta,
             device=dev,
             batch_size=batch_size or ev.batch_size,
+            exclude=exclude,
         )
 
     # ---- building blocks -------------------------------------------------------------------
@@ -204,6 +290,7 @@ class Predictor:
             )
         else:
             out = self.forward(x).float()
+        out = mask_excluded(out, self.exclude)  # before upsampling, softmax and TTA averaging
         return out.flip(-1) if flip else out
 
     # ---- public API ------------------------------------------------------------------------

@@ -13,11 +13,17 @@ Heads available through :func:`create_head`:
   ``SegmentationHeadConvNeXt``).
 - ``ppm``: the reference pipeline's phase-3 head (called "UPerNet" there): a pyramid
   pooling module followed by parallel dilated convolutions.
+- ``uper``: UPerNet (FPN + PPM) on a 4-level pyramid built from 4 ViT blocks
+  (:mod:`offroadseg.models.decoders.uper`); logits at 4x the token grid.
+- ``dpt``: DPT reassemble + fusion on 4 ViT blocks (:mod:`offroadseg.models.decoders.dpt`);
+  logits at 4x the token grid.
+
+The decoders that read 4 blocks need ``model.backbone.layers: [2, 5, 8, 11]`` (or ``4``).
 """
 
 from __future__ import annotations
 
-import math
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,8 +32,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from offroadseg.errors import ModelError, close_matches
+from offroadseg.models.decoders.dpt import DPTHead
+from offroadseg.models.decoders.uper import UPerHead
+from offroadseg.models.layers import align_features, conv_gn_relu
 
-__all__ = ["HEADS", "ConvHead", "LinearHead", "PPMHead", "concat_features", "create_head"]
+__all__ = [
+    "HEADS",
+    "ConvHead",
+    "DPTHead",
+    "LinearHead",
+    "PPMHead",
+    "UPerHead",
+    "concat_features",
+    "create_head",
+    "head_options",
+]
 
 
 def concat_features(features: Sequence[Tensor], in_channels: Sequence[int]) -> Tensor:
@@ -44,38 +63,8 @@ def concat_features(features: Sequence[Tensor], in_channels: Sequence[int]) -> T
         ValueError: When the number of maps or their channel counts do not match
             ``in_channels`` (the head was built for another backbone or layer set).
     """
-    got = [int(f.shape[1]) for f in features]
-    if got != list(in_channels):
-        raise ValueError(
-            f"head was built for feature channels {list(in_channels)} but received {got}; "
-            "build the head from the backbone's out_channels"
-        )
-    size = features[0].shape[-2:]
-    maps = [
-        f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-        for f in features
-    ]
+    maps = align_features(features, in_channels)
     return maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
-
-
-def _group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with up to 32 groups and at least 2 channels per group where possible.
-
-    Two channels per group keeps the statistics meaningful at 1x1 spatial size
-    (a single-channel group at one pixel would normalise every value to zero).
-    """
-    groups = math.gcd(32, max(channels // 2, 1))
-    return nn.GroupNorm(groups, channels)
-
-
-def _conv_gn_relu(in_ch: int, out_ch: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
-    padding = dilation * (kernel_size // 2)
-    return nn.Sequential(
-        # No conv bias: GroupNorm's affine shift makes it redundant.
-        nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, dilation=dilation, bias=False),
-        _group_norm(out_ch),
-        nn.ReLU(inplace=True),
-    )
 
 
 class LinearHead(nn.Module):
@@ -109,14 +98,14 @@ class ConvHead(nn.Module):
     Args:
         in_channels: Channels of each input map (concatenated before the stem).
         num_classes: Number of output classes ``K``.
-        hidden_channels: Width of the stem and block (128 in the reference).
+        channels: Width of the stem and block (128 in the reference).
     """
 
-    def __init__(self, in_channels: Sequence[int], num_classes: int, hidden_channels: int = 128) -> None:
+    def __init__(self, in_channels: Sequence[int], num_classes: int, channels: int = 128) -> None:
         super().__init__()
         self.in_channels = list(in_channels)
         self.num_classes = num_classes
-        c = hidden_channels
+        c = channels
         self.stem = nn.Sequential(nn.Conv2d(sum(self.in_channels), c, kernel_size=7, padding=3), nn.GELU())
         self.block = nn.Sequential(
             nn.Conv2d(c, c, kernel_size=7, padding=3, groups=c),
@@ -175,14 +164,14 @@ class PPMHead(nn.Module):
         self.num_classes = num_classes
         self.pool_scales = tuple(pool_scales)
         pooled = channels // 4
-        self.proj = _conv_gn_relu(sum(self.in_channels), channels, 1)
+        self.proj = conv_gn_relu(sum(self.in_channels), channels, 1)
         self.ppm = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), _conv_gn_relu(channels, pooled, 1))
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), conv_gn_relu(channels, pooled, 1))
             for s in self.pool_scales
         )
-        self.bottleneck = _conv_gn_relu(channels + pooled * len(self.pool_scales), channels, 3)
-        self.context = nn.ModuleList(_conv_gn_relu(channels, channels, 3, dilation=d) for d in dilations)
-        self.fuse = _conv_gn_relu(channels * len(self.context), channels, 1)
+        self.bottleneck = conv_gn_relu(channels + pooled * len(self.pool_scales), channels, 3)
+        self.context = nn.ModuleList(conv_gn_relu(channels, channels, 3, dilation=d) for d in dilations)
+        self.fuse = conv_gn_relu(channels * len(self.context), channels, 1)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
 
@@ -198,7 +187,19 @@ class PPMHead(nn.Module):
         return self.classifier(self.dropout(x))
 
 
-HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "conv": ConvHead, "ppm": PPMHead}
+HEADS: dict[str, type[nn.Module]] = {
+    "linear": LinearHead,
+    "conv": ConvHead,
+    "ppm": PPMHead,
+    "uper": UPerHead,
+    "dpt": DPTHead,
+}
+
+
+def head_options(cls: type[nn.Module]) -> list[str]:
+    """The keyword options a head class takes (its ``__init__`` after ``in_channels, num_classes``)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[3:]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def create_head(name: str, in_channels: Sequence[int], num_classes: int, **kwargs: Any) -> nn.Module:
@@ -211,10 +212,12 @@ def create_head(name: str, in_channels: Sequence[int], num_classes: int, **kwarg
         name: A key of :data:`HEADS`.
         in_channels: The backbone's ``out_channels``.
         num_classes: Number of output classes ``K``.
-        **kwargs: Head-specific options (e.g. ``channels`` for ``ppm``).
+        **kwargs: Head-specific options (e.g. ``channels`` for ``ppm``); the config's
+            ``model.head.<option>`` keys.
 
     Raises:
-        ModelError: When ``name`` is not a known head.
+        ModelError: When ``name`` is not a known head, an option is not one the head
+            takes, or the head needs another number of backbone layers.
     """
     try:
         cls = HEADS[name]
@@ -224,4 +227,12 @@ def create_head(name: str, in_channels: Sequence[int], num_classes: int, **kwarg
             f"unknown head {name!r}{close_matches(name, valid)}; valid heads: {', '.join(valid)}"
         ) from None
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    takes = head_options(cls)
+    refused = [k for k in kwargs if k not in takes]
+    if refused:
+        options = ", ".join(f"model.head.{k}={kwargs[k]!r}" for k in refused)
+        raise ModelError(
+            f"head {name!r} does not take {options}; it takes: {', '.join(takes) or 'no options'} "
+            f"(fix: remove the option or choose another head)"
+        )
     return cls(list(in_channels), num_classes, **kwargs)

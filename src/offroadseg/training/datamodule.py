@@ -6,11 +6,13 @@ import os
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from offroadseg.config import Config
 from offroadseg.data.datasets import Sample, SegmentationDataset, collate, list_samples, taxonomy_for
+from offroadseg.data.sampling import RepeatFactorSampler, dataset_class_presence, repeat_factors
 from offroadseg.data.transforms import build_train_transform
+from offroadseg.errors import ConfigError
 from offroadseg.taxonomy import Taxonomy
 
 
@@ -49,6 +51,12 @@ class SegDataModule(L.LightningDataModule):
     def __init__(self, cfg: Config, taxonomy: Taxonomy | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        t = cfg.data.repeat_factor_threshold
+        if t < 0:
+            raise ConfigError(
+                f"data.repeat_factor_threshold={t} must be >= 0; fix: 0 (off) or e.g. 0.1 "
+                "(classes in fewer than 10% of the training images are oversampled)"
+            )
         self.taxonomy = taxonomy or taxonomy_for(cfg.data)
         self.train_samples: list[Sample] = list_samples(cfg.data, cfg.data.train_split)
         self.val_samples: list[Sample] = list_samples(cfg.data, cfg.data.val_split)
@@ -68,14 +76,45 @@ class SegDataModule(L.LightningDataModule):
             full_res=cfg.eval.full_resolution,
         )
 
+    def repeat_factor_sampler(self) -> RepeatFactorSampler | None:
+        """The training sampler for ``data.repeat_factor_threshold > 0`` (None when it is 0).
+
+        Class presence is computed once per training dataset (the caches may replace it).
+        """
+        t = self.cfg.data.repeat_factor_threshold
+        if t == 0:
+            return None
+        dataset = self.train_dataset
+        if getattr(self, "_presence_of", None) is not dataset:
+            self.train_presence = dataset_class_presence(
+                dataset, self.train_samples, self.taxonomy, unknown=self.cfg.data.unknown_values
+            )
+            self._presence_of = dataset
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return RepeatFactorSampler(
+            dataset,
+            repeat_factors(self.train_presence, t),
+            seed=self.cfg.train.seed,
+            num_replicas=world,
+            rank=rank,
+        )
+
     def _loader(
-        self, dataset: Dataset, *, batch_size: int, shuffle: bool, exact_shards: bool = False
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        exact_shards: bool = False,
+        sampler: Sampler | None = None,
     ) -> DataLoader:
         workers = getattr(dataset, "loader_workers", None)  # a cached dataset may know better
         workers = default_workers(self.cfg.data.num_workers) if workers is None else workers
-        sampler = None
         trainer = self.trainer
-        if exact_shards and trainer is not None and trainer.world_size > 1:
+        if sampler is not None:
+            shuffle = False  # the sampler shuffles
+        elif exact_shards and trainer is not None and trainer.world_size > 1:
             sampler = UnpaddedDistributedSampler(
                 dataset, num_replicas=trainer.world_size, rank=trainer.global_rank
             )
@@ -92,7 +131,12 @@ class SegDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, batch_size=self.cfg.train.batch_size, shuffle=True)
+        return self._loader(
+            self.train_dataset,
+            batch_size=self.cfg.train.batch_size,
+            shuffle=True,
+            sampler=self.repeat_factor_sampler(),
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(

@@ -68,6 +68,10 @@ class SegmentationModule(L.LightningModule):
             ignore_index=ignore_index,
             focal_gamma=self.cfg.loss.focal_gamma,
             dice_weight=self.cfg.loss.dice_weight,
+            lovasz_weight=self.cfg.loss.lovasz_weight,
+            lovasz_per_image=self.cfg.loss.lovasz_per_image,
+            ohem_thresh=self.cfg.loss.ohem_thresh,
+            ohem_min_kept=self.cfg.loss.ohem_min_kept,
         )
         k = self.num_classes
         self.train_cm = ConfusionMatrixMetric(k, ignore_index=ignore_index)

@@ -59,14 +59,17 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return value
 
 
+CLASS_WEIGHT_MODE = {"auto": "inverse", "sqrt": "sqrt"}  # loss.class_weights -> class_weights_from_counts
+
+
 def compute_class_weights(
-    dm: SegDataModule, max_weight: float, *, progress: ProgressFn | None = None
+    dm: SegDataModule, max_weight: float, mode: str = "inverse", *, progress: ProgressFn | None = None
 ) -> list[float]:
-    """Loss weights from the training masks' pixel frequencies (reads every training mask)."""
+    """Loss weights from the training masks' pixel frequencies (``mode``: inverse | sqrt; reads every mask)."""
     counts, _, _ = count_pixels(
         dm.train_samples, dm.taxonomy, unknown=dm.cfg.data.unknown_values, progress=progress
     )
-    return class_weights_from_counts(counts, max_weight=max_weight).tolist()
+    return class_weights_from_counts(counts, max_weight=max_weight, mode=mode).tolist()
 
 
 def build_module(cfg: Config, dm: SegDataModule, class_weights: list[float] | None) -> SegmentationModule:
@@ -153,10 +156,11 @@ def train(
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     dm = SegDataModule(cfg)
     weights = None
-    if cfg.loss.class_weights == "auto":
+    mode = CLASS_WEIGHT_MODE.get(cfg.loss.class_weights)
+    if mode:
         shown = progress is not None and rank_zero_only.rank == 0
         weights = compute_class_weights(
-            dm, cfg.loss.max_weight, progress=progress("class weights") if shown else None
+            dm, cfg.loss.max_weight, mode, progress=progress("class weights") if shown else None
         )
     module = build_module(cfg, dm, weights)
     run_dir.mkdir(parents=True, exist_ok=True)
