@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from offroadseg.config import config_from_dict
-from offroadseg.errors import ModelError
 from offroadseg.models.decoders.refine import RefineHead
 from offroadseg.models.heads import create_head
 from offroadseg.models.segmentor import Segmentor
@@ -75,23 +74,18 @@ def test_image_larger_than_the_feature_area_is_refused() -> None:
         head(feats, torch.randn(2, 3, 43, 56))
 
 
-def test_refine_in_a_segmentor_needs_a_segmentor_that_passes_the_image() -> None:
-    """Until the segmentor forwards the image, the factory refuses the option in one line."""
-    import inspect
-
+def test_refine_through_the_segmentor_gets_the_image() -> None:
     from offroadseg.models.factory import build_segmentor
 
     cfg = config_from_dict({}, ["model.backbone.name=dinov2_test", "model.head.refine=true"])
-    if "image" in inspect.signature(Segmentor.forward_head).parameters:
-        model = build_segmentor(cfg.model, K)
-        assert isinstance(model.head, RefineHead)
-        with torch.no_grad():
-            assert model(torch.randn(1, 3, 30, 44)).shape == (1, K, 30, 44)
-    else:
-        with pytest.raises(
-            ModelError, match="model.head.refine=true needs a segmentor that passes the image"
-        ):
-            build_segmentor(cfg.model, K)
+    model = build_segmentor(cfg.model, K)
+    assert isinstance(model.head, RefineHead)
+    with torch.no_grad():
+        image = torch.randn(1, 3, 30, 44)
+        out = model(image)
+        assert out.shape == (1, K, 30, 44)
+        feats = model.forward_features(image)
+        assert torch.allclose(model.forward_head(feats, (30, 44), image=image), out)
 
 
 def test_dynamic_onnx_wrapper_passes_the_image_to_an_image_guided_head() -> None:

@@ -10,8 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from offroadseg.cli.common import fmt, nan_none, write_json
+from offroadseg.cli.common import fmt, write_json
 from offroadseg.data.io import atomic_write_text
+from offroadseg.metrics import json_ready
 
 
 def seconds(s: float | None) -> str:
@@ -47,7 +48,7 @@ def fold_line(progress: dict) -> str:
 def write_partial(path: str | None, payload: dict) -> None:
     """The results so far, atomically and quietly (after every fold; the final write announces itself)."""
     if path:
-        atomic_write_text(path, json.dumps({**payload, "partial": True}, indent=2, default=nan_none))
+        atomic_write_text(path, json.dumps(json_ready({**payload, "partial": True}), indent=2))
 
 
 def split_positionals(items: list[str]) -> tuple[list[str], list[str]]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 import warnings
 
 from offroadseg.config import BackboneConfig, ModelConfig
-from offroadseg.errors import ConfigError, ModelError
+from offroadseg.errors import ConfigError
 from offroadseg.models.backbone import DinoBackbone, create_backbone
 from offroadseg.models.decoders.refine import RefineHead
 from offroadseg.models.heads import create_head
@@ -74,11 +73,6 @@ def build_segmentor(cfg: ModelConfig, num_classes: int, *, for_checkpoint: bool 
         dropout=cfg.head.dropout,
     )
     if cfg.head.refine:
-        if "image" not in inspect.signature(Segmentor.forward_head).parameters:
-            raise ModelError(
-                "model.head.refine=true needs a segmentor that passes the image to the head, and this "
-                "version's does not; fix: model.head.refine=false"
-            )
         head = RefineHead(
             head, num_classes, patch_size=backbone.patch_size, channels=cfg.head.refine_channels
         )

@@ -31,6 +31,7 @@ from offroadseg.data.folds import Fold, make_folds, split_file_text
 from offroadseg.data.io import atomic_write_text
 from offroadseg.devices import accelerator_device
 from offroadseg.errors import ConfigError
+from offroadseg.metrics import best_epoch
 
 __all__ = ["cross_validate", "fold_config", "plan_folds", "summarize_folds"]
 
@@ -116,7 +117,7 @@ def _run_fold(cfg: Config, fold: Fold, k: int, run_dir: Path, *, keep_checkpoint
         "per_class_iou": scores["per_class_iou"] if scores else None,
         "confusion_matrix": scores["confusion_matrix"] if scores else None,
         "epochs": len(result.history),
-        "best_epoch": _best_epoch(result.history),
+        "best_epoch": top[0] if (top := best_epoch(result.history)) else None,
         "history_val_miou": [h.get("val_miou") for h in result.history],
         "cache_build_s": float(caches.get("build_s", 0.0)),
         "cache_built": any(s.get("built") for s in caches.get("stores", [])),
@@ -125,11 +126,6 @@ def _run_fold(cfg: Config, fold: Fold, k: int, run_dir: Path, *, keep_checkpoint
         "eval_s": eval_s,
         "total_s": fit_s + eval_s,
     }
-
-
-def _best_epoch(history: list[dict]) -> int | None:
-    scored = [h for h in history if h.get("val_miou") is not None]
-    return max(scored, key=lambda h: h["val_miou"])["epoch"] if scored else None
 
 
 def summarize_folds(rows: Sequence[dict], *, rare_class: str | None = None) -> dict:
