@@ -20,6 +20,7 @@ from offroadseg.data.datasets import list_samples, load_ids, taxonomy_for
 from offroadseg.data.io import read_image, read_label
 from offroadseg.data.synth import write_synthetic_dataset
 from offroadseg.metrics import confusion_matrix, scores_from_confusion
+from offroadseg.training.hardware import run_device
 
 
 @dataclass
@@ -114,7 +115,7 @@ def run_demo(
     t = time.perf_counter()
     say(f"3/4 predicting the {n_test} test images of an unseen biome ({synth.biomes['test']})")
     loaded = load_checkpoint(result.best_checkpoint)
-    predictor = Predictor.from_loaded(loaded, device="cpu")
+    predictor = Predictor.from_loaded(loaded, device=run_device(cfg.train.accelerator))
     test_images = sorted((out / "data" / "test" / "Color_Images").iterdir())
     writer = OutputWriter(out / "predictions", loaded.taxonomy, overwrite=True)
     summary = predict_files(

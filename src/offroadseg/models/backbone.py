@@ -79,8 +79,16 @@ class DinoBackbone(nn.Module):
         self.eval()
 
     def unfreeze(self) -> None:
-        """Make every parameter trainable (embeddings included) for full fine-tuning."""
+        """Make every parameter trainable (embeddings included) for full fine-tuning.
+
+        ``embeddings.mask_token`` stays frozen: it replaces masked patches in DINOv2's
+        pre-training and is never used for an image, so it would get no gradient (and DDP
+        stops on parameters that took no part in the loss).
+        """
         self.requires_grad_(True)
+        mask_token = getattr(self.model.embeddings, "mask_token", None)
+        if mask_token is not None:
+            mask_token.requires_grad_(False)
         self.train(self.training)
 
     def unfreeze_last(self, n: int) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from offroadseg.errors import ConfigError
 
-__all__ = ["PRECISIONS", "check_devices", "enable_tf32", "on_cuda", "resolve_precision"]
+__all__ = ["PRECISIONS", "check_devices", "enable_tf32", "on_cuda", "resolve_precision", "run_device"]
 
 # Config spelling -> Lightning's. "auto" and its alias "amp" are resolved by the hardware.
 PRECISIONS = {
@@ -28,6 +28,11 @@ PRECISIONS = {
 def on_cuda(accelerator: str) -> bool:
     """Whether Lightning's ``accelerator`` setting trains on a CUDA GPU on this machine."""
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def run_device(accelerator: str) -> torch.device:
+    """The device a run trains on (rank 0's), for the steps around training (evaluation, prediction)."""
+    return torch.device("cuda") if on_cuda(accelerator) else torch.device("cpu")
 
 
 def _bf16_on_gpu() -> bool:
