@@ -19,7 +19,15 @@ __all__ = ["RESUMABLE_KEYS", "check_resume", "config_diff"]
 
 # Keys a resume may change: how long to train and how to run, not what is trained.
 RESUMABLE_KEYS = frozenset(
-    {"train.epochs", "run.progress", "run.logger", "data.num_workers", "data.cache.dir", "data.root"}
+    {
+        "train.epochs",
+        "run.dir",
+        "run.progress",
+        "run.logger",
+        "data.num_workers",
+        "data.cache.dir",
+        "data.root",
+    }
 )
 
 
