@@ -95,9 +95,11 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self._logits(batch).float()
-        if bool((batch["mask"] != self.ignore_index).any()):  # no labelled pixel: no loss to average
-            loss = self.criterion(logits, batch["mask"])
-            self.val_loss_mean.update(loss, weight=len(batch["mask"]))
+        # A batch without a labelled pixel (a DDP placeholder shard) has no loss: it adds weight 0,
+        # but still counts as an update, so every process joins the metric sync at the epoch end.
+        labelled = bool((batch["mask"] != self.ignore_index).any())
+        loss = self.criterion(logits, batch["mask"]) if labelled else logits.new_zeros(())
+        self.val_loss_mean.update(loss, weight=len(batch["mask"]) if labelled else 0)
         preds, targets = full_resolution_predictions(logits, batch)
         for pred, target in zip(preds, targets, strict=True):
             self.val_cm.update(pred, target)
