@@ -94,7 +94,7 @@ def _config(tmp_path, data, **extra):
     text = (
         f"data: {{root: {data}, image_size: [56, 84], num_workers: 0}}\n"
         "model: {backbone: {name: dinov2_test, weights: random}, head: {name: conv}}\n"
-        f"train: {{epochs: 1, batch_size: 2}}\nrun: {{dir: {tmp_path / 'run'}, progress: false}}\n"
+        f"train: {{epochs: 1, batch_size: 2, accelerator: cpu}}\nrun: {{dir: {tmp_path / 'run'}, progress: false}}\n"
     )
     f = tmp_path / "c.yaml"
     f.write_text(text)

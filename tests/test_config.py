@@ -84,7 +84,8 @@ def test_phase_configs_hold_the_reference_settings():
         30,
         10,
     )
-    assert p2.train.precision == "amp" and p2.data.augment.vflip == 0.1 and p2.data.augment.hue_saturation > 0
+    assert p2.train.precision == "auto" and p2.data.cache.features and p2.data.cache.views > 1
+    assert p2.data.augment.vflip == 0.1 and p2.data.augment.hue_saturation > 0
 
     p3 = load_config(CONFIGS / "phase3_advanced.yaml")
     assert (p3.model.backbone.name, p3.model.head.name) == ("dinov2_vitb14_reg", "ppm")

@@ -147,10 +147,15 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warmup, then the scheduler
     min_lr: float = 1e-6  # cosine floor
     accumulate_grad_batches: int = 1
-    precision: str = "32"  # 32 | bf16 | 16 | amp (amp: fp16 autocast on CUDA, fp32 on CPU)
+    # auto: bf16 autocast on GPUs with bf16 units, else fp16 autocast on CUDA, fp32 on CPU (amp: alias of auto)
+    # | 32 | bf16 | 16 (fp16 needs CUDA)
+    precision: str = "auto"
     gradient_clip: float = 0.0  # 0: off
     early_stopping_patience: int = 0  # epochs without val mIoU gain; 0: off
     seed: int = 42
+    # identical histories for the same seed: deterministic torch algorithms (warn where none exists),
+    # no cuDNN autotuning, DataLoader workers restarted every epoch (their seeds come from train.seed)
+    deterministic: bool = False
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: Any = "auto"  # Lightning devices: auto | n | [ids]
     num_nodes: int = 1
@@ -179,6 +184,9 @@ class EvalConfig:
 class RunConfig:
     dir: str = "runs/run"  # the run directory: config, history, plots, checkpoints
     progress: bool = True
+    logger: str = (
+        "csv"  # csv (<run.dir>/logs/metrics.csv) | tensorboard (<run.dir>/logs, needs the tensorboard extra)
+    )
 
 
 @dataclass
@@ -203,7 +211,8 @@ CHOICES = {
     "eval.tta": ("none", "flip", "scales", "flip+scales"),
     "train.scheduler": ("constant", "cosine"),
     "train.checkpoint": ("best", "last", "ema"),
-    "train.precision": ("32", "bf16", "16", "amp", "16-mixed", "bf16-mixed", "32-true"),
+    "run.logger": ("csv", "tensorboard"),
+    "train.precision": ("auto", "32", "bf16", "16", "amp", "16-mixed", "bf16-mixed", "32-true"),
 }
 
 # Keys that existed once -> (their inert default, the fix). A saved config (run directory, checkpoint)

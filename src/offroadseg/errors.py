@@ -19,6 +19,10 @@ class ConfigError(OffroadsegError):
     """A bad config file, key or value."""
 
 
+class TrainingError(OffroadsegError):
+    """A run that cannot go on (a non-finite loss): names the step, the files and the fix."""
+
+
 class ModelError(OffroadsegError):
     """An unknown model name, unreachable weights source or bad checkpoint."""
 

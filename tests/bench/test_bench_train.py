@@ -20,7 +20,7 @@ def config(tmp_path: Path) -> Path:
     cfg = {
         "data": {"root": str(root), "image_size": [42, 70], "num_workers": 0, "augment": {"hflip": 0.5}},
         "model": {"backbone": {"name": "dinov2_test", "weights": "random"}, "head": {"name": "conv"}},
-        "train": {"batch_size": 2, "lr": 0.01},
+        "train": {"batch_size": 2, "lr": 0.01, "accelerator": "cpu"},
         "run": {"progress": False},
     }
     path = tmp_path / "bench.yaml"

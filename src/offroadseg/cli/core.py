@@ -28,7 +28,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _announce_weights(cfg.model.backbone.weights)
     print(f"offroadseg {__version__}: training {args.config} -> {cfg.run.dir}")
     start = time.perf_counter()
-    result = train(cfg, resume=args.resume, progress=progress if cfg.run.progress else None)
+    result = train(cfg, resume=args.resume, force=args.force, progress=progress if cfg.run.progress else None)
     if result.best_checkpoint is None and result.history == []:
         return 0  # a non-zero DDP rank
     took = time.perf_counter() - start
@@ -159,6 +159,9 @@ def register(sub) -> None:
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 data.root=/data")
     t.add_argument("--resume", action="store_true", help="continue from <run.dir>/checkpoints/last.ckpt")
+    t.add_argument(
+        "--force", action="store_true", help="with --resume: resume even if the config differs from the run's"
+    )
     t.add_argument("--epochs", type=int, default=None, help="shorthand for train.epochs=N")
     t.add_argument("--json", help="also write the result as JSON to this file")
     t.set_defaults(func=cmd_train)

@@ -58,7 +58,8 @@ def toy_config(root: str | Path, run_dir: str | Path, *, overrides: list[str] | 
     data = {
         "data": {"root": str(root), "image_size": [h, w], "num_workers": 0},
         "model": {"backbone": {"name": "dinov2_test", "weights": "random"}, "head": {"name": "conv"}},
-        "train": {"epochs": 2, "batch_size": 2, "lr": 1e-3, "optimizer": "adamw"},
+        # cpu, explicitly: "auto" would pick a GPU where there is one and change what tests check
+        "train": {"epochs": 2, "batch_size": 2, "lr": 1e-3, "optimizer": "adamw", "accelerator": "cpu"},
         "run": {"dir": str(run_dir), "progress": False},
     }
     return config_from_dict(data, overrides)

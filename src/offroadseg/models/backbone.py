@@ -217,6 +217,11 @@ class DinoBackbone(nn.Module):
             self.model.layernorm.requires_grad_(True)
             if k == self.num_layers:
                 self.model.embeddings.requires_grad_(True)
+                # mask_token replaces masked patches in DINOv2's pre-training and is never used for an
+                # image: it would get no gradient (and DDP stops on parameters outside the loss).
+                mask_token = getattr(self.model.embeddings, "mask_token", None)
+                if mask_token is not None:
+                    mask_token.requires_grad_(False)
         if self.lora_blocks:
             self._only_adapters()
         self.train(was_training)

@@ -42,6 +42,7 @@ from offroadseg.training.features import (
     feature_key,
     open_feature_store,
 )
+from offroadseg.training.hardware import on_cuda, resolve_precision
 
 __all__ = [
     "CacheReport",
@@ -103,16 +104,14 @@ def feature_cache_blockers(cfg: Config, module) -> list[str]:
 
 
 def _build_device(cfg: Config) -> torch.device:
-    accel = cfg.train.accelerator
-    if accel in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+    """This process's training device (under DDP each rank builds on its own GPU)."""
+    if on_cuda(cfg.train.accelerator) and torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 
 
 def _autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     """The backbone's autocast dtype while building the cache: the one training would use."""
-    from offroadseg.training.run import resolve_precision  # noqa: PLC0415 (run imports this module lazily)
-
     precision = resolve_precision(cfg.train.precision, "gpu" if device.type == "cuda" else "cpu")
     if precision == "bf16-mixed":
         return torch.bfloat16

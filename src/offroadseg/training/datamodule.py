@@ -14,6 +14,7 @@ from offroadseg.data.sampling import RepeatFactorSampler, dataset_class_presence
 from offroadseg.data.transforms import build_train_transform
 from offroadseg.errors import ConfigError
 from offroadseg.taxonomy import Taxonomy
+from offroadseg.training.seeding import seed_worker
 
 
 def default_workers(requested: int) -> int:
@@ -40,6 +41,30 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class IgnoredItems(Dataset):
+    """The items of ``dataset`` with every label pixel set to ``ignore_index``.
+
+    A placeholder shard for a process that has no validation image of its own (fewer images
+    than processes): it runs the validation loop, and so joins the metric sync and the
+    checkpoint barrier, while adding nothing to the confusion matrix, loss or batch IoU.
+    """
+
+    def __init__(self, dataset: Dataset, ignore_index: int) -> None:
+        self.dataset, self.ignore_index = dataset, ignore_index
+        self.collate = getattr(dataset, "collate", collate)
+        self.loader_workers = getattr(dataset, "loader_workers", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        for key in ("mask", "full_mask"):
+            if key in item:
+                item[key] = torch.full_like(item[key], self.ignore_index)
+        return item
 
 
 class SegDataModule(L.LightningDataModule):
@@ -109,8 +134,6 @@ class SegDataModule(L.LightningDataModule):
         exact_shards: bool = False,
         sampler: Sampler | None = None,
     ) -> DataLoader:
-        workers = getattr(dataset, "loader_workers", None)  # a cached dataset may know better
-        workers = default_workers(self.cfg.data.num_workers) if workers is None else workers
         trainer = self.trainer
         if sampler is not None:
             shuffle = False  # the sampler shuffles
@@ -118,6 +141,11 @@ class SegDataModule(L.LightningDataModule):
             sampler = UnpaddedDistributedSampler(
                 dataset, num_replicas=trainer.world_size, rank=trainer.global_rank
             )
+            if len(sampler) == 0 and len(dataset) > 0:
+                dataset = IgnoredItems(dataset, self.taxonomy.ignore_index)
+                sampler.indices = [0]
+        workers = getattr(dataset, "loader_workers", None)  # a cached dataset may know better
+        workers = default_workers(self.cfg.data.num_workers) if workers is None else workers
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -125,7 +153,10 @@ class SegDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0,
+            # deterministic runs restart workers each epoch: their seeds then come from the main
+            # generator, which a checkpoint saves, so a resumed epoch draws what the first run drew
+            persistent_workers=workers > 0 and not self.cfg.train.deterministic,
+            worker_init_fn=seed_worker if workers > 0 else None,
             collate_fn=getattr(dataset, "collate", collate),
             drop_last=False,
         )

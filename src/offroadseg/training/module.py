@@ -110,8 +110,11 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self._logits(batch).float()
-        loss = self.criterion(logits, batch["mask"])
-        self.val_loss_mean.update(loss, weight=len(batch["mask"]))
+        # A batch without a labelled pixel (a DDP placeholder shard) has no loss: it adds weight 0,
+        # but still counts as an update, so every process joins the metric sync at the epoch end.
+        labelled = bool((batch["mask"] != self.ignore_index).any())
+        loss = self.criterion(logits, batch["mask"]) if labelled else logits.new_zeros(())
+        self.val_loss_mean.update(loss, weight=len(batch["mask"]) if labelled else 0)
         preds, targets = full_resolution_predictions(logits, batch)
         for pred, target in zip(preds, targets, strict=True):
             self.val_cm.update(pred, target)
@@ -205,10 +208,18 @@ class SegmentationModule(L.LightningModule):
             "version": __version__,
             "format": CHECKPOINT_FORMAT,
             "history": self.history,
+            # the best epoch's confusion matrix: a resumed run reports the best epoch's scores
+            "best_val_confusion": (
+                self.best_val_scores.confusion_matrix.tolist() if self.best_val_scores is not None else None
+            ),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.history = list(checkpoint.get("offroadseg", {}).get("history", []))
+        saved = checkpoint.get("offroadseg", {})
+        self.history = list(saved.get("history", []))
+        best = saved.get("best_val_confusion")
+        if best is not None:
+            self.best_val_scores = scores_from_confusion(torch.tensor(best, dtype=torch.int64))
 
 
 def _nz(x: float) -> float:

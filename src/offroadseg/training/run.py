@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from offroadseg.config import Config, dump_config
@@ -21,13 +20,13 @@ from offroadseg.errors import ConfigError
 from offroadseg.losses import class_weights_from_counts
 from offroadseg.metrics import SegmentationScores, best_epoch, json_ready
 from offroadseg.progress import ProgressFn
-from offroadseg.training.callbacks import AtomicCheckpointIO, HistoryWriter, write_history
+from offroadseg.training.callbacks import AtomicCheckpointIO, FiniteLossGuard, HistoryWriter, write_history
 from offroadseg.training.datamodule import SegDataModule
+from offroadseg.training.hardware import check_devices, enable_tf32, on_cuda, resolve_precision
 from offroadseg.training.module import SegmentationModule
+from offroadseg.training.resume import check_resume
 from offroadseg.training.schedule import lr_curve
-
-PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed"}
-PRECISIONS.update({"16": "16-mixed", "16-mixed": "16-mixed"})
+from offroadseg.training.seeding import RngState, TransformSeeder, seed_run
 
 
 @dataclass
@@ -44,19 +43,6 @@ class TrainResult:
     caches: dict | None = None  # CacheReport.to_dict(): stores used/built, sizes, messages
     world_size: int = 1  # processes that trained (DDP)
     model_checkpoint: Path | None = None  # the one train.checkpoint selects (best.ckpt | last.ckpt)
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """Config precision -> Lightning precision; fp16 needs CUDA."""
-    on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if precision == "amp":  # what the reference meant by AMP: fp16 autocast on a GPU
-        return "16-mixed" if on_cuda else "32-true"
-    value = PRECISIONS[str(precision)]
-    if value == "16-mixed" and not on_cuda:
-        raise ConfigError(
-            "train.precision=16 (fp16 autocast) needs a CUDA GPU; fix: use train.precision=bf16 or 32 on CPU"
-        )
-    return value
 
 
 CLASS_WEIGHT_MODE = {"auto": "inverse", "sqrt": "sqrt"}  # loss.class_weights -> class_weights_from_counts
@@ -83,20 +69,45 @@ def build_module(cfg: Config, dm: SegDataModule, class_weights: list[float] | No
     )
 
 
+def _logger(cfg: Config, run_dir: Path):
+    """Lightning logger of ``run.logger``: CSV (always available) or TensorBoard event files."""
+    if cfg.run.logger == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401, PLC0415 (an optional extra)
+        except ImportError:
+            raise ConfigError(
+                "run.logger=tensorboard needs the tensorboard package; "
+                "fix: pip install 'offroadseg[tensorboard]' or use run.logger=csv"
+            ) from None
+        return TensorBoardLogger(run_dir, name="logs", version="", default_hp_metric=False)
+    return CSVLogger(run_dir, name="logs", version="")
+
+
 def build_trainer(cfg: Config, run_dir: Path, *, extra_callbacks: list | None = None) -> L.Trainer:
-    """A Lightning Trainer with the run directory's checkpoints, history and CSV log."""
+    """A Lightning Trainer with the run directory's checkpoints, history and log.
+
+    Two checkpoint callbacks: ``best.ckpt`` when val mIoU improves, and ``last.ckpt`` at the end
+    of every epoch (Lightning's ``save_last`` only copies the latest *saved* checkpoint, which
+    with ``save_top_k=1`` is the best one). ``last`` is listed second so the file carries the
+    best-checkpoint callback's updated state (best score) for a resume.
+    """
     t = cfg.train
+    ckpt_dir = run_dir / "checkpoints"
     callbacks: list = [
         ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
+            dirpath=ckpt_dir,
             filename="best",
             monitor="val_miou",
             mode="max",
-            save_last=True,
+            save_last=False,
             save_top_k=1,
             enable_version_counter=False,
         ),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False),
         HistoryWriter(run_dir),
+        FiniteLossGuard(ckpt_dir / "last.ckpt"),
+        TransformSeeder(t.seed),
+        RngState(),
     ]
     if t.checkpoint == "ema":
         from offroadseg.training.averaging import EMAOfTrainable  # noqa: PLC0415
@@ -120,7 +131,10 @@ def build_trainer(cfg: Config, run_dir: Path, *, extra_callbacks: list | None = 
         limit_train_batches=None if t.limit_train_batches == 1.0 else t.limit_train_batches,
         limit_val_batches=None if t.limit_val_batches == 1.0 else t.limit_val_batches,
         num_sanity_val_steps=0,
-        logger=CSVLogger(run_dir, name="logs", version=""),
+        # "warn": ops without a deterministic kernel (CUDA bilinear-upsample backward) warn, not stop
+        deterministic="warn" if t.deterministic else None,
+        benchmark=False if t.deterministic else None,
+        logger=_logger(cfg, run_dir),
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.run.progress,
@@ -129,31 +143,41 @@ def build_trainer(cfg: Config, run_dir: Path, *, extra_callbacks: list | None = 
     )
 
 
+def prepare_hardware(cfg: Config) -> None:
+    """Check the config against this machine (one clear error, before any work) and set it up."""
+    check_devices(cfg.train.accelerator, cfg.train.devices)
+    resolve_precision(cfg.train.precision, cfg.train.accelerator)
+    if on_cuda(cfg.train.accelerator):
+        enable_tf32()
+
+
 def train(
     cfg: Config,
     *,
     resume: bool = False,
+    force: bool = False,
     progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
 ) -> TrainResult:
     """Train from a config; writes everything into ``cfg.run.dir``.
 
     Args:
         cfg: the resolved config.
-        resume: continue from ``<run.dir>/checkpoints/last.ckpt``.
+        resume: continue from ``<run.dir>/checkpoints/last.ckpt`` (the end of the last finished epoch).
+        force: resume even when the config differs from the checkpoint's (keys listed otherwise).
         progress: ``progress(description)`` returns a ``(done, total)`` callback for the cache builds
             (decoding, the backbone pass), or None for silence.
     """
     run_dir = Path(cfg.run.dir)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if resume and not last.is_file():
-        raise ConfigError(f"--resume: {last} does not exist; fix: train without --resume first")
-    resolve_precision(cfg.train.precision, cfg.train.accelerator)  # fail before any work
+    if resume:
+        check_resume(cfg, last, force=force)
+    prepare_hardware(cfg)
     if cfg.train.checkpoint == "ema":
         from offroadseg.training.averaging import check_ema_decay  # noqa: PLC0415
 
         check_ema_decay(cfg.train.ema_decay)
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    seed_run(cfg.train.seed)
     dm = SegDataModule(cfg)
     weights = None
     mode = CLASS_WEIGHT_MODE.get(cfg.loss.class_weights)
@@ -173,7 +197,7 @@ def train(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=False)
     if not trainer.is_global_zero:
         return TrainResult(run_dir, None, None, None)
     best = ckpt_dir / "best.ckpt"

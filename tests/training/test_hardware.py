@@ -1,0 +1,102 @@
+"""Precision, device count and TF32: what the hardware allows, refused in one line when it does not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from offroadseg.errors import ConfigError
+from offroadseg.training import hardware
+from offroadseg.training.hardware import check_devices, resolve_precision
+
+
+def _fake_gpus(monkeypatch, count: int, *, bf16: bool) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(hardware, "_bf16_on_gpu", lambda: bf16)
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    _fake_gpus(monkeypatch, 0, bf16=False)
+    assert resolve_precision("auto", "auto") == "32-true"
+    assert resolve_precision("auto", "cpu") == "32-true"
+    _fake_gpus(monkeypatch, 1, bf16=True)  # Ampere and later
+    assert resolve_precision("auto", "auto") == "bf16-mixed"
+    assert resolve_precision("auto", "cpu") == "32-true"  # the config asks for the CPU
+    _fake_gpus(monkeypatch, 1, bf16=False)  # Turing, Volta: fp16 with loss scaling
+    assert resolve_precision("auto", "gpu") == "16-mixed"
+    assert resolve_precision("amp", "gpu") == "16-mixed"  # the alias
+    assert resolve_precision("32", "gpu") == "32-true" and resolve_precision("bf16", "cpu") == "bf16-mixed"
+
+
+def test_fp16_without_cuda_and_unknown_precision_are_refused(monkeypatch):
+    _fake_gpus(monkeypatch, 0, bf16=False)
+    with pytest.raises(ConfigError, match="train.precision=16 .*needs a CUDA GPU"):
+        resolve_precision("16", "auto")
+    with pytest.raises(ConfigError, match="train.precision='fp8' is not valid.*auto"):
+        resolve_precision("fp8", "cpu")
+
+
+def test_devices_beyond_the_machine_are_refused(monkeypatch):
+    _fake_gpus(monkeypatch, 0, bf16=False)
+    check_devices("cpu", 2)  # CPU devices are processes
+    check_devices("auto", "auto")
+    with pytest.raises(ConfigError, match="train.accelerator=gpu but no CUDA GPU is visible"):
+        check_devices("gpu", 1)
+    _fake_gpus(monkeypatch, 2, bf16=True)
+    check_devices("gpu", 2)
+    check_devices("auto", [0, 1])
+    with pytest.raises(ConfigError, match="asks for 4 GPUs but this machine has 2; fix: train.devices=2"):
+        check_devices("auto", 4)
+    with pytest.raises(ConfigError, match=r"GPU ids \[3\] do not exist"):
+        check_devices("gpu", [0, 3])
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        check_devices("gpu", 0)
+    with pytest.raises(ConfigError, match="not valid"):
+        check_devices("gpu", "many")
+
+
+def test_cli_refuses_bad_precision_and_devices_in_one_line(toy_root, tmp_path, capsys, monkeypatch):
+    from offroadseg.cli import main
+
+    _fake_gpus(monkeypatch, 1, bf16=True)  # refused before anything touches the (fake) GPU
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"data: {{root: {toy_root}, image_size: [28, 28], num_workers: 0}}\n"
+        "model: {backbone: {name: dinov2_test, weights: random}}\n"
+        f"run: {{dir: {tmp_path / 'run'}, progress: false}}\n"
+    )
+    for override, expected in (
+        ("train.precision=fp8", "train.precision='fp8' is not valid"),
+        ("train.devices=64", "train.devices=64 asks for 64 GPUs but this machine has 1"),
+    ):
+        extra = ["train.accelerator=gpu"] if "devices" in override else []
+        code = main(["train", str(cfg), override, *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.cuda
+def test_auto_precision_on_this_gpu_is_bf16_from_ampere_on():
+    major, _ = torch.cuda.get_device_capability(0)
+    assert resolve_precision("auto", "auto") == ("bf16-mixed" if major >= 8 else "16-mixed")
+
+
+@pytest.mark.cuda
+def test_bf16_training_step_on_cuda(toy_root, tmp_path):
+    from offroadseg.data.toy import toy_config
+    from offroadseg.training.run import train
+
+    cfg = toy_config(
+        toy_root,
+        tmp_path / "r",
+        overrides=["train.accelerator=gpu", "train.devices=1", "train.precision=auto", "train.epochs=1"],
+    )
+    result = train(cfg)
+    loss = result.history[0]["train_loss"]
+    assert loss is not None and torch.isfinite(torch.tensor(loss))
+    assert torch.backends.cuda.matmul.allow_tf32  # set by the run for fp32 matmuls
+    ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 0
