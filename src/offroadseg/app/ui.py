@@ -37,6 +37,7 @@ from offroadseg.app.service import (
 )
 from offroadseg.data.io import IMAGE_SUFFIXES
 from offroadseg.errors import DataError, OffroadsegError
+from offroadseg.inference.outputs import overlay
 from offroadseg.inference.predictor import TTA_MODES
 
 ALL_CLASSES = "(all classes)"
@@ -126,7 +127,8 @@ class AppUI:
         overlays = render_overlays(result, self.taxonomy, alpha)
         color = self.taxonomy.colorize(result.ids["A"])
         columns = ["A"] + (["B"] if self.has_b else [])
-        legend = legend_html(legend_rows(result, self.taxonomy), [f"pixels {c}" for c in columns])
+        rows = sorted(legend_rows(result, self.taxonomy), key=lambda r: -r[2])  # most of the image first
+        legend = legend_html(rows, [f"pixels {c}" for c in columns])
         info = latency_text(result, tta, self.models)
         diff = None
         if self.has_b:
@@ -295,8 +297,6 @@ class AppUI:
 
 
 def _overlay_truth(image: np.ndarray, truth: np.ndarray, tax, alpha: float) -> np.ndarray:
-    from offroadseg.inference.outputs import overlay
-
     return overlay(image, tax.colorize(truth), alpha)
 
 
