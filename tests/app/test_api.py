@@ -167,3 +167,21 @@ def test_browser_paths_never_reach_the_filesystem(app, client):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(app.url + route, timeout=10)
         assert err.value.code in (403, 404)
+
+
+def test_old_download_folders_are_pruned(tmp_path):
+    import os
+
+    from offroadseg.app.ui import prune_older_than
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    os.utime(old, (0, 0))
+    prune_older_than(tmp_path, 600)
+    assert not old.exists() and new.exists()
+
+
+def test_no_sample_chosen_shows_a_note_not_an_error(app):
+    out = app.ui.show_sample("", "none", 0.5)
+    assert out[6].startswith("no image chosen") and out[0] is None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import html
+import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from offroadseg.inference.outputs import overlay
 from offroadseg.inference.predictor import TTA_MODES
 
 ALL_CLASSES = "(all classes)"
+DOWNLOAD_MAX_AGE_S = 600.0  # request folders of downloads older than this are removed
 IMAGE_FORMAT = "png"  # lossless, so what the page shows is what the model predicted
 
 
@@ -134,8 +137,13 @@ class AppUI:
         if self.has_b:
             diff, share = difference_map(result.image, result.ids["A"], result.ids["B"])
             info += f"; A and B differ on {100.0 * share:.2f} % of the pixels"
-        files = [str(p) for p in write_downloads(result, self.taxonomy, alpha, self.download_dir)]
+        files = self._downloads(result, alpha)
         return (overlays["A"], color, overlays.get("B"), diff, legend, info, files)
+
+    def _downloads(self, result: ImageResult, alpha: float) -> list[str]:
+        # Gradio copies returned files into its own cache, so older request folders can go.
+        prune_older_than(self.download_dir, DOWNLOAD_MAX_AGE_S)
+        return [str(p) for p in write_downloads(result, self.taxonomy, alpha, self.download_dir)]
 
     # ---- browse --------------------------------------------------------------------------------
     def filter_class(self, class_name: str, progress=gr.Progress()) -> Any:
@@ -157,8 +165,8 @@ class AppUI:
     def show_sample(self, name: str, tta: str, alpha: float) -> tuple:
         """Ground truth beside the prediction(s), per-image scores, chart and rank."""
         assert self.browser is not None
-        if not name:
-            raise DataError("no sample chosen; fix: pick one from the list")
+        if not name:  # e.g. a class no image of the split holds: nothing to show, not an error
+            return (None, None, None, None, None, None, "no image chosen (or none holds this class)", None)
         alpha = check_alpha(alpha)
         image, truth = self.browser.load(name)
         result = predict_image(self.models, name, image, tta=tta, truth=truth)
@@ -171,7 +179,7 @@ class AppUI:
             diff, share = difference_map(image, result.ids["A"], result.ids["B"])
             summary += f"  \nA and B differ on {100.0 * share:.2f} % of the pixels."
         summary = f"{self._rank_text(name)}  \n{summary}\n\n{latency_text(result, tta, self.models)}"
-        files = [str(p) for p in write_downloads(result, tax, alpha, self.download_dir)]
+        files = self._downloads(result, alpha)
         return (gt_overlay, overlays["A"], overlays.get("B"), diff, table, chart, summary, files)
 
     def _scores(self, result: ImageResult) -> tuple[pd.DataFrame, pd.DataFrame, str]:
@@ -298,6 +306,14 @@ class AppUI:
 
 def _overlay_truth(image: np.ndarray, truth: np.ndarray, tax, alpha: float) -> np.ndarray:
     return overlay(image, tax.colorize(truth), alpha)
+
+
+def prune_older_than(folder: Path, seconds: float) -> None:
+    """Remove the sub-folders of ``folder`` last changed more than ``seconds`` ago."""
+    cutoff = time.time() - seconds
+    for sub in folder.iterdir():
+        if sub.is_dir() and sub.stat().st_mtime < cutoff:
+            shutil.rmtree(sub, ignore_errors=True)
 
 
 def _pct(x: float | None) -> str:
