@@ -245,10 +245,12 @@ class ImageResult:
         ids: model name -> uint8 ``[H, W]`` class ids at the image's size.
         seconds: model name -> prediction wall time.
         truth: uint8 ``[H, W]`` ground-truth ids, when known.
+        tta: the test-time augmentation the predictions used.
     """
 
     name: str
     image: np.ndarray
+    tta: str = "none"
     ids: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     truth: np.ndarray | None = None
@@ -258,7 +260,7 @@ def predict_image(
     models: ModelSet, name: str, image: np.ndarray, *, tta: str, truth: np.ndarray | None = None
 ) -> ImageResult:
     """Run every model on one image and time each."""
-    result = ImageResult(name, image, truth=truth)
+    result = ImageResult(name, image, tta=tta, truth=truth)
     for m in models.names:
         predictor = models.predictor(m, tta)
         start = time.perf_counter()
@@ -306,12 +308,12 @@ def render_overlays(result: ImageResult, taxonomy: Taxonomy, alpha: float) -> di
     return {m: overlay(result.image, taxonomy.colorize(ids), alpha) for m, ids in result.ids.items()}
 
 
-def latency_text(result: ImageResult, tta: str, models: ModelSet) -> str:
-    """One line: image size and each model's prediction time."""
+def latency_text(result: ImageResult, models: ModelSet) -> str:
+    """One line: image size, TTA and each model's prediction time."""
     h, w = result.image.shape[:2]
     parts = [f"{m} {1000.0 * s:.0f} ms" for m, s in result.seconds.items()]
-    device = models.predictor("A", tta).device
-    return f"{result.name}: {w}x{h}, TTA {tta}, {device}: " + ", ".join(parts)
+    device = models.predictor("A", result.tta).device
+    return f"{result.name}: {w}x{h}, TTA {result.tta}, {device}: " + ", ".join(parts)
 
 
 def check_alpha(alpha: float) -> float:

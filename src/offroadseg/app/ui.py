@@ -114,25 +114,25 @@ class AppUI:
         images = [read_upload(f, self.limits, name=n) for f, n in zip(files, names, strict=True)]
         results = [predict_image(self.models, n, im, tta=tta) for n, im in zip(names, images, strict=True)]
         shown = gr.Dropdown(choices=names, value=names[0], visible=len(names) > 1)
-        return (results, shown, *self._render_upload(results, names[0], alpha, tta))
+        return (results, shown, *self._render_upload(results, names[0], alpha))
 
-    def rerender(self, results: list[ImageResult] | None, name: str, alpha: float, tta: str) -> tuple:
+    def rerender(self, results: list[ImageResult] | None, name: str, alpha: float) -> tuple:
         """Show another uploaded image, or the same at another opacity (no new prediction)."""
         if not results:
             return self._empty_upload()
-        return self._render_upload(results, name, check_alpha(alpha), tta)
+        return self._render_upload(results, name, check_alpha(alpha))
 
     def _empty_upload(self) -> tuple:
         return (None, None, None, None, "", "", None)
 
-    def _render_upload(self, results: list[ImageResult], name: str, alpha: float, tta: str) -> tuple:
+    def _render_upload(self, results: list[ImageResult], name: str, alpha: float) -> tuple:
         result = next((r for r in results if r.name == name), results[0])
         overlays = render_overlays(result, self.taxonomy, alpha)
         color = self.taxonomy.colorize(result.ids["A"])
         columns = ["A"] + (["B"] if self.has_b else [])
         rows = sorted(legend_rows(result, self.taxonomy), key=lambda r: -r[2])  # most of the image first
         legend = legend_html(rows, [f"pixels {c}" for c in columns])
-        info = latency_text(result, tta, self.models)
+        info = latency_text(result, self.models)
         diff = None
         if self.has_b:
             diff, share = difference_map(result.image, result.ids["A"], result.ids["B"])
@@ -178,7 +178,7 @@ class AppUI:
         if self.has_b:
             diff, share = difference_map(image, result.ids["A"], result.ids["B"])
             summary += f"  \nA and B differ on {100.0 * share:.2f} % of the pixels."
-        summary = f"{self._rank_text(name)}  \n{summary}\n\n{latency_text(result, tta, self.models)}"
+        summary = f"{self._rank_text(name)}  \n{summary}\n\n{latency_text(result, self.models)}"
         files = self._downloads(result, alpha)
         return (gt_overlay, overlays["A"], overlays.get("B"), diff, table, chart, summary, files)
 
@@ -266,8 +266,8 @@ class AppUI:
                     api_name="segment",
                 )
                 rerender = _user_errors(self.rerender)
-                shown.change(rerender, [results, shown, alpha, tta], outs, api_name=False)
-                alpha.release(rerender, [results, shown, alpha, tta], outs, api_name=False)
+                shown.change(rerender, [results, shown, alpha], outs, api_name=False)
+                alpha.release(rerender, [results, shown, alpha], outs, api_name=False)
             if self.browser is not None:
                 self._browse_tab(tta, alpha)
         return page
