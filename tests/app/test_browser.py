@@ -37,11 +37,11 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (
 
 
 @pytest.fixture(scope="module")
-def app(app_checkpoint):
+def app(request):
     from offroadseg.app.server import start_app
     from offroadseg.app.service import load_models
 
-    checkpoint = os.environ.get("OFFROADSEG_APP_CHECKPOINT") or app_checkpoint
+    checkpoint = os.environ.get("OFFROADSEG_APP_CHECKPOINT") or request.getfixturevalue("app_checkpoint")
     running = start_app(load_models(checkpoint, device="cpu"), port=0)
     yield running
     running.close()
