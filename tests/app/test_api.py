@@ -151,7 +151,8 @@ def test_browse_shows_truth_scores_and_rank(client, models, app_data):
         )
     assert f"A: mIoU {expected['miou']:.4f}" in summary
     bars = {(r[0], r[2]): r[1] for r in chart["data"]}
-    assert bars[("Sky", "A")] == pytest.approx(expected["per_class_iou"]["Sky"])
+    assert bars[("Sky (A)", "A")] == pytest.approx(expected["per_class_iou"]["Sky"])
+    assert len(bars) == len(chart["data"])  # one bar per class and model, never stacked
     _, ids = _mask_ids(files, tax)
     np.testing.assert_array_equal(ids, pred)
     ranked = client.predict("val_0002", api_name="/rank_split")

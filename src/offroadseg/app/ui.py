@@ -193,7 +193,9 @@ class AppUI:
                 rows[c][f"IoU {m}"] = s["per_class_iou"][c]
                 rows[c][f"Dice {m}"] = s["per_class_dice"][c]
                 if s["per_class_iou"][c] is not None:
-                    chart.append({"class": c, "IoU": s["per_class_iou"][c], "model": m})
+                    # One bar per class and model: Gradio stacks bars that share an x value.
+                    x = c if len(result.ids) == 1 else f"{c} ({m})"
+                    chart.append({"class": x, "IoU": s["per_class_iou"][c], "model": m})
             parts.append(f"{m}: mIoU {_pct(s['miou'])}, mean Dice {_pct(s['mean_dice'])}")
         shares = legend_rows(result, tax)
         for row, (_, _, *pct) in zip(rows.values(), shares, strict=True):
