@@ -1,6 +1,7 @@
 """The demo end to end, with the tiny random backbone standing in for DINOv2-S."""
 
 import json
+from pathlib import Path
 
 from offroadseg.cli import main
 
@@ -33,10 +34,15 @@ def test_demo_end_to_end(tmp_path, capsys):
     printed = captured.out
     assert code == 0, captured.err[-2000:]
     assert "report:" in printed and "majority-class baseline" in printed
+    app_line = next(
+        ln for ln in printed.splitlines() if ln.startswith("try it in a browser: offroadseg app ")
+    )
+    assert Path(app_line.split()[7]).is_file() and Path(app_line.split()[-1]).is_dir()  # checkpoint, data
     result = json.loads((tmp_path / "d.json").read_text())
     assert 0.0 <= result["val_miou"] <= 1.0 and 0.0 <= result["test_miou"] <= 1.0
     assert 0.0 < result["majority_val_miou"] < 1.0
     html = (out / "report.html").read_text()
+    assert "offroadseg app " in html  # how to open the app on the demo's checkpoint
     for needle in (
         "Per-class",
         "Best test images",

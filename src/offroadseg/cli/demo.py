@@ -35,6 +35,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"  majority-class baseline val mIoU {fmt(result.majority_val_miou, 3)} (always '{result.majority_class}')"
     )
     print(f"report: {result.report.resolve()}")
+    print(
+        f"try it in a browser: offroadseg app {result.run_dir / 'checkpoints' / 'best.ckpt'} --data {args.out}/data"
+    )
     write_json(
         args.json,
         {
