@@ -240,7 +240,7 @@ class AppUI:
                     tax.names,
                     label="Exclude classes",
                     interactive=False,
-                    info="not available yet: needs the predictor's --exclude-classes option",
+                    info="not wired into the app yet: use offroadseg predict --exclude-classes",
                 )
             with gr.Tab("Upload"):
                 files = gr.File(
