@@ -12,7 +12,8 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from offroadseg.data.io import atomic_write_bytes, atomic_write_text
+from offroadseg.data.io import atomic_save, atomic_write_text
+from offroadseg.training.checkpoint_state import load_checkpoint_file
 
 HISTORY_FIELDS = [
     "epoch",
@@ -54,12 +55,16 @@ class HistoryWriter(L.Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints go to a temporary file first and are renamed into place, so a crash or a
-    full disk never leaves a truncated ``best.ckpt`` where a good one was."""
+    """Checkpoints are streamed to a temporary file and renamed into place, so a crash or a full
+    disk never leaves a truncated ``best.ckpt`` where a good one was; they are read back with
+    ``weights_only=True``, so resuming from a file never runs code hidden in it."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
-        buf = io.BytesIO()
-        torch.save(checkpoint, buf)
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_save(path, lambda tmp: torch.save(checkpoint, tmp))
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return load_checkpoint_file(path)

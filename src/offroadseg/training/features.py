@@ -17,7 +17,6 @@ logit stays aligned with its label.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from offroadseg.data.datasets import Sample, normalize
 from offroadseg.data.io import image_size as read_image_size
 from offroadseg.errors import DataError
 from offroadseg.models.segmentor import Segmentor
+from offroadseg.models.weights.digest import state_digest
 
 __all__ = [
     "FeatureDataset",
@@ -56,13 +56,7 @@ def backbone_digest(backbone: torch.nn.Module) -> str:
 
     Covers every source, random weights (which depend on the seed) and local files included.
     """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(backbone.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        t = tensor.detach().cpu().contiguous()
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
+    return state_digest(backbone.state_dict())
 
 
 def feature_key(

@@ -22,9 +22,13 @@ from offroadseg.config import Config, config_from_dict
 from offroadseg.losses import create_loss
 from offroadseg.metrics import BatchMeanIoU, ConfusionMatrixMetric, scores_from_confusion
 from offroadseg.models.factory import build_segmentor
+from offroadseg.training.checkpoint_state import (
+    CHECKPOINT_FORMAT,
+    restore_checkpoint,
+    slim_checkpoint,
+    source_digest,
+)
 from offroadseg.training.schedule import lr_factor
-
-CHECKPOINT_FORMAT = 1
 
 
 class SegmentationModule(L.LightningModule):
@@ -74,6 +78,7 @@ class SegmentationModule(L.LightningModule):
         self.steps_per_epoch: int | None = None
         self.history: list[dict] = []
         self._epoch_start = time.perf_counter()
+        self._source_digest: str | None = None  # of the frozen weights; they never change
 
     # ---- forward ------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
@@ -184,9 +189,13 @@ class SegmentationModule(L.LightningModule):
             "format": CHECKPOINT_FORMAT,
             "history": self.history,
         }
+        if self._source_digest is None:
+            self._source_digest = source_digest(self.model)
+        slim_checkpoint(checkpoint, self.model, digest=self._source_digest)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("offroadseg", {}).get("history", []))
+        restore_checkpoint(checkpoint, self.model, origin="the --resume checkpoint")
 
 
 def _clean(x: float | None) -> float | None:
