@@ -184,7 +184,8 @@ def compare_models(
         total += pa.size
         label_path = labels[i] if labels is not None else None
         if label_path is not None and taxonomy is not None:
-            truth = torch.from_numpy(read_label(label_path, taxonomy).astype(np.int64))
+            raw = read_label(label_path, taxonomy)
+            truth = torch.from_numpy(taxonomy.encode(raw, source=str(label_path)).astype(np.int64))
             for cm, pred in zip(cms, (pa, pb), strict=True):
                 cm += confusion_matrix(
                     torch.from_numpy(pred.astype(np.int64)), truth, k, ignore_index=taxonomy.ignore_index

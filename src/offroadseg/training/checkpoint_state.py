@@ -131,7 +131,8 @@ def slim_state_dict(state: Mapping[str, Tensor], model: nn.Module, *, prefix: st
         model: the module whose frozen entries are dropped.
         prefix: where ``model`` sits in ``state`` (``"model."`` in a LightningModule's state).
     """
-    drop = {prefix + k for k in model.state_dict() if k not in trained_keys(model)}
+    keep = trained_keys(model)
+    drop = {prefix + k for k in model.state_dict() if k not in keep}
     return {k: v for k, v in state.items() if k not in drop}
 
 
