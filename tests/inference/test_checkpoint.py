@@ -28,6 +28,7 @@ def test_checkpoint_holds_only_trained_tensors(toy_checkpoint):
     ckpt = read_checkpoint(toy_checkpoint)
     keys = list(ckpt["state_dict"])
     assert keys and all(k.startswith("model.head.") for k in keys if k.startswith("model."))
+    assert "optimizer_states" not in ckpt and "loops" not in ckpt  # best.ckpt is for inference
     record = ckpt["offroadseg"]["backbone"]
     assert record["source"] == "random" and len(record["digest"]) == 64 and not record["embedded"]
     loaded = load_checkpoint(toy_checkpoint)

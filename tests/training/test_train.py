@@ -142,5 +142,6 @@ def test_frozen_backbone_gets_no_gradient(toy_root, tmp_path):
     # the checkpoint holds the trained tensors only, and loads back onto the same backbone
     ckpt = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True)
     assert not any(k.startswith("model.backbone.") for k in ckpt["state_dict"])
+    assert ckpt["optimizer_states"] and "loops" in ckpt  # last.ckpt keeps what --resume needs
     loaded = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.ckpt")
     assert all(torch.equal(loaded.model.state_dict()[k], after[k].cpu()) for k in after)

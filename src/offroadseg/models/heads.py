@@ -17,6 +17,7 @@ Heads available through :func:`create_head`:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -201,6 +202,9 @@ class PPMHead(nn.Module):
 HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "conv": ConvHead, "ppm": PPMHead}
 
 
+_POSITIONAL = ("self", "in_channels", "num_classes")
+
+
 def create_head(name: str, in_channels: Sequence[int], num_classes: int, **kwargs: Any) -> nn.Module:
     """Build a head by name.
 
@@ -224,4 +228,12 @@ def create_head(name: str, in_channels: Sequence[int], num_classes: int, **kwarg
             f"unknown head {name!r}{close_matches(name, valid)}; valid heads: {', '.join(valid)}"
         ) from None
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    options = [p for p in inspect.signature(cls.__init__).parameters if p not in _POSITIONAL]
+    unknown = [k for k in kwargs if k not in options]
+    if unknown:
+        given = ", ".join(f"model.head.{k}={kwargs[k]!r}" for k in unknown)
+        raise ModelError(
+            f"{given}: the {name} head has no such option (its options: {', '.join(options) or 'none'}); "
+            f"fix: remove it (null) or choose a head that takes it"
+        )
     return cls(list(in_channels), num_classes, **kwargs)

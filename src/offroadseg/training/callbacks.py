@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from offroadseg.data.io import atomic_save, atomic_write_text
-from offroadseg.training.checkpoint_state import load_checkpoint_file
+from offroadseg.training.checkpoint_state import RESUME_ONLY_KEYS, load_checkpoint_file
 
 HISTORY_FIELDS = [
     "epoch",
@@ -57,11 +57,22 @@ class HistoryWriter(L.Callback):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are streamed to a temporary file and renamed into place, so a crash or a full
     disk never leaves a truncated ``best.ckpt`` where a good one was; they are read back with
-    ``weights_only=True``, so resuming from a file never runs code hidden in it."""
+    ``weights_only=True``, so resuming from a file never runs code hidden in it.
+
+    Only the files named in ``resume_files`` (``last.ckpt``) keep the optimizer, scheduler and
+    loop state that ``--resume`` needs; the others (``best.ckpt``) are for inference and carry the
+    trained weights alone, which keeps them small (Adam's two moments would triple them).
+    """
+
+    def __init__(self, resume_files: tuple[str, ...] = ("last.ckpt",)) -> None:
+        super().__init__()
+        self.resume_files = tuple(resume_files)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
+        if Path(path).name not in self.resume_files:
+            checkpoint = {k: v for k, v in checkpoint.items() if k not in RESUME_ONLY_KEYS}
         atomic_save(path, lambda tmp: torch.save(checkpoint, tmp))
 
     def load_checkpoint(

@@ -25,6 +25,7 @@ from offroadseg.models.weights.digest import state_digest
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "RESUME_ONLY_KEYS",
     "backbone_record",
     "fill_frozen_state",
     "load_checkpoint_file",
@@ -32,6 +33,9 @@ __all__ = [
     "source_digest",
     "trained_keys",
 ]
+
+# Lightning checkpoint entries only a resumed run needs (not inference).
+RESUME_ONLY_KEYS = ("optimizer_states", "lr_schedulers", "loops")
 
 # 1: whole Lightning state (backbone included). 2: slim, backbone rebuilt from its source.
 CHECKPOINT_FORMAT = 2
