@@ -121,8 +121,10 @@ def test_embedded_backbone_loads_without_the_source(tmp_path, toy_checkpoint):
 
     def missing(ckpt):
         ckpt["hyper_parameters"]["config"]["model"]["backbone"]["weights"] = str(tmp_path / "gone.pth")
+        ckpt["offroadseg"]["backbone"]["source"] = "random:0"  # what the record names is reported
 
     packed = load_checkpoint(_rewrite(out, tmp_path / "packed2.ckpt", missing))
+    assert packed.model.backbone.source == "random:0" and packed.model.backbone.is_random
     images = torch.randn(1, 3, 56, 84)
     with torch.no_grad():
         assert torch.equal(packed.model(images), loaded.model(images))

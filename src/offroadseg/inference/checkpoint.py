@@ -21,6 +21,7 @@ from offroadseg.config import Config, config_from_dict
 from offroadseg.errors import ModelError
 from offroadseg.models.factory import build_segmentor
 from offroadseg.models.segmentor import Segmentor
+from offroadseg.models.weights import is_random_source
 from offroadseg.taxonomy import Taxonomy, taxonomy_from_dict
 from offroadseg.training.checkpoint_state import (
     CHECKPOINT_FORMAT,
@@ -112,6 +113,9 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     if record.get("embedded"):
         model = _build_empty(cfg, taxonomy.num_classes)
         _load_exact(model, state, path, assign=True)
+        # built without its source: name the one the weights came from, not the placeholder
+        model.backbone.source = str(record.get("source", ""))
+        model.backbone.is_random = is_random_source(model.backbone.source)
         if source_digest(model) != record.get("digest"):
             raise ModelError(
                 f"{path}: its embedded backbone does not match the digest recorded beside it (the file "
