@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,45 @@ def test_phase_configs_hold_the_reference_settings():
 def test_every_shipped_config_loads():
     for path in sorted(CONFIGS.glob("*.yaml")):
         assert isinstance(load_config(path), Config), path
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.image_size=[56]", "data.image_size=[56] must be exactly two positive ints"),
+        ("data.image_size=[56,0]", "must be exactly two positive ints"),
+        ("data.augment.hflip=7", "data.augment.hflip=7.0 is a probability"),
+        ("train.epochs=0", "train.epochs=0 must be at least 1"),
+        ("train.batch_size=-1", "train.batch_size=-1 must be at least 1"),
+        ("train.limit_train_batches=0", "a batch count >= 1 (int) or a fraction in (0, 1]"),
+        ("train.limit_val_batches=1.5", "a batch count >= 1 (int) or a fraction in (0, 1]"),
+        ("eval.window_overlap=1", "eval.window_overlap=1.0 must lie in [0, 1)"),
+        ("run.dir=null", "run.dir: null is not allowed"),
+    ],
+)
+def test_values_out_of_range_are_refused(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_from_dict({}, [override])
+
+
+def test_limit_batches_int_counts_batches_float_is_a_fraction():
+    from offroadseg.training.run import _limit
+
+    one = config_from_dict({}, ["train.limit_train_batches=1"]).train.limit_train_batches
+    half = config_from_dict({}, ["train.limit_train_batches=0.5"]).train.limit_train_batches
+    default = config_from_dict({}).train.limit_train_batches
+    assert (one, type(one)) == (1, int) and _limit(one) == 1  # one batch, as Lightning reads an int
+    assert half == 0.5 and _limit(half) == 0.5
+    assert _limit(default) is None  # 1.0: all batches
+    assert config_from_dict({}, ["model.backbone.weights=null"]).model.backbone.weights is None
+
+
+def test_head_option_the_head_does_not_take_lists_its_options():
+    from offroadseg.errors import ModelError
+    from offroadseg.models.heads import create_head
+
+    with pytest.raises(
+        ModelError,
+        match=r"model.head.channels=64: the conv head has no such option \(its options: hidden_channels",
+    ):
+        create_head("conv", [48], 3, channels=64)

@@ -160,8 +160,9 @@ class TrainConfig:
     devices: Any = "auto"  # Lightning devices: auto | n | [ids]
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | ...
-    limit_train_batches: float = 1.0  # fraction or count (smoke runs)
-    limit_val_batches: float = 1.0
+    # as Lightning reads it: an int is a number of batches (1: one batch), a float a fraction (1.0: all)
+    limit_train_batches: int | float = 1.0
+    limit_val_batches: int | float = 1.0
     # which weights are "the" model (validated, reported, returned by train): best = the epoch with the
     # highest val mIoU (best.ckpt), last = the final epoch (last.ckpt), ema = an exponential moving
     # average of the trainable weights, validated and saved in their place (last.ckpt). last/ema need
@@ -244,6 +245,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
+        if type(value) in args and type(value) in (int, float):  # int | float: keep what was written
+            return value
         errors = []
         for arg in args:
             if arg is type(None):
@@ -274,6 +277,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"config key {key}: expected a number, got {value!r}") from None
     if hint is str:
+        if value is None:  # YAML null: str(None) would silently become the string "None"
+            raise ConfigError(
+                f"config key {key}: null is not allowed here (expected a string); fix: give a value, or "
+                f"leave the key out for the default"
+            )
         if isinstance(value, (dict, list)):
             raise ConfigError(f"config key {key}: expected a string, got {value!r}")
         return str(value)
@@ -345,7 +353,50 @@ def config_from_dict(data: dict, overrides: list[str] | None = None, *, source: 
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
-    return _build(Config, data, "", source)
+    cfg = _build(Config, data, "", source)
+    check_ranges(cfg, source)
+    return cfg
+
+
+def check_ranges(cfg: Config, source: str = "config") -> None:
+    """Shapes and ranges the types alone do not say; one error naming the key, value and fix.
+
+    Raises:
+        ConfigError: the first value out of range.
+    """
+
+    def fail(key: str, value: Any, need: str, example: str) -> None:
+        raise ConfigError(f"{source}: {key}={value!r} {need}; fix: e.g. {key}={example}")
+
+    size = cfg.data.image_size
+    if len(size) != 2 or any(s < 1 for s in size):
+        fail("data.image_size", size, "must be exactly two positive ints [H, W]", "[364,644]")
+    for name, p in vars(cfg.data.augment).items():
+        if not 0.0 <= p <= 1.0:
+            fail(f"data.augment.{name}", p, "is a probability and must lie in [0, 1]", "0.5")
+    for key, value in (
+        ("train.epochs", cfg.train.epochs),
+        ("train.batch_size", cfg.train.batch_size),
+        ("train.accumulate_grad_batches", cfg.train.accumulate_grad_batches),
+        ("eval.batch_size", cfg.eval.batch_size),
+        ("data.cache.views", cfg.data.cache.views),
+    ):
+        if value < 1:
+            fail(key, value, "must be at least 1", "1")
+    for key, value in (
+        ("train.limit_train_batches", cfg.train.limit_train_batches),
+        ("train.limit_val_batches", cfg.train.limit_val_batches),
+    ):
+        if isinstance(value, int) and value < 1 or isinstance(value, float) and not 0.0 < value <= 1.0:
+            fail(key, value, "must be a batch count >= 1 (int) or a fraction in (0, 1] (float)", "0.25")
+    if not 0.0 <= cfg.eval.window_overlap < 1.0:
+        fail("eval.window_overlap", cfg.eval.window_overlap, "must lie in [0, 1)", "0.33")
+    dropout = cfg.model.head.dropout
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        fail("model.head.dropout", dropout, "must lie in [0, 1)", "0.1")
+    channels = cfg.model.head.channels
+    if channels is not None and channels < 1:
+        fail("model.head.channels", channels, "must be a positive int", "128")
 
 
 def _deep_copy(data: Any) -> Any:

@@ -34,7 +34,14 @@ def test_bench_reports_every_mode_against_eager(config):
         device="cpu",
         iters=2,
         warmup=1,
-        modes=["inference_mode", "channels_last", "bf16_autocast", "fp16_autocast", "onnxruntime"],
+        modes=[
+            "inference_mode",
+            "channels_last",
+            "bf16_autocast",
+            "fp16_autocast",
+            "onnxruntime",
+            "onnxruntime_int8",
+        ],
     )
     results = {r["mode"]: r for r in report["results"]}
     assert list(results)[0] == "eager_fp32" and results["eager_fp32"]["ratio"] == pytest.approx(1.0)
@@ -43,7 +50,10 @@ def test_bench_reports_every_mode_against_eager(config):
         r = results[mode]
         assert r["ok"], r["note"]
         assert r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and r["images_per_s"] > 0
-        assert r["max_abs_diff"] < 1e-3
+        assert r["max_abs_diff"] < 1e-3 and r["agreement"] >= 0.99
+    int8 = results["onnxruntime_int8"]
+    assert int8["ok"], int8["note"]
+    assert 0.0 <= int8["agreement"] <= 1.0 and int8["median_ms"] > 0
     assert not results["fp16_autocast"]["ok"] and "CUDA" in results["fp16_autocast"]["note"]
     assert report["best"]["mode"] in results
     with pytest.raises(ConfigError, match="unknown bench modes"):

@@ -122,3 +122,74 @@ def test_agreement_on_real_duality_images(onnx_files, loaded, shared_data):
     torch_ids = Predictor.from_loaded(loaded, tta=tta, device="cpu", batch_size=4).predict(images)
     onnx_ids = load_onnx_predictor(onnx_files["static"], tta=tta, device="cpu").predict(images)
     assert _agreement(torch_ids, onnx_ids) >= 0.999
+
+
+@pytest.fixture(scope="module")
+def reg_loaded(toy_root, tmp_path_factory):
+    """A register-arch model (dinov2_test_reg + PPM) saved and loaded as a checkpoint."""
+    import warnings
+
+    from offroadseg.config import config_from_dict
+    from offroadseg.inference.checkpoint import LoadedModel, save_inference_checkpoint
+    from offroadseg.models.factory import build_segmentor
+    from offroadseg.taxonomy import load_taxonomy
+
+    cfg = config_from_dict(
+        {
+            "data": {"root": str(toy_root), "image_size": [56, 84]},
+            "model": {
+                "backbone": {"name": "dinov2_test_reg", "weights": "random"},
+                "head": {"name": "ppm", "channels": 16},
+            },
+        }
+    )
+    taxonomy = load_taxonomy("duality")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        model = build_segmentor(cfg.model, taxonomy.num_classes).eval()
+    path = tmp_path_factory.mktemp("reg") / "reg.ckpt"
+    save_inference_checkpoint(LoadedModel(model, cfg, taxonomy, path), path, embed_backbone=False)
+    return load_checkpoint(path)
+
+
+def _aa_resizes(path) -> int:
+    return sum(
+        1
+        for n in onnx.load(str(path)).graph.node
+        if n.op_type == "Resize" and any(a.name == "antialias" and a.i == 1 for a in n.attribute)
+    )
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_register_arch_exports_and_agrees(reg_loaded, toy_root, tmp_path, dynamic):
+    out = tmp_path / "reg.onnx"
+    meta = export_onnx(reg_loaded, out, dynamic=dynamic)
+    assert meta["opset"] == 18
+    tta = TTAConfig("scales", (0.75, 1.0)) if dynamic else TTAConfig()
+    images = _generated(toy_root)
+    expected = Predictor.from_loaded(reg_loaded, tta=tta, device="cpu").predict(images)
+    got = load_onnx_predictor(out, tta=tta, device="cpu").predict(images)
+    assert _agreement(got, expected) >= 0.999
+    # fixed size: the position table is a constant; dynamic: one antialiased Resize computes it
+    assert _aa_resizes(out) == (1 if dynamic else 0)
+
+
+def test_register_arch_dynamic_needs_opset_18(reg_loaded, tmp_path):
+    with pytest.raises(ModelError, match="--opset 18"):
+        export_onnx(reg_loaded, tmp_path / "x.onnx", dynamic=True, opset=17)
+    assert not (tmp_path / "x.onnx").exists()
+    export_onnx(reg_loaded, tmp_path / "fixed17.onnx", opset=17)  # a fixed size needs no Resize
+    assert read_onnx_metadata(tmp_path / "fixed17.onnx")["opset"] == 17
+
+
+def test_external_data_format(loaded, tmp_path):
+    out = tmp_path / "big.onnx"
+    meta = export_onnx(loaded, out, external_data=True)
+    assert meta["external_data"] and (tmp_path / "big.onnx.data").is_file()
+    assert out.stat().st_size < (tmp_path / "big.onnx.data").stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    image = torch.randn(1, 3, 56, 84)
+    with torch.no_grad():
+        expected = loaded.model(image).numpy()
+    np.testing.assert_allclose(OnnxRunner(out).run(image.numpy()), expected, atol=1e-3)

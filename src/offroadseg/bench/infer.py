@@ -8,7 +8,9 @@ Modes (each skipped with a note where the machine cannot run it):
 - ``bf16_autocast``: bf16 autocast (fast on CPUs with AVX512-BF16/AMX and on GPUs);
 - ``fp16_autocast``: fp16 autocast (CUDA only);
 - ``compile``: ``torch.compile`` in inference mode (compile time reported apart);
-- ``onnxruntime``: the model exported to ONNX (fixed size) and run by ONNX Runtime.
+- ``onnxruntime``: the model exported to ONNX (fixed size) and run by ONNX Runtime;
+- ``onnxruntime_int8``: the same export quantised to int8 (``export --quantize int8``, dynamic
+  mode: no calibration data needed), run by ONNX Runtime.
 
 Latency is per forward pass at ``batch_size`` (median and p90 over ``iters`` timed runs after
 ``warmup`` runs); throughput is ``batch_size`` / mean latency.
@@ -41,6 +43,7 @@ MODES = (
     "fp16_autocast",
     "compile",
     "onnxruntime",
+    "onnxruntime_int8",
 )
 BASELINE = "eager_fp32"
 
@@ -55,6 +58,7 @@ class ModeResult:
     images_per_s: float | None = None
     ratio: float | None = None  # eager fp32 median / this median (>1: faster)
     max_abs_diff: float | None = None  # largest |logit - eager fp32 logit|
+    agreement: float | None = None  # share of pixels whose argmax class equals eager fp32's
     setup_s: float | None = None  # compile or export + session time
     note: str = ""
 
@@ -181,11 +185,12 @@ def bench_inference(
         out = fn().float()
         sync()
         times = _time(fn, iters=iters, warmup=max(0, warmup - 1), sync=sync)
-        diff = None
+        diff = agree = None
         if reference is None:
             reference = out.detach().cpu()
         else:
             diff = float((out.detach().cpu() - reference).abs().max())
+            agree = float((out.detach().cpu().argmax(1) == reference.argmax(1)).float().mean())
         med = statistics.median(times)
         results.append(
             ModeResult(
@@ -196,6 +201,7 @@ def bench_inference(
                 mean_ms=statistics.fmean(times),
                 images_per_s=1000.0 * batch_size / statistics.fmean(times),
                 max_abs_diff=diff,
+                agreement=agree,
                 setup_s=setup_s,
                 note=note,
             )
@@ -291,17 +297,21 @@ def _run_mode(mode: str, model, x, dev, record, *, loaded, threads) -> None:
                 return compiled(x)
 
         record(mode, fn, setup_s=setup)
-    elif mode == "onnxruntime":
+    elif mode in ("onnxruntime", "onnxruntime_int8"):
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
             raise _Skip('onnxruntime not installed (pip install "offroadseg[onnx]")') from None
         from offroadseg.inference.onnx import OnnxRunner, export_onnx
+        from offroadseg.inference.quantize import quantize_onnx
 
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             path = Path(tmp) / "model.onnx"
             export_onnx(loaded, path, height=x.shape[2], width=x.shape[3])
+            if mode == "onnxruntime_int8":
+                path = Path(tmp) / "model.int8.onnx"
+                quantize_onnx(Path(tmp) / "model.onnx", path, mode="dynamic")
             runner = OnnxRunner(path, device="cuda" if cuda else "cpu", threads=threads)
             setup = time.perf_counter() - start
             xn = x.detach().cpu().numpy()

@@ -14,20 +14,22 @@ def _num(x: float | None, spec: str) -> str:
 def format_table(report: dict) -> str:
     """The results as a Markdown table (also readable in a terminal)."""
     lines = [
-        "| mode | median ms | p90 ms | images/s | vs eager fp32 | max abs logit diff | note |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| mode | median ms | p90 ms | images/s | vs eager fp32 | max abs logit diff | argmax agreement | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["results"]:
         if not r["ok"]:
-            lines.append(f"| {r['mode']} | - | - | - | - | - | skipped: {r['note']} |")
+            lines.append(f"| {r['mode']} | - | - | - | - | - | - | skipped: {r['note']} |")
             continue
         note = r["note"]
         if r["setup_s"] is not None:
             note = (note + "; " if note else "") + f"setup {r['setup_s']:.1f} s"
         ratio = "1.00x (baseline)" if r["mode"] == "eager_fp32" else f"{r['ratio']:.2f}x"
+        agree = r.get("agreement")
         lines.append(
             f"| {r['mode']} | {_num(r['median_ms'], '.1f')} | {_num(r['p90_ms'], '.1f')} | "
-            f"{_num(r['images_per_s'], '.2f')} | {ratio} | {_num(r['max_abs_diff'], '.1e')} | {note} |"
+            f"{_num(r['images_per_s'], '.2f')} | {ratio} | {_num(r['max_abs_diff'], '.1e')} | "
+            f"{'-' if agree is None else f'{100 * agree:.2f}%'} | {note} |"
         )
     return "\n".join(lines)
 

@@ -1,29 +1,75 @@
-"""``offroadseg export``: a checkpoint as an ONNX file that ``predict`` and ONNX Runtime can run."""
+"""``offroadseg export``: a checkpoint as an ONNX file (fp32 or int8), or as a checkpoint to ship."""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
+from offroadseg.cli.common import fmt, progress
 from offroadseg.cli.predict import add_exclude_argument
 from offroadseg.errors import ConfigError, OffroadsegError
+
+FORMATS = ("onnx", "ckpt")
+
+
+def _check_args(args: argparse.Namespace, out: Path) -> None:
+    if args.format not in FORMATS:
+        raise ConfigError(f"--format {args.format!r} is not supported; fix: use one of {', '.join(FORMATS)}")
+    if args.quantize and args.format != "onnx":
+        raise ConfigError(
+            f"--quantize {args.quantize} needs --format onnx (a .{args.format} cannot be quantized); "
+            f"fix: export with --format onnx --quantize {args.quantize}"
+        )
+    if getattr(args, "exclude_classes", None) and args.format != "onnx":
+        raise ConfigError(
+            "--exclude-classes is applied inside an ONNX graph; a checkpoint keeps every class "
+            "(pass --exclude-classes to predict/evaluate instead); fix: --format onnx"
+        )
+    if args.embed_backbone and args.format != "ckpt":
+        raise ConfigError("--embed-backbone is for --format ckpt; fix: add --format ckpt")
+    if (args.calibration or args.check or args.check_gt) and not args.quantize:
+        raise ConfigError(
+            "--calibration/--check/--check-gt go with --quantize int8; fix: add --quantize int8"
+        )
+    if out.exists() and not args.overwrite:
+        raise OffroadsegError(f"{out} already exists; fix: pass --overwrite or choose another --out")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from offroadseg.cli.predict import excluded_from_args
     from offroadseg.inference.checkpoint import load_checkpoint
-    from offroadseg.inference.onnx import export_onnx
 
-    if args.format != "onnx":
-        raise ConfigError(f"--format {args.format!r} is not supported; fix: use --format onnx")
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise OffroadsegError(f"{out} already exists; fix: pass --overwrite or choose another --out")
+    _check_args(args, out)
     loaded = load_checkpoint(args.checkpoint)
     exclude = excluded_from_args(args, loaded.taxonomy)
     start = time.perf_counter()
-    meta = export_onnx(
+    if args.format == "ckpt":
+        from offroadseg.inference.checkpoint import save_inference_checkpoint
+
+        meta = save_inference_checkpoint(loaded, out, embed_backbone=args.embed_backbone)
+        what = (
+            "self-contained (backbone embedded)"
+            if args.embed_backbone
+            else f"trained weights only (backbone rebuilt from {meta['backbone']['source']!r})"
+        )
+        print(
+            f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {what}) in {time.perf_counter() - start:.1f} s"
+        )
+        return 0
+    if args.quantize:
+        return _export_int8(args, loaded, out, start, exclude)
+    meta = _export_fp32(args, loaded, out, exclude)
+    _report_onnx(out, meta, start)
+    return 0
+
+
+def _export_fp32(args: argparse.Namespace, loaded, out: Path, exclude: tuple[int, ...]) -> dict:
+    from offroadseg.inference.onnx import export_onnx
+
+    return export_onnx(
         loaded,
         out,
         height=args.height,
@@ -32,25 +78,84 @@ def cmd_export(args: argparse.Namespace) -> int:
         opset=args.opset,
         exclude=exclude,
     )
+
+
+def _report_onnx(out: Path, meta: dict, start: float) -> None:
     h, w = meta["image_size"]
     shape = f"dynamic height/width (default {h}x{w})" if meta["dynamic"] else f"fixed {h}x{w}"
-    size_mb = out.stat().st_size / 1e6
+    data = out.with_name(out.name + ".data")
+    size_mb = (out.stat().st_size + (data.stat().st_size if data.is_file() else 0)) / 1e6
     print(
-        f"wrote {out} ({size_mb:.1f} MB, {shape}, {len(meta['taxonomy']['classes'])} classes, "
-        f"opset {args.opset}) in {time.perf_counter() - start:.1f} s"
+        f"wrote {out} ({size_mb:.1f} MB, {meta.get('precision', 'fp32')}, {shape}, "
+        f"{len(meta['taxonomy']['classes'])} classes, opset {meta['opset']}) in "
+        f"{time.perf_counter() - start:.1f} s"
     )
     if meta["excluded_classes"]:
         print("excluded classes (masked inside the graph): " + ", ".join(meta["excluded_classes"]))
     print(f"run it with: offroadseg predict {out} IMAGES... --out DIR")
+
+
+def _export_int8(args: argparse.Namespace, loaded, out: Path, start: float, exclude: tuple[int, ...]) -> int:
+    from offroadseg.inference.outputs import collect_inputs
+    from offroadseg.inference.quantize import compare_models, quantize_onnx
+
+    calibration = collect_inputs(args.calibration) if args.calibration else []
+    check = collect_inputs(args.check) if args.check else calibration
+    truth = _truth_for(check, Path(args.check_gt)) if args.check_gt else None
+    with tempfile.TemporaryDirectory(
+        prefix=".offroadseg-export-", dir=out.parent if out.parent.is_dir() else None
+    ) as work:
+        fp32 = Path(work) / "fp32.onnx"
+        _export_fp32(args, loaded, fp32, exclude)
+        meta = quantize_onnx(fp32, out, mode=args.quant_mode, calibration=calibration)
+        _report_onnx(out, meta, start)
+        if not check:
+            print("no --check or --calibration images: int8 agreement with fp32 not measured")
+            return 0
+        result = compare_models(
+            fp32, out, check, labels=truth, taxonomy=loaded.taxonomy, progress=progress("check")
+        )
+    print(
+        f"int8 vs fp32 on {result.images} images: {100 * result.pixel_agreement:.2f}% of pixels agree"
+        + (
+            f"; mIoU {fmt(result.miou_fp32)} -> {fmt(result.miou_int8)} "
+            f"({100 * result.miou_change:+.2f} points)"
+            if result.miou_change is not None
+            else ""
+        )
+    )
     return 0
+
+
+def _truth_for(images: list[Path], gt_dir: Path) -> list[Path | None]:
+    from offroadseg.data.io import IMAGE_SUFFIXES
+
+    if not gt_dir.is_dir():
+        raise ConfigError(
+            f"--check-gt {gt_dir} is not a folder; fix: point it at the masks of the --check images"
+        )
+    index = {p.stem: p for p in gt_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    found = [index.get(p.stem) for p in images]
+    if not any(found):
+        raise ConfigError(
+            f"--check-gt {gt_dir} has no mask named like the check images (e.g. {images[0].stem}.png); "
+            f"fix: point it at their masks"
+        )
+    return found
 
 
 def register(sub) -> None:
     """Add ``export`` to the subcommand parser."""
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (taxonomy and input size inside)")
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX (fp32 or int8) or to a checkpoint to ship",
+        description="--format onnx: a graph with the taxonomy and input size inside (--quantize int8 "
+        "for CPUs). --format ckpt: an inference checkpoint, with --embed-backbone self-contained for "
+        "machines without the backbone's weights source.",
+    )
     p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("--format", default="onnx", help="onnx (the only format so far)")
-    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--format", default="onnx", help="onnx | ckpt")
+    p.add_argument("--out", required=True, help="the .onnx / .ckpt file to write")
     p.add_argument(
         "--height", type=int, default=None, help="input height (default: the config's data.image_size)"
     )
@@ -58,7 +163,38 @@ def register(sub) -> None:
         "--width", type=int, default=None, help="input width (default: the config's data.image_size)"
     )
     p.add_argument("--dynamic", action="store_true", help="dynamic height/width (needed for --tta scales)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17; 18 for register archs)")
+    p.add_argument(
+        "--embed-backbone",
+        dest="embed_backbone",
+        action="store_true",
+        help="--format ckpt: carry the frozen backbone too (loads without its weights source)",
+    )
+    p.add_argument("--quantize", choices=["int8"], default=None, help="int8 ONNX (onnxruntime quantization)")
+    p.add_argument(
+        "--quant-mode",
+        dest="quant_mode",
+        choices=["dynamic", "static"],
+        default="dynamic",
+        help="dynamic (default; faster and needs no data on the CPUs measured in docs/benchmarks.md) or "
+        "static: activations calibrated on --calibration images",
+    )
+    p.add_argument(
+        "--calibration", nargs="+", default=None, metavar="INPUT", help="images to calibrate int8 on"
+    )
+    p.add_argument(
+        "--check",
+        nargs="+",
+        default=None,
+        metavar="INPUT",
+        help="images to compare int8 with fp32 on (default: the calibration images)",
+    )
+    p.add_argument(
+        "--check-gt",
+        dest="check_gt",
+        default=None,
+        help="masks of the --check images: report the mIoU change",
+    )
     add_exclude_argument(p)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)

@@ -104,11 +104,42 @@ def load_predictor(model_path: str, args: argparse.Namespace):
     return predictor, loaded.config.data.unknown_values
 
 
+def _predict_videos(predictor, videos: list[str], args: argparse.Namespace) -> None:
+    from offroadseg.inference.video import predict_video
+
+    for video in videos:
+        summary = predict_video(
+            predictor,
+            video,
+            args.out,
+            alpha=args.alpha,
+            every=args.every,
+            write_masks=args.video_masks,
+            overwrite=args.overwrite,
+            progress=progress("video"),
+        )
+        h, w = summary.size
+        masks = f" and {summary.predicted} masks in {summary.source.stem}_masks/" if args.video_masks else ""
+        print(
+            f"wrote {summary.output} ({summary.frames} frames, {w}x{h}, {summary.fps:.2f} fps){masks}: "
+            f"model on {summary.predicted} frames, {summary.frames_per_second:.2f} frames/s"
+        )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from offroadseg.inference.outputs import OutputWriter, collect_inputs, predict_files
+    from offroadseg.inference.video import is_video
 
-    paths = collect_inputs(args.inputs)
+    if args.every < 1:
+        raise ConfigError(f"--every {args.every}: must be >= 1; fix: e.g. --every 2 (every second frame)")
+    videos = [i for i in args.inputs if is_video(i) and Path(i).is_file()]
+    images = [i for i in args.inputs if i not in videos]
+    paths = collect_inputs(images) if images else []
     predictor, unknown = load_predictor(args.model, args)
+    if videos:
+        _predict_videos(predictor, videos, args)
+        if not paths:
+            return 0
     writer = OutputWriter(args.out, predictor.taxonomy, alpha=args.alpha, overwrite=args.overwrite)
     t = predictor.tta
     mode = f"tta={t.tta}" + (f" scales={list(t.scales)}" if "scales" in t.tta else "")
@@ -154,12 +185,18 @@ def register(sub) -> None:
         "predict",
         help="predict masks for images with a checkpoint or an exported .onnx model",
         description="Writes masks/ (dataset encoding), color/, overlay/; with --gt also comparison/, "
-        "metrics.json and per_image.csv. Exit status 1 when some input could not be read.",
+        "metrics.json and per_image.csv. A video writes <name>_overlay.mp4 (same fps and size). "
+        "Exit status 1 when some input could not be read.",
     )
     p.add_argument(
         "model", metavar="CHECKPOINT", help="a .ckpt written by 'offroadseg train', or an exported .onnx"
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders or glob patterns, or video files (mp4/avi/mov/mkv)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--gt", default=None, help="folder of ground-truth masks named like the images: score them"
@@ -170,4 +207,16 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--alpha", type=float, default=0.5, help="prediction opacity in overlay/ (0..1)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
+    p.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        help="videos: run the model on every N-th frame (others reuse its mask)",
+    )
+    p.add_argument(
+        "--video-masks",
+        dest="video_masks",
+        action="store_true",
+        help="videos: also write each predicted frame's mask (<name>_masks/<frame>.png)",
+    )
     p.set_defaults(func=cmd_predict)

@@ -7,17 +7,26 @@ normalisation, patch size, whether the spatial axes are dynamic, the eval settin
 (``excluded_classes``: their logits are masked inside the graph, so every runtime honours them).
 
 Export uses the TorchScript-based exporter (``dynamo=False``): it needs no extra package
-and handles dynamic height/width. Two export-only rewrites keep the graph portable:
+and handles dynamic height/width. Export-only rewrites keep the graph portable:
 ``AdaptiveAvgPool2d`` (the PPM head) becomes an equivalent pair of matrix products, which
 the exporter supports at any input size; with ``--dynamic`` the model takes sides that are
 multiples of the patch size and the predictor pads and crops around it, as the PyTorch
 segmentor does internally.
+
+Register archs (``*_reg``) resize their position table with antialiased bicubic, which the
+exporter has no rule for. A fixed-size export computes the table once at the export size (a
+constant in the graph, any opset); a dynamic one maps it to ONNX ``Resize`` with
+``antialias=1`` (opset 18+), which ONNX Runtime computes as PyTorch does (Keys a = -0.5).
+Models over 2 GB are written with ONNX's external-data format (``<file>.data`` beside it).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import tempfile
+import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -76,6 +85,78 @@ def _exportable(model: nn.Module) -> nn.Module:
     return model
 
 
+# Register archs: first opset whose Resize has the antialias attribute.
+AA_RESIZE_OPSET = 18
+# ONNX protobuf files cannot exceed 2 GiB; above this many bytes of weights, use external data.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+def has_registers(segmentor: nn.Module) -> bool:
+    """Whether the backbone carries register tokens (antialiased position-table resize)."""
+    return int(getattr(segmentor.backbone, "num_prefix_tokens", 1)) > 1
+
+
+def _fix_position_table(segmentor: nn.Module, height: int, width: int) -> None:
+    """Replace the backbone's position-table resize by its result at ``height x width`` (padded).
+
+    The table depends only on the input size, so a fixed-size model needs it once; the graph then
+    holds a constant instead of the antialiased bicubic resize no exporter rule covers.
+    """
+    embeddings = segmentor.backbone.model.embeddings
+    hidden = embeddings.position_embeddings.shape[-1]
+    p = int(segmentor.patch_size)
+    tokens = torch.zeros(1, (height // p) * (width // p) + 1, hidden)
+    with torch.no_grad():
+        table = embeddings.interpolate_pos_encoding(tokens, height, width).detach().clone()
+    embeddings.register_buffer("fixed_position_table", table, persistent=False)
+
+    def fixed(self, embeddings_: Tensor, height_: int, width_: int) -> Tensor:
+        return self.fixed_position_table
+
+    embeddings.interpolate_pos_encoding = types.MethodType(fixed, embeddings)
+
+
+def _aa_bicubic_symbolic(g, image, output_size, align_corners, scale_factors):
+    """``aten::_upsample_bicubic2d_aa`` (align_corners=False) as ONNX ``Resize`` with antialias.
+
+    PyTorch's antialiased bicubic uses Keys' a = -0.5 with weights outside the image excluded and
+    renormalised, as PIL does; ONNX Resize with ``cubic_coeff_a=-0.5, exclude_outside=1,
+    antialias=1`` computes the same filter.
+    """
+    shape = g.op("Shape", image)
+    batch_channels = g.op(
+        "Slice",
+        shape,
+        g.op("Constant", value_t=torch.tensor([0])),
+        g.op("Constant", value_t=torch.tensor([2])),
+    )
+    sizes = g.op("Concat", batch_channels, g.op("Cast", output_size, to_i=7), axis_i=0)  # 7: int64
+    empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+    return g.op(
+        "Resize",
+        image,
+        empty,
+        empty,
+        sizes,
+        mode_s="cubic",
+        cubic_coeff_a_f=-0.5,
+        coordinate_transformation_mode_s="half_pixel",
+        antialias_i=1,
+        exclude_outside_i=1,
+    )
+
+
+_AA_REGISTERED: list[bool] = []
+
+
+def _register_aa_bicubic() -> None:
+    if not _AA_REGISTERED:
+        torch.onnx.register_custom_op_symbolic(
+            "aten::_upsample_bicubic2d_aa", _aa_bicubic_symbolic, AA_RESIZE_OPSET
+        )
+        _AA_REGISTERED.append(True)
+
+
 class _PatchMultipleSegmentor(nn.Module):
     """Backbone + head + upsampling with no Python-side shape arithmetic (dynamic export).
 
@@ -103,7 +184,8 @@ def export_onnx(
     height: int | None = None,
     width: int | None = None,
     dynamic: bool = False,
-    opset: int = 17,
+    opset: int | None = None,
+    external_data: bool | None = None,
     exclude: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Write ``loaded``'s model as an ONNX file with its metadata; return the metadata.
@@ -114,8 +196,15 @@ def export_onnx(
         height, width: the input size (default: the config's ``data.image_size``). A fixed-size
             model takes exactly this size; a ``dynamic`` one resizes inputs to it by default.
         dynamic: make height and width dynamic (needed for multi-scale TTA).
-        opset: ONNX opset version.
+        opset: ONNX opset version (default: 17, or 18 for register archs, whose dynamic
+            export needs Resize with antialias).
+        external_data: write the weights to ``<path>.data`` beside the graph (default: when
+            they exceed about 1.8 GB, since an ONNX file cannot exceed 2 GiB).
         exclude: class ids masked inside the graph (no pixel, no probability).
+
+    Raises:
+        ModelError: no onnx package, a size below the patch size, or a dynamic register-arch
+            export at an opset without antialiased Resize.
     """
     try:
         import onnx
@@ -131,7 +220,21 @@ def export_onnx(
         raise ModelError(
             f"export size {size[0]}x{size[1]} is smaller than the patch size {p}; fix: use >= {p}"
         )
+    registers = has_registers(seg)
+    opset = int(opset or (AA_RESIZE_OPSET if registers else 17))
+    if registers and dynamic and opset < AA_RESIZE_OPSET:
+        raise ModelError(
+            f"--dynamic export of {cfg.model.backbone.name} (register tokens) needs ONNX Resize with "
+            f"antialias, which opset {opset} lacks; fix: use --opset {AA_RESIZE_OPSET} (or higher), or "
+            f"export a fixed size without --dynamic"
+        )
     model = _exportable(seg)
+    if registers and dynamic:
+        _register_aa_bicubic()
+    elif registers:
+        _fix_position_table(model, *seg.padded_size(*size))
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    external = weight_bytes > EXTERNAL_DATA_BYTES if external_data is None else bool(external_data)
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
     if dynamic:
         model = _PatchMultipleSegmentor(model)
@@ -161,6 +264,9 @@ def export_onnx(
         "model": {"backbone": cfg.model.backbone.name, "head": cfg.model.head.name},
         "source": Path(getattr(loaded, "path", "")).name,
         "excluded_classes": [loaded.taxonomy.names[i] for i in exclude],
+        "opset": opset,
+        "external_data": external,
+        "precision": "fp32",
     }
 
     def save(tmp: Path) -> None:
@@ -177,14 +283,56 @@ def export_onnx(
                 dynamo=False,
                 do_constant_folding=True,
             )
-        proto = onnx.load(str(tmp))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = META_KEY, json.dumps(meta)
-        proto.producer_name = "offroadseg"
+        # Weights the exporter already moved to external files stay there (a >2 GiB proto cannot
+        # be serialised); only the graph and its metadata are rewritten.
+        proto = onnx.load(str(tmp), load_external_data=False)
+        set_onnx_metadata(proto, meta)
         onnx.save(proto, str(tmp))
 
-    atomic_save(path, save)
+    if external:
+        save_external(path, save)
+    else:
+        atomic_save(path, save)
     return meta
+
+
+def set_onnx_metadata(proto, meta: dict[str, Any]) -> None:
+    """Put (or replace) offroadseg's JSON metadata in an ONNX ``ModelProto``."""
+    for index in reversed(range(len(proto.metadata_props))):
+        if proto.metadata_props[index].key == META_KEY:
+            del proto.metadata_props[index]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta)
+    proto.producer_name = "offroadseg"
+
+
+def save_external(path: str | Path, save) -> None:
+    """Write a graph whose weights go to ``<path>.data`` (ONNX external data), both atomically.
+
+    ``save(tmp)`` writes a model file (weights inline or external) into a private folder; the
+    result is re-saved with every tensor in one ``<name>.data`` file, then both files are renamed
+    into place (data first, so the graph never points at a missing file).
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as work:
+        raw = Path(work) / "raw" / path.name
+        raw.parent.mkdir()
+        save(raw)
+        proto = onnx.load(str(raw), load_external_data=True)
+        final = Path(work) / path.name
+        onnx.save(
+            proto,
+            str(final),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{path.name}.data",
+            size_threshold=1024,
+        )
+        os.replace(final.with_name(f"{path.name}.data"), path.with_name(f"{path.name}.data"))
+        os.replace(final, path)
 
 
 # ---- runtime --------------------------------------------------------------------------------------

@@ -202,6 +202,9 @@ def head_options(cls: type[nn.Module]) -> list[str]:
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
+_POSITIONAL = ("self", "in_channels", "num_classes")
+
+
 def create_head(name: str, in_channels: Sequence[int], num_classes: int, **kwargs: Any) -> nn.Module:
     """Build a head by name.
 

@@ -13,8 +13,9 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from offroadseg.data.io import atomic_write_bytes, atomic_write_text
+from offroadseg.data.io import atomic_save, atomic_write_text
 from offroadseg.errors import TrainingError
+from offroadseg.training.checkpoint_state import RESUME_ONLY_KEYS, load_checkpoint_file
 
 HISTORY_FIELDS = [
     "epoch",
@@ -107,12 +108,27 @@ class FiniteLossGuard(L.Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints go to a temporary file first and are renamed into place, so a crash or a
-    full disk never leaves a truncated ``best.ckpt`` where a good one was."""
+    """Checkpoints are streamed to a temporary file and renamed into place, so a crash or a full
+    disk never leaves a truncated ``best.ckpt`` where a good one was; they are read back with
+    ``weights_only=True``, so resuming from a file never runs code hidden in it.
+
+    Only the files named in ``resume_files`` (``last.ckpt``) keep the optimizer, scheduler and
+    loop state that ``--resume`` needs; the others (``best.ckpt``) are for inference and carry the
+    trained weights alone, which keeps them small (Adam's two moments would triple them).
+    """
+
+    def __init__(self, resume_files: tuple[str, ...] = ("last.ckpt",)) -> None:
+        super().__init__()
+        self.resume_files = tuple(resume_files)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
-        buf = io.BytesIO()
-        torch.save(checkpoint, buf)
-        atomic_write_bytes(path, buf.getvalue())
+        if Path(path).name not in self.resume_files:
+            checkpoint = {k: v for k, v in checkpoint.items() if k not in RESUME_ONLY_KEYS}
+        atomic_save(path, lambda tmp: torch.save(checkpoint, tmp))
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return load_checkpoint_file(path)

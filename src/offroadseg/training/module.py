@@ -28,10 +28,14 @@ from offroadseg.metrics import (
     scores_from_confusion,
 )
 from offroadseg.models.factory import build_segmentor
+from offroadseg.training.checkpoint_state import (
+    CHECKPOINT_FORMAT,
+    restore_checkpoint,
+    slim_checkpoint,
+    source_digest,
+)
 from offroadseg.training.optim import param_groups
 from offroadseg.training.schedule import lr_factor
-
-CHECKPOINT_FORMAT = 1
 
 
 class SegmentationModule(L.LightningModule):
@@ -85,6 +89,7 @@ class SegmentationModule(L.LightningModule):
         self.steps_per_epoch: int | None = None
         self.history: list[dict] = []
         self._epoch_start = time.perf_counter()
+        self._source_digest: str | None = None  # of the frozen weights; they never change
 
     # ---- forward ------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
@@ -213,6 +218,9 @@ class SegmentationModule(L.LightningModule):
                 self.best_val_scores.confusion_matrix.tolist() if self.best_val_scores is not None else None
             ),
         }
+        if self._source_digest is None:
+            self._source_digest = source_digest(self.model)
+        slim_checkpoint(checkpoint, self.model, digest=self._source_digest)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("offroadseg", {})
@@ -220,6 +228,7 @@ class SegmentationModule(L.LightningModule):
         best = saved.get("best_val_confusion")
         if best is not None:
             self.best_val_scores = scores_from_confusion(torch.tensor(best, dtype=torch.int64))
+        restore_checkpoint(checkpoint, self.model, origin="the --resume checkpoint")
 
 
 def _nz(x: float) -> float:

@@ -128,8 +128,8 @@ def build_trainer(cfg: Config, run_dir: Path, *, extra_callbacks: list | None = 
         precision=resolve_precision(t.precision, t.accelerator),
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip or None,
-        limit_train_batches=None if t.limit_train_batches == 1.0 else t.limit_train_batches,
-        limit_val_batches=None if t.limit_val_batches == 1.0 else t.limit_val_batches,
+        limit_train_batches=_limit(t.limit_train_batches),
+        limit_val_batches=_limit(t.limit_val_batches),
         num_sanity_val_steps=0,
         # "warn": ops without a deterministic kernel (CUDA bilinear-upsample backward) warn, not stop
         deterministic="warn" if t.deterministic else None,
@@ -141,6 +141,11 @@ def build_trainer(cfg: Config, run_dir: Path, *, extra_callbacks: list | None = 
         enable_model_summary=False,
         log_every_n_steps=10,
     )
+
+
+def _limit(value: int | float) -> int | float | None:
+    """Lightning's reading: an int counts batches (1 is one batch), the float 1.0 is all of them."""
+    return None if isinstance(value, float) and value == 1.0 else value
 
 
 def prepare_hardware(cfg: Config) -> None:
