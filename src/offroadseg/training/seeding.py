@@ -69,6 +69,13 @@ class TransformSeeder(L.Callback):
             _reseed_transform(getattr(dm, "train_dataset", None), seed)
 
 
+def _numpy_state_plain() -> tuple:
+    """numpy's global generator state with its key array as a tensor: checkpoints are read with
+    ``weights_only=True``, which refuses pickled numpy arrays."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
+
+
 class RngState(L.Callback):
     """Saves the global random generators in every checkpoint and restores them on resume.
 
@@ -79,7 +86,7 @@ class RngState(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": _numpy_state_plain(),
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -88,7 +95,8 @@ class RngState(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         random.setstate(state_dict["python"])
-        np.random.set_state(state_dict["numpy"])
+        name, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available():
             cuda = state_dict["cuda"]
