@@ -53,7 +53,7 @@ def test_random_source_rebuilds_the_same_weights():
 
 def test_trained_blocks_are_kept():
     cfg = config_from_dict(
-        {"model": {"backbone": {"name": "dinov2_test", "weights": "random", "unfreeze_last": 1}}}
+        {"model": {"backbone": {"name": "dinov2_test", "weights": "random", "train_blocks": 1}}}
     ).model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
