@@ -41,9 +41,10 @@ DEFAULT_CONFIGS = (
     "configs/ycor.yaml",
 )
 DEFAULT_CV_CONFIGS = (
-    "configs/ycor_linear.yaml",
-    "configs/ycor_ppm.yaml",
-    "configs/ycor.yaml",
+    "configs/ycor_baseline.yaml",
+    "configs/ycor_spread.yaml",
+    "configs/ycor_adapt.yaml",
+    "configs/ycor_combo.yaml",
 )
 DEFAULT_ROOT = "../shared/data/ycor"
 
