@@ -148,6 +148,6 @@ def test_head_option_the_head_does_not_take_lists_its_options():
 
     with pytest.raises(
         ModelError,
-        match=r"model.head.channels=64: the conv head has no such option \(its options: hidden_channels",
+        match=r"head 'linear' does not take model.head.channels=64; it takes: no options",
     ):
-        create_head("conv", [48], 3, channels=64)
+        create_head("linear", [48], 3, channels=64)

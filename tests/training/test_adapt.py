@@ -329,19 +329,6 @@ def test_train_reports_cache_build_progress(toy: Path, tmp_path: Path) -> None:
     assert calls["decode frames"][-1] == (6, 6)
 
 
-def test_progress_lines_when_not_a_terminal(capsys) -> None:
-    from offroadseg.cli.common import _progress_lines
-
-    update = _progress_lines("backbone pass", every_s=1e9)
-    for done in range(1, 101):
-        update(done, 100)
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 11  # the first update, then one per 10 % step
-    assert lines[0].startswith("backbone pass: 1/100") and lines[-1].startswith(
-        "backbone pass: 100/100 (100 %"
-    )
-
-
 @pytest.mark.slow
 def test_lora_checkpoint_loads_and_exports(toy: Path, tmp_path: Path) -> None:
     """A LoRA run's checkpoint rebuilds the same adapters, and the ONNX graph gives the same logits."""

@@ -124,7 +124,8 @@ def test_chosen_checkpoint_is_the_final_epoch_and_is_what_was_scored(toy_root, t
     if mode == "ema":  # the saved model is the average, the raw weights travel beside it for --resume
         head = [k for k in ckpt["state_dict"] if k.startswith("model.head.") and k.endswith("weight")]
         assert head and any(not torch.equal(ckpt["state_dict"][k], current[k]) for k in head)
-        backbone = [k for k in ckpt["state_dict"] if k.startswith("model.backbone.")]
-        assert backbone and all(torch.equal(ckpt["state_dict"][k], current[k]) for k in backbone)
+        # slim checkpoints: the frozen backbone is not in the file (rebuilt from its source), so the
+        # average can only have covered the trained tensors
+        assert not [k for k in ckpt["state_dict"] if k.startswith("model.backbone.")]
     else:
         assert current is None
