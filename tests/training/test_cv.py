@@ -130,8 +130,9 @@ def test_cv_scores_with_the_configs_tta(tmp_path: Path) -> None:
     )
     assert seen == [(1, 1), (2, 2)]  # partial results grow fold by fold
     for r in res["configs"][0]["fold_rows"]:
-        assert r["scored_with"] == "best checkpoint (best.ckpt), flip TTA" and r["eval_s"] > 0
-        assert r["miou_no_tta"] is not None and (Path(r["run_dir"]) / "checkpoints" / "best.ckpt").is_file()
+        # configs/ycor.yaml keeps the last epoch (train.checkpoint: last)
+        assert r["scored_with"] == "last checkpoint (last.ckpt), flip TTA" and r["eval_s"] > 0
+        assert r["miou_no_tta"] is not None and (Path(r["run_dir"]) / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_more_folds_than_groups_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
