@@ -31,6 +31,7 @@ from offroadseg.config import AugmentConfig, Config
 from offroadseg.data.cache import CacheWarning, cache_root, open_decoded_cache
 from offroadseg.data.datasets import Sample, SegmentationDataset
 from offroadseg.data.transforms import build_train_transform, photometric_or_geometric
+from offroadseg.devices import accelerator_device
 from offroadseg.errors import ConfigError
 from offroadseg.taxonomy import Taxonomy
 from offroadseg.training.datamodule import SegDataModule, default_workers
@@ -42,7 +43,7 @@ from offroadseg.training.features import (
     feature_key,
     open_feature_store,
 )
-from offroadseg.training.hardware import on_cuda, resolve_precision
+from offroadseg.training.hardware import resolve_precision
 
 __all__ = [
     "CacheReport",
@@ -105,9 +106,8 @@ def feature_cache_blockers(cfg: Config, module) -> list[str]:
 
 def _build_device(cfg: Config) -> torch.device:
     """This process's training device (under DDP each rank builds on its own GPU)."""
-    if on_cuda(cfg.train.accelerator) and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+    device = accelerator_device(cfg.train.accelerator)
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if device.type == "cuda" else device
 
 
 def _autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:

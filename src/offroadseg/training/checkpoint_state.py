@@ -103,10 +103,7 @@ def _frozen_state(model: nn.Module) -> dict[str, Tensor]:
 
 
 def source_digest(model: nn.Module) -> str:
-    """sha256 of the tensors a slim checkpoint leaves out (those rebuilt from the weights source).
-
-    For a fully frozen backbone this equals the feature cache's ``backbone_digest``.
-    """
+    """sha256 of the tensors a slim checkpoint leaves out (those rebuilt from the weights source)."""
     return state_digest(_frozen_state(model))
 
 

@@ -37,7 +37,6 @@ difference measured is 1.2e-4 (k=1) and 7.8e-5 (k=2) (the test asserts <= 1e-3).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +59,7 @@ from offroadseg.data.cache import (
 from offroadseg.data.datasets import Sample, normalize
 from offroadseg.errors import ConfigError, DataError
 from offroadseg.models.segmentor import Segmentor
+from offroadseg.models.weights.digest import state_digest
 
 __all__ = [
     "FeatureDataset",
@@ -82,16 +82,15 @@ def cache_digest(model: Segmentor, blocks: Sequence[int]) -> str:
     before training: the blocks a config trains may lie below ``max(blocks)`` of a shared store.
     """
     backbone = model.backbone
-    digest = hashlib.sha256()
     parts = {"embeddings": backbone.model.embeddings}
     parts.update({f"block{i}": backbone.blocks[i] for i in range(max(blocks, default=0))})
-    for part_name, part in parts.items():
-        for name, tensor in sorted(part.state_dict().items()):
-            digest.update(f"{part_name}.{name}".encode())
-            digest.update(str(tuple(tensor.shape)).encode())
-            t = tensor.detach().cpu().contiguous()
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
+    return state_digest(
+        {
+            f"{part_name}.{name}": t
+            for part_name, part in parts.items()
+            for name, t in part.state_dict().items()
+        }
+    )
 
 
 def canonical_samples(samples: Sequence[Sample]) -> list[Sample]:
