@@ -10,9 +10,11 @@
 #   2. the CUDA-marked tests (pytest -m cuda: bf16 training step, precision auto resolution);
 #   3. phase 3 as shipped (ViT-B/14 with registers, random weights, 644x364, PPM head, focal+dice,
 #      frozen-feature cache with 2 views) for 2 epochs in bf16 on synthetic data;
-#   4. bench train (epoch time without and with the caches) and bench infer --device cuda
+#   4. configs/duality_gpu.yaml as shipped (ViT-B/14-reg, LoRA in every block, UPerNet, no cache,
+#      every augmentation) for 2 epochs on the same synthetic data: its epoch time;
+#   5. bench train (epoch time without and with the caches) and bench infer --device cuda
 #      (ViT-B + PPM latency), both with JSON out;
-#   5. a Markdown summary (DIR/summary.md) for docs/benchmarks.md.
+#   6. a Markdown summary (DIR/summary.md) for docs/benchmarks.md.
 # Every step writes DIR/<step>.log and DIR/<step>.json; the script stops at the first failure.
 #
 # --dry-run  print the commands, run nothing (checks the plan on any machine)
@@ -121,9 +123,12 @@ if [[ $CPU == 1 ]]; then
     SYNTH=(--n-train 4 --n-val 2 --n-test 1 --size 112x196)
     INFER=(--device cpu --no-compile --iters 3 --warmup 1)
     PRECISION=train.precision=32
+    # the 2-block toy ViT: adapters in both blocks, a PPM head (UPerNet needs 4 levels)
+    DUALITY=("model.backbone.layers=[0,1]" model.backbone.train_blocks=2 model.head.name=ppm)
 else
+    DUALITY=()
     SCALE=()
-    SYNTH=(--n-train 32 --n-val 8 --n-test 1 --size 540x960)
+    SYNTH=(--n-train 64 --n-val 16 --n-test 1 --size 540x960)
     INFER=(--device cuda --iters 50 --warmup 10)
     PRECISION=train.precision=bf16
 fi
@@ -138,6 +143,9 @@ step cuda_tests 240 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests
 step synth 120 "${OSEG[@]}" synth "$DATA" "${SYNTH[@]}" --overwrite --json "$OUT/synth.json"
 step phase3 300 "${OSEG[@]}" train "$CFG" "${COMMON[@]}" "$PRECISION" train.epochs=2 \
     run.dir="$OUT/phase3" run.progress=false --json "$OUT/phase3.json"
+
+step duality_gpu 300 "${OSEG[@]}" train configs/duality_gpu.yaml "${COMMON[@]}" "${DUALITY[@]}" "$PRECISION" train.epochs=2 \
+    run.dir="$OUT/duality_gpu" run.progress=false --json "$OUT/duality_gpu.json"
 
 # ---- 4. benchmarks ----------------------------------------------------------------------------------
 step bench_train 300 "${OSEG[@]}" bench train "$CFG" "${COMMON[@]}" --epochs 3 \
@@ -158,6 +166,7 @@ device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 p3 = json.loads((out / "phase3.json").read_text())
 bt = json.loads((out / "bench_train.json").read_text())
 bi = json.loads((out / "bench_infer.json").read_text())
+dg = json.loads((out / "duality_gpu.json").read_text())
 hist = p3.get("history", [])
 n_train = bt["train_images"]
 print(f"## GPU check on {device} (scripts/gpu_check.sh)\n")
@@ -165,6 +174,10 @@ print("| what | value | reference |\n|---|---:|---:|")
 for h in hist:
     print(f"| phase 3 epoch {h['epoch']} (train + val, {n_train} train images, feature cache) "
           f"| {h['epoch_time_s']:.1f} s | |")
+for h in dg.get("history", []):
+    print(f"| configs/duality_gpu.yaml epoch {h['epoch']} (train + val, {n_train} train images, LoRA, no cache) "
+          f"| {h['epoch_time_s']:.1f} s ({h['epoch_time_s'] / max(1, n_train):.3f} s/image; "
+          f"{h['epoch_time_s'] / max(1, n_train) * 2857 / 60:.1f} min for 2857 images) | |")
 base = bt["baseline_epoch_s"]
 per_image = base / max(1, n_train)
 print(f"| bench train baseline epoch (no cache) | {base:.1f} s ({per_image:.3f} s/image) "
@@ -177,6 +190,6 @@ for row in bi["results"]:
     if row["ok"] and row["median_ms"] is not None:
         print(f"| bench infer {row['mode']}, {bi['input']['height']}x{bi['input']['width']}, batch "
               f"{bi['input']['batch_size']}: median latency | {row['median_ms']:.1f} ms | 50 ms (ViT-B + PPM) |")
-print(f"\nJSON: {out}/phase3.json, bench_train.json, bench_infer.json")
+print(f"\nJSON: {out}/phase3.json, duality_gpu.json, bench_train.json, bench_infer.json")
 EOF
 echo "gpu_check.sh: done in $((SECONDS - START)) s; summary in $OUT/summary.md"

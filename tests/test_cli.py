@@ -165,3 +165,36 @@ def test_subprocess_error_has_no_traceback(data, tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("offroadseg: error: config file") and "Traceback" not in proc.stderr
+
+
+def test_an_error_raised_in_a_dataloader_worker_is_one_line(monkeypatch, capsys):
+    """torch re-raises a worker's DataError with its traceback as the message: the CLI shows the original."""
+    from torch._utils import ExceptionWrapper
+
+    from offroadseg.cli import common
+    from offroadseg.errors import DataError, user_message
+
+    message = "mask labels/a.png is 1024x544 but image images/a.jpg is 448x238; fix: re-export the mask"
+    try:
+        raise DataError(message)
+    except DataError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(DataError) as caught:
+        wrapped.reraise()
+    assert "Original Traceback" in str(caught.value)
+    assert user_message(caught.value) == message
+    assert user_message(DataError("plain")) == "plain"
+
+    def boom(args):
+        wrapped.reraise()
+
+    real = common.register_commands
+
+    def register(sub, modules):
+        real(sub, modules)
+        sub.choices["doctor"].set_defaults(func=boom)
+
+    monkeypatch.setattr("offroadseg.cli.register_commands", register)
+    assert main(["doctor", "."]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"offroadseg: error: {message}"

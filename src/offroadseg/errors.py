@@ -11,6 +11,24 @@ class OffroadsegError(Exception):
     """A problem with the user's input (file, value, config), not a bug."""
 
 
+def user_message(exc: OffroadsegError) -> str:
+    """The message a person reads, without the worker traceback torch wraps around it.
+
+    An error raised in a DataLoader worker comes back re-raised with its type kept but its message
+    replaced by "Caught X in DataLoader worker process N. Original Traceback ...", ending in the
+    original ``module.X: message``: this returns that original message.
+    """
+    text = str(exc)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    lines = text.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith(prefix):
+            return "\n".join([lines[i][len(prefix) :], *lines[i + 1 :]]).strip()
+    return text
+
+
 class DataError(OffroadsegError):
     """A bad image, mask or dataset layout."""
 

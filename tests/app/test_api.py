@@ -80,6 +80,22 @@ def test_segment_returns_mask_in_dataset_encoding(client, models, tmp_path):
         assert f"<td>{name}</td><td>{share:.2f} %</td>" in legend
 
 
+def test_segment_excludes_the_chosen_classes(client, models, tmp_path):
+    image = scene(1)
+    path = _save(tmp_path / "scene.png", image)
+    tax = models.taxonomy
+    plain = models.predictor("A", "none").predict_one(image)
+    top = int(np.bincount(plain.ravel()).argmax())
+    out = client.predict([handle_file(str(path))], "none", 0.5, [tax.names[top]], api_name="/segment")
+    info, files = out[6], out[7]
+    _, ids = _mask_ids(files, tax)
+    assert not (ids == top).any()
+    np.testing.assert_array_equal(ids, models.predictor("A", "none").predict_one(image, exclude=[top]))
+    assert f"excluded: {tax.names[top]}" in info
+    with pytest.raises(AppError, match="names every class: at least one must stay"):
+        client.predict([handle_file(str(path))], "none", 0.5, tax.names, api_name="/segment")
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [

@@ -203,3 +203,25 @@ def test_scores_csv_is_checked(models, app_data, tmp_path):
     other.write_text("name,miou,pixel_accuracy\nzzz,0.5,0.9\n")
     with pytest.raises(DataError, match="names none of the 4 images"):
         SplitBrowser(models.data_config, app_data, "val", models.taxonomy, scores_csv=other)
+
+
+# ---- deployment priors ---------------------------------------------------------------------------
+def test_excluded_classes_get_no_pixel_per_request(models, browser):
+    """The exclusion is per call: the shared predictor serves the next request unchanged."""
+    from offroadseg.app.service import predict_image
+
+    image, truth = browser.load("val_0001")
+    plain = predict_image(models, "val_0001", image, tta="none", truth=truth)
+    ids = plain.ids["A"]
+    top = int(np.bincount(ids.ravel()).argmax())  # the class the model paints most
+    name = models.taxonomy.names[top]
+    masked = predict_image(models, "val_0001", image, tta="none", exclude=[name])
+    assert masked.exclude == (name,)
+    assert not (masked.ids["A"] == top).any()
+    # pixels where another class already won keep their label: only the excluded class's pixels move
+    kept = ids != top
+    assert np.array_equal(masked.ids["A"][kept], ids[kept])
+    again = predict_image(models, "val_0001", image, tta="none")
+    assert np.array_equal(again.ids["A"], ids)
+    with pytest.raises(ConfigError, match="unknown class 'Lava'"):
+        predict_image(models, "val_0001", image, tta="none", exclude=["Lava"])

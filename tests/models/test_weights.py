@@ -182,6 +182,17 @@ def test_local_directory(arch, tmp_path):
     assert not backbone.is_random and backbone.source == str(tmp_path / "saved")
 
 
+def test_local_directory_saved_in_half_precision_loads_as_fp32(tmp_path):
+    model = _random_model("dinov2_test")
+    model.to(torch.float16).save_pretrained(tmp_path / "saved")
+    loaded = load_dinov2("dinov2_test", str(tmp_path / "saved"))
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert torch.equal(
+        loaded.embeddings.patch_embeddings.projection.weight,
+        model.embeddings.patch_embeddings.projection.weight.float(),
+    )
+
+
 def test_local_directory_of_other_arch(tmp_path):
     _random_model("dinov2_test").save_pretrained(tmp_path / "saved")
     with pytest.raises(ModelError, match="does not hold a dinov2_test_reg"):

@@ -21,7 +21,7 @@ import torch
 from offroadseg.data.io import IMAGE_SUFFIXES, image_size, read_image, write_png
 from offroadseg.errors import DataError, ModelError
 from offroadseg.inference.outputs import overlay
-from offroadseg.inference.predictor import TTA_MODES, Predictor, TTAConfig
+from offroadseg.inference.predictor import TTA_MODES, Predictor, TTAConfig, parse_excluded_classes
 from offroadseg.metrics import confusion_matrix, scores_from_confusion
 from offroadseg.taxonomy import Taxonomy
 
@@ -246,25 +246,38 @@ class ImageResult:
         seconds: model name -> prediction wall time.
         truth: uint8 ``[H, W]`` ground-truth ids, when known.
         tta: the test-time augmentation the predictions used.
+        exclude: the class names the predictions were not allowed to use.
     """
 
     name: str
     image: np.ndarray
     tta: str = "none"
+    exclude: tuple[str, ...] = ()
     ids: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     truth: np.ndarray | None = None
 
 
 def predict_image(
-    models: ModelSet, name: str, image: np.ndarray, *, tta: str, truth: np.ndarray | None = None
+    models: ModelSet,
+    name: str,
+    image: np.ndarray,
+    *,
+    tta: str,
+    truth: np.ndarray | None = None,
+    exclude: Sequence[str] = (),
 ) -> ImageResult:
-    """Run every model on one image and time each."""
-    result = ImageResult(name, image, tta=tta, truth=truth)
+    """Run every model on one image and time each.
+
+    ``exclude``: class names that get no pixel (their logits masked before the argmax and TTA
+    averaging, as ``predict --exclude-classes`` does).
+    """
+    result = ImageResult(name, image, tta=tta, truth=truth, exclude=tuple(exclude))
+    ids = parse_excluded_classes(list(exclude), models.taxonomy) if exclude else ()
     for m in models.names:
         predictor = models.predictor(m, tta)
         start = time.perf_counter()
-        result.ids[m] = predictor.predict_one(image)
+        result.ids[m] = predictor.predict_one(image, exclude=ids)
         if predictor.device.type == "cuda":
             torch.cuda.synchronize(predictor.device)
         result.seconds[m] = time.perf_counter() - start
@@ -313,7 +326,8 @@ def latency_text(result: ImageResult, models: ModelSet) -> str:
     h, w = result.image.shape[:2]
     parts = [f"{m} {1000.0 * s:.0f} ms" for m, s in result.seconds.items()]
     device = models.predictor("A", result.tta).device
-    return f"{result.name}: {w}x{h}, TTA {result.tta}, {device}: " + ", ".join(parts)
+    excluded = f", excluded: {', '.join(result.exclude)}" if result.exclude else ""
+    return f"{result.name}: {w}x{h}, TTA {result.tta}{excluded}, {device}: " + ", ".join(parts)
 
 
 def check_alpha(alpha: float) -> float:

@@ -38,7 +38,7 @@ from offroadseg.app.service import (
     write_downloads,
 )
 from offroadseg.data.io import IMAGE_SUFFIXES
-from offroadseg.errors import DataError, OffroadsegError
+from offroadseg.errors import DataError, OffroadsegError, user_message
 from offroadseg.inference.outputs import overlay
 from offroadseg.inference.predictor import TTA_MODES
 
@@ -55,7 +55,7 @@ def _user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except OffroadsegError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+            raise gr.Error(user_message(exc), print_exception=False) from None
 
     return wrapper
 
@@ -100,8 +100,10 @@ class AppUI:
         self._tmp.cleanup()
 
     # ---- upload ------------------------------------------------------------------------------
-    def segment(self, files: list[str] | None, tta: str, alpha: float) -> tuple:
-        """Predict every uploaded image; show the first."""
+    def segment(
+        self, files: list[str] | None, tta: str, alpha: float, exclude: list[str] | None = None
+    ) -> tuple:
+        """Predict every uploaded image (``exclude``: class names that get no pixel); show the first."""
         if not files:
             raise DataError("no image uploaded; fix: drop one or more images on the upload box")
         if len(files) > self.limits.max_images:
@@ -112,7 +114,10 @@ class AppUI:
         check_alpha(alpha)
         names = names_of(files)
         images = [read_upload(f, self.limits, name=n) for f, n in zip(files, names, strict=True)]
-        results = [predict_image(self.models, n, im, tta=tta) for n, im in zip(names, images, strict=True)]
+        results = [
+            predict_image(self.models, n, im, tta=tta, exclude=exclude or ())
+            for n, im in zip(names, images, strict=True)
+        ]
         shown = gr.Dropdown(choices=names, value=names[0], visible=len(names) > 1)
         return (results, shown, *self._render_upload(results, names[0], alpha))
 
@@ -162,14 +167,14 @@ class AppUI:
         names = self.browser.with_class(wanted, progress=_progress_fn(progress, "indexing masks"))
         return gr.Dropdown(choices=names, value=self.browser.random_pick(names, step)), step + 1
 
-    def show_sample(self, name: str, tta: str, alpha: float) -> tuple:
+    def show_sample(self, name: str, tta: str, alpha: float, exclude: list[str] | None = None) -> tuple:
         """Ground truth beside the prediction(s), per-image scores, chart and rank."""
         assert self.browser is not None
         if not name:  # e.g. a class no image of the split holds: nothing to show, not an error
             return (None, None, None, None, None, None, "no image chosen (or none holds this class)", None)
         alpha = check_alpha(alpha)
         image, truth = self.browser.load(name)
-        result = predict_image(self.models, name, image, tta=tta, truth=truth)
+        result = predict_image(self.models, name, image, tta=tta, truth=truth, exclude=exclude or ())
         tax = self.taxonomy
         overlays = render_overlays(result, tax, alpha)
         gt_overlay = None if truth is None else _overlay_truth(image, truth, tax, alpha)
@@ -236,11 +241,12 @@ class AppUI:
             with gr.Row():
                 tta = gr.Radio(list(TTA_MODES), value=self.models.default_tta, label="Test-time augmentation")
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
-                gr.CheckboxGroup(
+                exclude = gr.CheckboxGroup(
                     tax.names,
+                    value=[],
                     label="Exclude classes",
-                    interactive=False,
-                    info="not wired into the app yet: use offroadseg predict --exclude-classes",
+                    info="classes absent where you deploy: they get no pixel (as predict --exclude-classes)",
+                    elem_id="exclude",
                 )
             with gr.Tab("Upload"):
                 files = gr.File(
@@ -263,7 +269,7 @@ class AppUI:
                 outs = [ov_a, mask_a, ov_b, diff, legend, info, downloads]
                 run.click(
                     _user_errors(self.segment),
-                    [files, tta, alpha],
+                    [files, tta, alpha, exclude],
                     [results, shown, *outs],
                     api_name="segment",
                 )
@@ -271,10 +277,10 @@ class AppUI:
                 shown.change(rerender, [results, shown, alpha], outs, api_name=False)
                 alpha.release(rerender, [results, shown, alpha], outs, api_name=False)
             if self.browser is not None:
-                self._browse_tab(tta, alpha)
+                self._browse_tab(tta, alpha, exclude)
         return page
 
-    def _browse_tab(self, tta, alpha) -> None:
+    def _browse_tab(self, tta, alpha, exclude) -> None:
         assert self.browser is not None
         br = self.browser
         with gr.Tab(f"Browse {br.split}"):
@@ -302,7 +308,7 @@ class AppUI:
             show = _user_errors(self.show_sample)
             cls.change(_user_errors(self.filter_class), [cls], [sample], api_name="filter_class")
             pick.click(_user_errors(self.random_pick), [cls, step], [sample, step], api_name="random_pick")
-            sample.change(show, [sample, tta, alpha], outs, api_name="show_sample")
+            sample.change(show, [sample, tta, alpha, exclude], outs, api_name="show_sample")
             rank.click(_user_errors(self.rank_split), [sample], [summary], api_name="rank_split")
 
 

@@ -16,7 +16,7 @@ import warnings
 
 from offroadseg import __version__
 from offroadseg.cli.common import register_commands
-from offroadseg.errors import OffroadsegError
+from offroadseg.errors import OffroadsegError, user_message
 
 # Command modules, in the order their commands are listed in --help.
 COMMAND_MODULES = ("core", "doctor", "cv", "synth", "predict", "export", "bench", "demo", "app")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
             return int(args.func(args) or 0)
     except OffroadsegError as exc:
-        print(f"offroadseg: error: {exc}", file=sys.stderr)
+        print(f"offroadseg: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("offroadseg: interrupted", file=sys.stderr)

@@ -277,7 +277,7 @@ class Predictor:
         """Whether an image of this size is tiled (sliding window on and the image is larger)."""
         return self.tta.sliding_window and (height > self.image_size[0] or width > self.image_size[1])
 
-    def _run(self, x: Tensor, flip: bool, sliding: bool) -> Tensor:
+    def _run(self, x: Tensor, flip: bool, sliding: bool, exclude: Sequence[int]) -> Tensor:
         if flip:
             x = x.flip(-1)
         if sliding:
@@ -290,18 +290,21 @@ class Predictor:
             )
         else:
             out = self.forward(x).float()
-        out = mask_excluded(out, self.exclude)  # before upsampling, softmax and TTA averaging
+        out = mask_excluded(out, exclude)  # before upsampling, softmax and TTA averaging
         return out.flip(-1) if flip else out
 
     # ---- public API ------------------------------------------------------------------------
-    def scores(self, images: Sequence[np.ndarray]) -> list[Tensor]:
+    def scores(self, images: Sequence[np.ndarray], *, exclude: Sequence[int] | None = None) -> list[Tensor]:
         """Per-image class scores ``[K, H, W]`` at each image's own size.
 
         Logits without TTA; mean softmax probabilities over the TTA views otherwise.
 
         Args:
             images: uint8 RGB ``[H, W, 3]`` arrays, sizes may differ.
+            exclude: class ids that get no pixel in this call (default: the predictor's own
+                ``exclude``); one predictor can serve requests that exclude different classes.
         """
+        exclude = self.exclude if exclude is None else tuple(int(i) for i in exclude)
         views = self.tta.views
         average = len(views) > 1
         out: list[Tensor | None] = [None] * len(images)
@@ -313,12 +316,12 @@ class Predictor:
             if resized:
                 size = self.scaled_size(scale)
                 x = self.normalize([resize_image(images[i], size) for i in resized])
-                passes.append((resized, self._run(x, flip, sliding=False)))
+                passes.append((resized, self._run(x, flip, sliding=False, exclude=exclude)))
             for i in tiled:
                 h, w = sizes[i]
                 size = (max(1, round(h * scale)), max(1, round(w * scale)))
                 x = self.normalize([resize_image(images[i], size)])
-                passes.append(([i], self._run(x, flip, sliding=True)))
+                passes.append(([i], self._run(x, flip, sliding=True, exclude=exclude)))
             for indices, logits in passes:
                 for j, i in enumerate(indices):
                     up = logits[j : j + 1]
@@ -329,10 +332,12 @@ class Predictor:
                     out[i] = up[0] if out[i] is None else out[i] + up[0]
         return [o / len(views) if average else o for o in out]  # type: ignore[operator]
 
-    def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Class ids, uint8 ``[H, W]`` per image, at each image's own size."""
-        return [s.argmax(dim=0).to(torch.uint8).cpu().numpy() for s in self.scores(images)]
+    def predict(
+        self, images: Sequence[np.ndarray], *, exclude: Sequence[int] | None = None
+    ) -> list[np.ndarray]:
+        """Class ids, uint8 ``[H, W]`` per image, at each image's own size (``exclude``: as in :meth:`scores`)."""
+        return [s.argmax(dim=0).to(torch.uint8).cpu().numpy() for s in self.scores(images, exclude=exclude)]
 
-    def predict_one(self, image: np.ndarray) -> np.ndarray:
-        """Class ids of one uint8 RGB image."""
-        return self.predict([image])[0]
+    def predict_one(self, image: np.ndarray, *, exclude: Sequence[int] | None = None) -> np.ndarray:
+        """Class ids of one uint8 RGB image (``exclude``: as in :meth:`scores`)."""
+        return self.predict([image], exclude=exclude)[0]

@@ -167,7 +167,9 @@ def _from_pretrained(arch: str, location: str, *, what: str) -> PreTrainedModel:
     ]
     if problems:
         raise ModelError(f"{what} does not hold a {arch} model: {', '.join(problems)}")
-    return spec.model_class.from_pretrained(location, config=config)
+    # transformers 5 keeps the dtype the weights were saved in (fp16/bf16 on the Hub or from a user's
+    # save_pretrained); the toolkit's precision is set by train.precision, so the backbone loads fp32.
+    return spec.model_class.from_pretrained(location, config=config).float()
 
 
 def _load_meta_pth(arch: str, source: str) -> PreTrainedModel:
