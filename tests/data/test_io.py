@@ -87,6 +87,24 @@ def test_write_png_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.png"]
 
 
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """Like a plain open(): 0666 minus the umask, not the 0600 of the temporary file."""
+    import os
+    import stat
+
+    from offroadseg.data import io
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    target = tmp_path / "mask.png"
+    write_png(target, np.zeros((2, 2), dtype=np.uint8))
+    io.atomic_write_text(tmp_path / "report.txt", "x")
+    want = stat.S_IMODE(os.stat(plain).st_mode)
+    assert want == 0o666 & ~io._UMASK
+    assert stat.S_IMODE(os.stat(target).st_mode) == want
+    assert stat.S_IMODE(os.stat(tmp_path / "report.txt").st_mode) == want
+
+
 @pytest.mark.parametrize(
     ("folder", "encoding", "expect_dtype"),
     [
