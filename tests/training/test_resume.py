@@ -97,6 +97,8 @@ def test_resume_restores_the_best_scores(toy_root, one_epoch, tmp_path, monkeypa
     assert max(h[1]["val_miou"], h[2]["val_miou"]) < h[0]["val_miou"]  # the test's premise
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["best_epoch"] == 1 and metrics["val"]["miou"] == pytest.approx(h[0]["val_miou"], abs=1e-9)
+    # the run folder was copied elsewhere before the resume: best.ckpt must still be epoch 1's
+    assert _epoch(run / "checkpoints" / "best.ckpt") == 0
 
 
 def test_nan_loss_stops_the_run_naming_step_and_files(toy_root, one_epoch, tmp_path, monkeypatch):

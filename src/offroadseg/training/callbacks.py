@@ -1,4 +1,5 @@
-"""Callbacks: the run directory's history files, the non-finite loss guard, and atomic checkpoint writes."""
+"""Callbacks: the run directory's history files, the non-finite loss guard, checkpoints that survive a moved
+run folder, and atomic checkpoint writes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from offroadseg.data.io import atomic_save, atomic_write_text
@@ -31,6 +33,34 @@ HISTORY_FIELDS = [
     "lr",
     "epoch_time_s",
 ]
+
+
+class RunDirCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint whose state survives a moved or renamed run folder.
+
+    Lightning restores the best score only when the checkpoint folder is the one it was saved from;
+    after ``mv runs/a runs/b`` a ``--resume`` would start with no best score, and the next epoch
+    would overwrite ``best.ckpt`` even when worse. Here the saved paths are re-rooted to the current
+    folder (same file names), so the best score and the best file carry over.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("dirpath")
+        if self.dirpath is not None and saved is not None and saved != self.dirpath:
+            here = Path(self.dirpath)
+
+            def moved(path: str | None) -> str | None:
+                return str(here / Path(path).name) if path else path
+
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                "best_model_path": moved(state_dict.get("best_model_path")),
+                "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
+                "last_model_path": moved(state_dict.get("last_model_path")),
+                "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()},
+            }
+        super().load_state_dict(state_dict)
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -20,7 +20,13 @@ from offroadseg.errors import ConfigError
 from offroadseg.losses import class_weights_from_counts
 from offroadseg.metrics import SegmentationScores, best_epoch, json_ready
 from offroadseg.progress import ProgressFn
-from offroadseg.training.callbacks import AtomicCheckpointIO, FiniteLossGuard, HistoryWriter, write_history
+from offroadseg.training.callbacks import (
+    AtomicCheckpointIO,
+    FiniteLossGuard,
+    HistoryWriter,
+    RunDirCheckpoint,
+    write_history,
+)
 from offroadseg.training.datamodule import SegDataModule
 from offroadseg.training.hardware import check_devices, enable_tf32, on_cuda, resolve_precision
 from offroadseg.training.module import SegmentationModule
@@ -94,7 +100,7 @@ def build_trainer(cfg: Config, run_dir: Path, *, extra_callbacks: list | None = 
     t = cfg.train
     ckpt_dir = run_dir / "checkpoints"
     callbacks: list = [
-        ModelCheckpoint(
+        RunDirCheckpoint(
             dirpath=ckpt_dir,
             filename="best",
             monitor="val_miou",
@@ -103,7 +109,7 @@ def build_trainer(cfg: Config, run_dir: Path, *, extra_callbacks: list | None = 
             save_top_k=1,
             enable_version_counter=False,
         ),
-        ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False),
+        RunDirCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False),
         HistoryWriter(run_dir),
         FiniteLossGuard(ckpt_dir / "last.ckpt"),
         TransformSeeder(t.seed),
