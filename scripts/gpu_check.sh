@@ -175,9 +175,9 @@ for h in hist:
     print(f"| phase 3 epoch {h['epoch']} (train + val, {n_train} train images, feature cache) "
           f"| {h['epoch_time_s']:.1f} s | |")
 for h in dg.get("history", []):
+    s_image = h["epoch_time_s"] / max(1, n_train)
     print(f"| configs/duality_gpu.yaml epoch {h['epoch']} (train + val, {n_train} train images, LoRA, no cache) "
-          f"| {h['epoch_time_s']:.1f} s ({h['epoch_time_s'] / max(1, n_train):.3f} s/image; "
-          f"{h['epoch_time_s'] / max(1, n_train) * 2857 / 60:.1f} min for 2857 images) | |")
+          f"| {h['epoch_time_s']:.1f} s ({s_image:.3f} s/image; {s_image * 2857 / 60:.1f} min for 2857 images) | |")
 base = bt["baseline_epoch_s"]
 per_image = base / max(1, n_train)
 print(f"| bench train baseline epoch (no cache) | {base:.1f} s ({per_image:.3f} s/image) "

@@ -265,15 +265,15 @@ def predict_image(
     *,
     tta: str,
     truth: np.ndarray | None = None,
-    exclude: Sequence[str] = (),
+    exclude: Sequence[str] | None = None,
 ) -> ImageResult:
     """Run every model on one image and time each.
 
     ``exclude``: class names that get no pixel (their logits masked before the argmax and TTA
     averaging, as ``predict --exclude-classes`` does).
     """
-    result = ImageResult(name, image, tta=tta, truth=truth, exclude=tuple(exclude))
-    ids = parse_excluded_classes(list(exclude), models.taxonomy) if exclude else ()
+    result = ImageResult(name, image, tta=tta, truth=truth, exclude=tuple(exclude or ()))
+    ids = parse_excluded_classes(exclude, models.taxonomy)
     for m in models.names:
         predictor = models.predictor(m, tta)
         start = time.perf_counter()

@@ -115,7 +115,7 @@ class AppUI:
         names = names_of(files)
         images = [read_upload(f, self.limits, name=n) for f, n in zip(files, names, strict=True)]
         results = [
-            predict_image(self.models, n, im, tta=tta, exclude=exclude or ())
+            predict_image(self.models, n, im, tta=tta, exclude=exclude)
             for n, im in zip(names, images, strict=True)
         ]
         shown = gr.Dropdown(choices=names, value=names[0], visible=len(names) > 1)
@@ -174,7 +174,7 @@ class AppUI:
             return (None, None, None, None, None, None, "no image chosen (or none holds this class)", None)
         alpha = check_alpha(alpha)
         image, truth = self.browser.load(name)
-        result = predict_image(self.models, name, image, tta=tta, truth=truth, exclude=exclude or ())
+        result = predict_image(self.models, name, image, tta=tta, truth=truth, exclude=exclude)
         tax = self.taxonomy
         overlays = render_overlays(result, tax, alpha)
         gt_overlay = None if truth is None else _overlay_truth(image, truth, tax, alpha)
