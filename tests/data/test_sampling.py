@@ -47,17 +47,18 @@ def test_sampler_counts_match_the_factors() -> None:
     sampler = RepeatFactorSampler(_Items(5), factors, seed=7)
     totals = Counter()
     epochs = 400
+    scaled = factors * 9 / factors.sum()  # n = round(8.7) = 9 draws every epoch
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         drawn = Counter(list(sampler))
-        assert len(list(sampler)) == len(sampler)
-        # Stochastic rounding: floor(r) or floor(r) + 1 draws, never anything else.
-        for i, r in enumerate(factors):
-            assert drawn[i] in (math.floor(r), math.ceil(r)), (i, drawn[i])
+        assert len(list(sampler)) == len(sampler) == 9  # the same length every epoch
+        # Stochastic rounding of the scaled factor: floor(s) or floor(s) + 1 draws, nothing else.
+        for i, s in enumerate(scaled):
+            assert drawn[i] in (math.floor(s), math.ceil(s)), (i, drawn[i])
         totals.update(drawn)
     means = np.array([totals[i] / epochs for i in range(5)])
-    # The mean count converges to r (binomial std of the fractional part / sqrt(400) < 0.025).
-    np.testing.assert_allclose(means, factors, atol=0.1)
+    # The mean count converges to s (binomial std of the fractional part / sqrt(400) < 0.025).
+    np.testing.assert_allclose(means, scaled, atol=0.1)
     assert totals[3] > 2.5 * totals[0]
 
 
@@ -70,6 +71,17 @@ def test_sampler_is_reproducible_per_epoch_and_changes_across_epochs() -> None:
     assert list(a) == list(b)
     b.set_epoch(4)
     assert list(a) != list(b)
+
+
+@pytest.mark.parametrize("factors", [[1.0, 1.0, 1.0, 1.0, 1.0, 2.449], [1.3] * 7 + [4.9, 1.01], [1.0] * 5])
+def test_sampler_length_is_the_same_every_epoch(factors: list[float]) -> None:
+    """Lightning counts an epoch's batches once: a shorter epoch would never reach validation."""
+    sampler = RepeatFactorSampler(_Items(len(factors)), np.array(factors), seed=3)
+    lengths = set()
+    for epoch in range(60):
+        sampler.set_epoch(epoch)
+        lengths.add(len(list(sampler)))
+    assert lengths == {round(sum(factors))}
 
 
 @pytest.mark.parametrize("world", [2, 3])

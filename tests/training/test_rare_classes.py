@@ -70,8 +70,10 @@ def test_feature_cache_training_draws_the_rare_frame_more_often(rare_root: Path,
     for epoch in range(50):
         sampler.set_epoch(epoch)
         counts += np.bincount(list(sampler), minlength=N_TRAIN)
-    assert counts[rare_index] / 50 == pytest.approx(math.sqrt(6), abs=0.15)
-    assert all(counts[i] == 50 for i in range(N_TRAIN) if i != rare_index)
+    # Every epoch draws round(5 + sqrt(6)) = 7 frames; the rare frame sqrt(6) times as often as the others.
+    assert counts.sum() == 50 * 7
+    common = np.delete(counts, rare_index)
+    assert counts[rare_index] / common.mean() == pytest.approx(math.sqrt(6), rel=0.08)
 
 
 def test_negative_threshold_is_refused(rare_root: Path, tmp_path: Path) -> None:
@@ -101,3 +103,19 @@ def test_uper_trains_from_the_feature_cache_with_the_rare_class_recipe(
     assert w is not None and len(w) == 11
     # sqrt weights: the rare class gets the largest weight, capped at max_weight; absent classes 0.
     assert w[RARE] == max(w) and w[RARE] <= cfg.loss.max_weight and w[1] == 0.0
+
+
+def test_every_epoch_validates_with_repeat_factor_sampling(rare_root: Path, tmp_path: Path) -> None:
+    """5 epochs of repeat-factor sampling (one frame per batch): 5 validations, 5 history rows."""
+    cfg = _cfg(
+        rare_root,
+        tmp_path,
+        # seed 1: the old sampler drew 8 frames in epoch 1 and 7 in the others (validation then never ran)
+        ["train.epochs=5", "train.batch_size=1", "train.seed=1", "loss.name=ce", "loss.class_weights=none"],
+    )
+    result = train(cfg)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5]
+    assert all(h.get("val_miou") is not None for h in result.history)
+    import json
+
+    assert len(json.loads((tmp_path / "history.json").read_text())) == 5

@@ -5,9 +5,12 @@ images that contain class ``c`` and a threshold ``t``, an image is repeated
 
     r(image) = max over classes c in the image of max(1, sqrt(t / f_c))
 
-times per epoch. A fractional factor is rounded stochastically (``floor(r)`` plus one more
-with probability ``r - floor(r)``), drawn afresh each epoch from ``seed + epoch``, so the
-expected count of every image is exactly ``r`` and each epoch is reproducible.
+times per epoch. Every epoch has the same length, ``n = round(sum(r))`` draws: the factors are
+scaled by ``n / sum(r)`` (the ratios between images stay exact; the scale is 1 up to rounding)
+and each scaled factor ``s`` is rounded stochastically to ``floor(s)`` or ``floor(s) + 1`` by
+systematic sampling, which keeps the total at ``n`` and the expected count at ``s``. The draw is made afresh each epoch from ``seed + epoch``, so each epoch is
+reproducible. A constant length matters: Lightning counts an epoch's batches once, and an epoch
+one batch shorter than the first never reaches its validation.
 
 Class presence comes from the masks: the memory-mapped ``masks`` array of a decoded or
 feature store when the training dataset has one (the training-size masks the loss sees),
@@ -79,6 +82,31 @@ def dataset_class_presence(
     return image_class_presence(samples, taxonomy, unknown=unknown)
 
 
+def fixed_length_repeats(factors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Integer repeat counts summing to ``n = round(sum(factors))``, with expectation ``r * n / sum(r)``.
+
+    The factors are scaled to sum ``n`` exactly (the LVIS ratios between images are kept); each
+    item gets the floor of its scaled factor, and the ``m`` remaining draws go to distinct items
+    by systematic sampling (a random order, one random start, unit steps over the cumulated
+    fractional parts, which sum to ``m``): item ``i`` gets one more with probability equal to its
+    fractional part.
+    """
+    factors = factors.to(torch.float64)
+    total = max(1, int(round(float(factors.sum()))))
+    scaled = factors * (total / float(factors.sum()))
+    reps = scaled.floor().long()
+    m = total - int(reps.sum())
+    if m <= 0:
+        return reps
+    order = torch.randperm(len(factors), generator=generator)
+    edges = torch.cumsum((scaled - scaled.floor())[order], 0)
+    start = float(torch.rand(1, generator=generator, dtype=torch.float64))
+    points = torch.arange(m, dtype=torch.float64) + start
+    hit = torch.searchsorted(edges, points, right=True).clamp(max=len(factors) - 1)
+    reps[order[hit]] += 1
+    return reps
+
+
 class RepeatFactorSampler(DistributedSampler):
     """Indices of one epoch with image ``i`` repeated ``r_i`` times (stochastic rounding), shuffled.
 
@@ -112,11 +140,8 @@ class RepeatFactorSampler(DistributedSampler):
         if self._cache is not None and self._cache[0] == self.epoch:
             return self._cache[1]
         g = torch.Generator().manual_seed(int(self.seed) + int(self.epoch))
-        whole = self.factors.floor()
-        reps = whole + (
-            torch.rand(len(self.factors), generator=g, dtype=torch.float64) < self.factors - whole
-        )
-        indices = torch.repeat_interleave(torch.arange(len(self.factors)), reps.long())
+        reps = fixed_length_repeats(self.factors, g)
+        indices = torch.repeat_interleave(torch.arange(len(self.factors)), reps)
         indices = indices[torch.randperm(len(indices), generator=g)].tolist()
         total = math.ceil(len(indices) / self.num_replicas) * self.num_replicas
         while len(indices) < total:  # pad (DDP): every rank gets as many batches

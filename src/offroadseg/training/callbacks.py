@@ -85,6 +85,15 @@ class HistoryWriter(L.Callback):
             return
         write_history(self.run_dir, pl_module.history)
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Every epoch must have validated (one history row each): say so loudly if one did not."""
+        expected = trainer.current_epoch + 1
+        if trainer.num_val_batches and sum(trainer.num_val_batches) > 0 and len(pl_module.history) < expected:
+            raise RuntimeError(
+                f"epoch {expected} ended without validation ({len(pl_module.history)} history rows): the "
+                f"training loader's length changed between epochs (Lightning counts it once); this is a bug"
+            )
+
 
 class FiniteLossGuard(L.Callback):
     """Stops the run at the first NaN/inf training loss, before its backward pass.
