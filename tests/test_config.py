@@ -151,3 +151,25 @@ def test_head_option_the_head_does_not_take_lists_its_options():
         match=r"head 'linear' does not take model.head.channels=64; it takes: no options",
     ):
         create_head("linear", [48], 3, channels=64)
+
+
+def test_base_chains_merge_and_refuse_cycles(tmp_path) -> None:
+    from offroadseg.config import load_config
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("train: {epochs: 3, lr: 0.01}\nmodel: {head: {name: linear}}\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../root.yaml\ntrain: {epochs: 5}\n")
+    (tmp_path / "leaf.yaml").write_text("base: sub/mid.yaml\nmodel: {backbone: {train_blocks: 2}}\n")
+    cfg = load_config(tmp_path / "leaf.yaml", ["train.lr=0.002"])
+    assert (cfg.train.epochs, cfg.train.lr, cfg.model.head.name) == (5, 0.002, "linear")
+    assert cfg.model.backbone.train_blocks == 2
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "bad.yaml").write_text("base: leaf.yaml\ntrain: {epochz: 1}\n")
+    with pytest.raises(ConfigError, match="epochz"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "gone.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml does not exist .named by base: in"):
+        load_config(tmp_path / "gone.yaml")

@@ -407,16 +407,51 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config and apply dotted overrides."""
+def _merge(base: dict, child: dict) -> dict:
+    """``child`` over ``base``: nested mappings merge key by key; any other value replaces."""
+    out = _deep_copy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = _deep_copy(value)
+    return out
+
+
+def read_config_dict(path: str | Path, *, _chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping with its ``base:`` chain resolved (the file's keys over its base's).
+
+    ``base:`` names another config file, relative to the file that names it; chains are followed,
+    and a file that reaches itself again is refused with one line naming the cycle.
+
+    Raises:
+        ConfigError: a missing file, invalid YAML, a top level that is not a mapping, or a cycle.
+    """
     path = Path(path)
+    shown = " -> ".join(str(p) for p in (*_chain, path))
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; fix: check the path (see configs/)")
+        where = f" (named by base: in {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file {path} does not exist{where}; fix: check the path (see configs/)")
+    if path.resolve() in {p.resolve() for p in _chain}:
+        raise ConfigError(f"config files name each other as base: in a cycle ({shown}); fix: break the cycle")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    return config_from_dict(data, overrides, source=str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (data:, model:, ...)")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base={base!r} must be a config file's path; fix: e.g. base: ycor.yaml")
+    parent = read_config_dict(path.parent / base, _chain=(*_chain, path))
+    return _merge(parent, data)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (its ``base:`` chain resolved) and apply dotted overrides."""
+    return config_from_dict(read_config_dict(path), overrides, source=str(path))
 
 
 def dump_config(cfg: Config) -> str:
