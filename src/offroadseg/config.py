@@ -457,3 +457,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 def dump_config(cfg: Config) -> str:
     """The resolved config as YAML text."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def all_keys(cls: type = Config) -> list[str]:
+    """Every dotted key of a config dataclass (sections included), e.g. ``train.lr``."""
+    return _all_keys(cls)
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested mapping, creating the sections on the way."""
+    _set_dotted(data, key, value)

@@ -104,11 +104,7 @@ class DinoBackbone(nn.Module):
         output; ``L``: the last block's output). Needed: ``cache_start`` (when ``< L``) and
         ``j + 1`` for every returned block ``j`` before it.
         """
-        start = self.cache_start
-        needs = {j + 1 for j in self.layer_indices if j < start}
-        if start < self.num_layers:
-            needs.add(start)
-        return sorted(needs)
+        return hidden_states_needed(self.layer_indices, self.num_layers, self.train_blocks)
 
     def hidden_states(self, images: Tensor, indices: Sequence[int]) -> dict[int, Tensor]:
         """Pre-norm hidden states ``[B, P + h * w, C]`` (class + register tokens first) by index.
@@ -307,6 +303,24 @@ def _resolve_layers(layers: int | Sequence[int], num_layers: int) -> list[int]:
     if not indices:
         raise ModelError("layers is empty: give a count or at least one block index")
     return sorted(set(indices))
+
+
+def hidden_states_needed(layer_indices: Sequence[int], num_layers: int, train_blocks: int) -> list[int]:
+    """Hidden states a feature store must hold for a backbone that trains its last ``train_blocks``.
+
+    ``cache_start = L - train_blocks``; needed: ``cache_start`` (when ``< L``) and ``j + 1`` for
+    every returned block ``j`` before it (see :meth:`DinoBackbone.cache_needs`).
+    """
+    start = num_layers - train_blocks
+    needs = {j + 1 for j in layer_indices if j < start}
+    if start < num_layers:
+        needs.add(start)
+    return sorted(needs)
+
+
+def resolve_layers(layers: int | Sequence[int], num_layers: int) -> list[int]:
+    """``model.backbone.layers`` (a count of last blocks, or indices) -> sorted 0-based block indices."""
+    return _resolve_layers(layers, num_layers)
 
 
 def create_backbone(

@@ -33,7 +33,7 @@ from offroadseg.devices import accelerator_device
 from offroadseg.errors import ConfigError
 from offroadseg.metrics import best_epoch
 
-__all__ = ["cross_validate", "fold_config", "plan_folds", "summarize_folds"]
+__all__ = ["cross_validate", "fold_config", "plan_folds", "run_fold", "summarize_folds"]
 
 
 def plan_folds(
@@ -78,7 +78,7 @@ def fold_config(cfg: Config, fold: Fold, run_dir: str | Path) -> Config:
     return out
 
 
-def _run_fold(cfg: Config, fold: Fold, k: int, run_dir: Path, *, keep_checkpoints: bool) -> dict:
+def run_fold(cfg: Config, fold: Fold, k: int, run_dir: Path, *, keep_checkpoints: bool) -> dict:
     from offroadseg.training.run import train  # noqa: PLC0415 (torch/lightning only when running)
 
     fcfg = fold_config(cfg, fold, run_dir)
@@ -249,7 +249,7 @@ def cross_validate(
         }
         result["configs"].append(entry)
         for fold in folds:
-            row = _run_fold(
+            row = run_fold(
                 cfg,
                 fold,
                 k,

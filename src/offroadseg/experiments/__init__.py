@@ -1,0 +1,1 @@
+"""The experiments floor: drivers that run many trainings (tune) above training and inference."""

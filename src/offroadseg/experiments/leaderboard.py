@@ -1,0 +1,228 @@
+"""What a study has found, as files: leaderboard (Markdown, CSV, JSON), plots, the best recipe.
+
+Read from the study's database only, so it works on a study that is still running, one that
+other machines feed, or one a crashed worker left behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from offroadseg.data.io import atomic_write_text
+from offroadseg.experiments.space import decode_choice
+
+__all__ = ["leaderboard_rows", "write_outputs", "best_recipe_text"]
+
+
+def _state(trial) -> str:
+    if trial.user_attrs.get("surplus"):
+        return "surplus"
+    if trial.user_attrs.get("infeasible"):
+        return "infeasible"
+    name = trial.state.name.lower()
+    if name == "pruned" and trial.user_attrs.get("pruned_after_folds"):
+        return f"pruned after {trial.user_attrs['pruned_after_folds']} fold(s)"
+    return name
+
+
+def leaderboard_rows(study) -> list[dict]:
+    """One row per trial, best first: complete trials by CV mean, then pruned by their running mean."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        folds = t.user_attrs.get("fold_rows") or []
+        values = [f["objective"] for f in folds if f.get("objective") is not None]
+        per_class: dict[str, list[float]] = {}
+        for f in folds:
+            for name, v in (f.get("per_class_iou") or {}).items():
+                if v is not None:
+                    per_class.setdefault(name, []).append(v)
+        rows.append(
+            {
+                "trial": t.number,
+                "state": _state(t),
+                "complete": t.state.name == "COMPLETE",
+                "cv_mean": float(np.mean(values)) if values else None,
+                "cv_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                "folds_run": len(values),
+                "fold_values": values,
+                "per_class_mean_iou": {k: float(np.mean(v)) for k, v in per_class.items()},
+                "cost_min": (t.user_attrs.get("cost_s") or 0.0) / 60.0,
+                "params": {k: decode_choice(v) for k, v in t.params.items()},
+                "retry_of": t.user_attrs.get("retry_of"),
+                "infeasible": t.user_attrs.get("infeasible"),
+            }
+        )
+
+    def key(r: dict) -> tuple:
+        return (not r["complete"], -(r["cv_mean"] if r["cv_mean"] is not None else -math.inf), r["trial"])
+
+    return sorted(rows, key=key)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e-2 else f"{v:.4f}"
+    return str(v)
+
+
+def _params_text(params: dict) -> str:
+    return ", ".join(
+        f"{k.split('.')[-1] if k.count('.') else k}={_fmt(v)}" for k, v in sorted(params.items())
+    )
+
+
+def leaderboard_markdown(rows: Sequence[dict], *, top: int | None = None, classes: Sequence[str] = ()) -> str:
+    head = "| # | trial | state | CV mIoU (mean ± std) | folds | cost (min) | params |"
+    rule = "|---|---|---|---|---|---|---|"
+    if classes:
+        head += "".join(f" {c} |" for c in classes)
+        rule += "---|" * len(classes)
+    lines = [head, rule]
+    for i, r in enumerate(rows[:top] if top else rows, 1):
+        score = "n/a" if r["cv_mean"] is None else f"{r['cv_mean']:.4f}"
+        if r["cv_std"] is not None:
+            score += f" ± {r['cv_std']:.4f}"
+        line = (
+            f"| {i} | {r['trial']} | {r['state']} | {score} | {r['folds_run']} | {r['cost_min']:.1f} "
+            f"| {_params_text(r['params'])} |"
+        )
+        line += "".join(f" {_fmt(r['per_class_mean_iou'].get(c))} |" for c in classes)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def leaderboard_csv(rows: Sequence[dict]) -> str:
+    keys = sorted({k for r in rows for k in r["params"]})
+    classes = sorted({c for r in rows for c in r["per_class_mean_iou"]})
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(
+        [
+            "trial",
+            "state",
+            "cv_mean",
+            "cv_std",
+            "folds_run",
+            "cost_min",
+            *keys,
+            *[f"iou_{c}" for c in classes],
+        ]
+    )
+    for r in rows:
+        w.writerow(
+            [r["trial"], r["state"], r["cv_mean"], r["cv_std"], r["folds_run"], round(r["cost_min"], 2)]
+            + [
+                json.dumps(r["params"].get(k)) if isinstance(r["params"].get(k), list) else r["params"].get(k)
+                for k in keys
+            ]
+            + [r["per_class_mean_iou"].get(c) for c in classes]
+        )
+    return buf.getvalue()
+
+
+def best_recipe_text(base_config: str | Path, out_path: str | Path, params: dict, *, note: str) -> str:
+    """A config file that is the base config plus the winning values: ``base:`` and a few keys."""
+    rel = os.path.relpath(Path(base_config).resolve(), Path(out_path).resolve().parent)
+    nested: dict = {}
+    for key, value in sorted(params.items()):
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    header = "".join(f"# {line}\n" for line in note.splitlines())
+    return header + yaml.safe_dump({"base": rel, **nested}, sort_keys=False, default_flow_style=None)
+
+
+def _plots(study, out: Path) -> list[str]:
+    """Optimisation history and parameter importance as PNG; returns what could not be drawn and why."""
+    import warnings  # noqa: PLC0415
+
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from optuna.visualization import matplotlib as ovm  # noqa: PLC0415
+
+    skipped = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, draw in (
+            ("history", ovm.plot_optimization_history),
+            ("importance", ovm.plot_param_importances),
+        ):
+            path = out / f"{name}.png"
+            try:
+                ax = draw(study)
+                fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+                fig.set_size_inches(8, 5)
+                fig.tight_layout()
+                tmp = path.with_name(f".{path.name}.tmp.png")
+                fig.savefig(tmp, dpi=110)
+                os.replace(tmp, path)
+                plt.close(fig)
+            except Exception as exc:  # noqa: BLE001 - e.g. importance needs 2+ complete trials
+                skipped.append(f"{name}.png not drawn: {' '.join(str(exc).split())[:160]}")
+    return skipped
+
+
+def write_outputs(
+    study, out_dir: str | Path, *, base_config: str | Path, command: str, json_path: str | None = None
+) -> dict:
+    """Leaderboard (md/csv/json), plots and ``best.yaml`` into ``out_dir``; returns the JSON payload."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = leaderboard_rows(study)
+    classes = sorted({c for r in rows for c in r["per_class_mean_iou"]})
+    complete = [r for r in rows if r["complete"]]
+    payload = {
+        "study": study.study_name,
+        "command": command,
+        "objective": study.user_attrs.get("objective"),
+        "fingerprint": study.user_attrs.get("fingerprint"),
+        "trials": len(rows),
+        "complete": len(complete),
+        "pruned": sum(r["state"].startswith("pruned") for r in rows),
+        "infeasible": sum(r["state"] == "infeasible" for r in rows),
+        "failed": sum(r["state"] == "fail" for r in rows),
+        "running": sum(r["state"] == "running" for r in rows),
+        "study_minutes": sum(r["cost_min"] for r in rows),
+        "best": complete[0] if complete else None,
+        "leaderboard": rows,
+    }
+    md = f"Study `{study.study_name}`, {payload['objective']}; `{command}`\n\n"
+    md += leaderboard_markdown(rows, classes=classes)
+    atomic_write_text(out / "leaderboard.md", md)
+    atomic_write_text(out / "leaderboard.csv", leaderboard_csv(rows))
+    payload["plots_skipped"] = _plots(study, out)
+    if complete:
+        best = complete[0]
+        std = f" ± {best['cv_std']:.4f}" if best["cv_std"] is not None else ""
+        note = (
+            f"offroadseg tune: trial {best['trial']} of study {study.study_name}, {payload['objective']} "
+            f"{best['cv_mean']:.4f}{std} over {best['folds_run']} folds.\n{command}"
+        )
+        atomic_write_text(
+            out / "best.yaml",
+            best_recipe_text(
+                base_config, out / "best.yaml", {**(overrides or {}), **best["params"]}, note=note
+            ),
+        )
+        payload["best_config"] = str(out / "best.yaml")
+    text = json.dumps(payload, indent=2, default=str)
+    atomic_write_text(out / "leaderboard.json", text)
+    if json_path:
+        atomic_write_text(json_path, text)
+    return payload

@@ -1,0 +1,491 @@
+"""``offroadseg tune``: recipe search on grouped-CV mIoU, on Optuna.
+
+A trial is one set of values for the space's keys applied to the base config; its objective is
+the mean mIoU over the grouped K folds :func:`offroadseg.training.cv.plan_folds` makes (the folds
+``offroadseg cv`` uses). After each fold the running mean is reported as a rung (step = folds
+done), so the pruner (successive halving by default) stops a trial that is behind after its first
+folds; a pruned trial keeps the folds it ran and is reported as pruned.
+
+Every trial of one image size reads one feature store: the trial configs' ``data.cache.blocks``
+is set to the union of the hidden states any point of the space can need at that size (the
+store key covers frames, size, blocks and weights, not the split), so the backbone runs once
+per size and a trial costs its adapted blocks and head only.
+
+The study lives in a database (``--storage``: ``sqlite:///runs/tune.db``, or a PostgreSQL URL
+shared by several machines). Workers take trials through Optuna (``constant_liar`` keeps
+parallel TPE workers apart) and stop when N trials are complete or pruned (a trial started past
+N by a racing worker is marked ``surplus`` and failed at once). Crash safety: each running trial
+records its host and process id and sends a heartbeat; on start, a trial of this host whose
+process is gone, or any trial whose heartbeat is older than the grace period, is marked failed
+and its values are queued again (once per failure), so ``kill -9`` and the same command again
+keep every finished trial and continue to N.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from offroadseg.config import Config, config_from_dict
+from offroadseg.errors import ConfigError, OffroadsegError
+from offroadseg.experiments.space import Param, apply_params, decode_choice, encode_choice
+from offroadseg.models.archs import ARCHS
+from offroadseg.models.backbone import hidden_states_needed, resolve_layers
+
+__all__ = [
+    "TuneOptions",
+    "open_study",
+    "run_tune",
+    "space_store_blocks",
+    "trial_config",
+]
+
+OBJECTIVE = "grouped-CV mean mIoU"
+HEARTBEAT_S = 30
+GRACE_S = 120
+MAX_RETRIES = 2
+
+
+@dataclass
+class TuneOptions:
+    """What one ``offroadseg tune`` invocation asks for."""
+
+    trials: int
+    folds: int = 5
+    storage: str = "sqlite:///runs/tune.db"
+    study: str = "tune"
+    minutes: float | None = None  # no new trial after this many minutes
+    work_dir: str = "runs/tune"
+    exclude: tuple[str, ...] = ()  # class names left out of the objective's mean
+    pruner: str = "sha"  # sha | hyperband | none
+    seed: int = 0  # sampler seed (the fold assignment uses cv's default seed 0)
+    enqueue: list[dict] = field(default_factory=list)  # points to try first (dotted key -> value)
+
+
+class _Surplus(Exception):
+    """A trial started after the study already had N trials (a racing worker): not run."""
+
+
+def _depth_and_layers(data: dict) -> tuple[int, list[int], int]:
+    cfg = config_from_dict(data)
+    bb = cfg.model.backbone
+    if bb.name not in ARCHS:
+        raise ConfigError(f"model.backbone.name={bb.name!r} is not a known backbone")
+    depth = int(ARCHS[bb.name].config["num_hidden_layers"])
+    k = depth if not bb.frozen else bb.train_blocks
+    return depth, resolve_layers(bb.layers, depth), k
+
+
+def _grid(params: Sequence[Param], keys: Sequence[str]) -> list[dict]:
+    """Every combination of the values ``keys`` take in the space (ints: every integer)."""
+    combos: list[dict] = [{}]
+    for p in params:
+        if p.key not in keys:
+            continue
+        if p.kind == "choice":
+            values = list(p.choices)
+        elif p.kind == "int":
+            values = list(range(int(p.low), int(p.high) + 1))
+        else:
+            continue
+        combos = [{**c, p.key: v} for c in combos for v in values]
+    return combos
+
+
+def space_store_blocks(base: dict, params: Sequence[Param]) -> dict[tuple[int, int], list[int]]:
+    """Per image size ``(H, W)``: the union of hidden states any point of the space needs."""
+    keys = (
+        "model.backbone.train_blocks",
+        "model.backbone.layers",
+        "model.backbone.frozen",
+        "data.image_size",
+    )
+    out: dict[tuple[int, int], set[int]] = {}
+    for combo in _grid(params, keys):
+        data = apply_params(base, combo)
+        depth, layers, k = _depth_and_layers(data)
+        size = tuple(int(s) for s in config_from_dict(data).data.image_size)
+        out.setdefault(size, set()).update(hidden_states_needed(layers, depth, min(k, depth)))  # type: ignore[arg-type]
+    return {size: sorted(blocks) for size, blocks in out.items()}
+
+
+def trial_config(base: dict, values: dict[str, Any], store_blocks: dict, run_dir: str | Path) -> Config:
+    """The config of one trial: base + values, the shared store's blocks, its own run folder."""
+    data = apply_params(base, values)
+    cfg = config_from_dict(data, source="trial")
+    size = tuple(int(s) for s in cfg.data.image_size)
+    if cfg.data.cache.features and size in store_blocks and store_blocks[size]:
+        cfg.data.cache.blocks = list(store_blocks[size])
+    cfg.run.dir = str(run_dir)
+    cfg.run.progress = False
+    return cfg
+
+
+def _fingerprint(base: dict, params: Sequence[Param], folds: int, exclude: Sequence[str]) -> dict:
+    space = {p.key: p.to_dict() for p in params}
+    return {"config": base, "space": space, "folds": folds, "exclude": sorted(exclude)}
+
+
+def _canon(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def open_study(storage_url: str, name: str, *, fingerprint: dict | None, seed: int = 0, pruner: str = "sha"):
+    """Open (or create) a study; a study of the same name made for another config/space is refused."""
+    import optuna  # noqa: PLC0415
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _storage(storage_url)
+    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=8)
+    if pruner == "sha":
+        pruner_obj = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    elif pruner == "hyperband":
+        pruner_obj = optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+    elif pruner == "none":
+        pruner_obj = optuna.pruners.NopPruner()
+    else:
+        raise ConfigError(f"--pruner {pruner!r} is not one of sha, hyperband, none")
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner_obj,
+        load_if_exists=True,
+    )
+    if fingerprint is not None:
+        saved = study.user_attrs.get("fingerprint")
+        if saved is None:
+            study.set_user_attr("fingerprint", json.loads(_canon(fingerprint)))
+            study.set_user_attr("objective", OBJECTIVE)
+        elif _canon(saved) != _canon(fingerprint):
+            diff = [
+                k
+                for k in ("config", "space", "folds", "exclude")
+                if _canon(saved.get(k)) != _canon(fingerprint[k])
+            ]
+            raise ConfigError(
+                f"study {name!r} in {storage_url} was made with another {' and '.join(diff)}; its trials would "
+                f"not compare; fix: pass a new --study NAME (the existing study is kept as it is)"
+            )
+    return study
+
+
+def _storage(url: str):
+    import optuna  # noqa: PLC0415
+
+    if "://" not in url:
+        raise ConfigError(
+            f"--storage {url!r} is not a database URL; fix: sqlite:///runs/tune.db (one machine) or "
+            f"postgresql://user:password@host/db (several machines)"
+        )
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        if str(path) not in ("", ":memory:"):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"--storage {url}: cannot create {path.parent}: {exc.strerror}") from None
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+        )
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"--storage {url}: the database driver {exc.name!r} is not installed; fix: pip install "
+            f"{'psycopg2-binary' if 'postgres' in url else exc.name}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's many URL / connection errors
+        raise ConfigError(
+            f"--storage {url}: cannot open the database ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_trials(study) -> list[int]:
+    """Fail the trials whose worker is gone and queue their values again; returns the failed numbers.
+
+    A running trial is dead when it ran on this host and its process is gone, or (any host) when
+    its heartbeat is older than the grace period. A failed trial is queued again once (up to
+    ``MAX_RETRIES`` times along one chain of retries); surplus and finished trials never are.
+    """
+    import optuna  # noqa: PLC0415
+    from optuna.trial import TrialState  # noqa: PLC0415
+
+    storage = study._storage
+    host = socket.gethostname()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid, on = t.user_attrs.get("pid"), t.user_attrs.get("host")
+        if on == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+            try:
+                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+                failed.append(t.number)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        if t.state != TrialState.FAIL or t.number in retried or t.user_attrs.get("surplus"):
+            continue
+        depth = int(t.user_attrs.get("retry_depth", 0))
+        if depth >= MAX_RETRIES or not t.params:
+            continue
+        study.enqueue_trial(
+            dict(t.params), user_attrs={"retry_of": t.number, "retry_depth": depth + 1}, skip_if_exists=False
+        )
+    return failed
+
+
+def counted(trial) -> bool:
+    """A trial that counts toward N: complete, or pruned (infeasible included), never a surplus one."""
+    from optuna.trial import TrialState  # noqa: PLC0415
+
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and not trial.user_attrs.get("surplus")
+
+
+def _suggest(trial, params: Sequence[Param]) -> dict[str, Any]:
+    values = {}
+    for p in params:
+        if p.kind == "int":
+            values[p.key] = trial.suggest_int(
+                p.key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log
+            )
+        elif p.kind == "float":
+            values[p.key] = trial.suggest_float(p.key, float(p.low), float(p.high), step=p.step, log=p.log)
+        else:
+            values[p.key] = trial.suggest_categorical(p.key, list(p.choices))
+    return values
+
+
+def fold_objective(row: dict, exclude: Sequence[str]) -> float | None:
+    """A fold's mIoU over its classes with an IoU, leaving out ``exclude`` (the row's own mIoU if none)."""
+    if not exclude:
+        return row.get("miou")
+    per_class = row.get("per_class_iou") or {}
+    vals = [v for name, v in per_class.items() if v is not None and name not in exclude]
+    return float(sum(vals) / len(vals)) if vals else None
+
+
+def run_tune(
+    base: dict,
+    params: Sequence[Param],
+    opts: TuneOptions,
+    *,
+    on_event: Callable[[dict], None] | None = None,
+    run_fold: Callable | None = None,
+) -> dict:
+    """Run (or continue) a study until N trials are complete or pruned, or ``minutes`` pass.
+
+    Args:
+        base: the base config mapping (its ``base:`` chain resolved).
+        params: the space.
+        opts: trials, folds, storage, study name, ...
+        on_event: ``on_event(event)`` for progress: ``kind`` is ``start`` | ``fold`` | ``trial`` | ``stop``.
+        run_fold: the fold runner (default :func:`offroadseg.training.cv.run_fold`; tests may pass another).
+
+    Returns:
+        ``study`` name, ``trials_counted``, ``stopped`` (why), ``failed_recovered`` (trial numbers).
+    """
+    import optuna  # noqa: PLC0415
+    from optuna.trial import TrialState  # noqa: PLC0415
+
+    from offroadseg.training import cv  # noqa: PLC0415
+
+    run_fold = run_fold or cv.run_fold
+    emit = on_event or (lambda event: None)
+    base_cfg = config_from_dict(base, source="config")
+    if opts.trials < 1:
+        raise ConfigError(f"--trials {opts.trials} must be at least 1")
+    if opts.folds < 2:
+        raise ConfigError(f"--folds {opts.folds} must be at least 2 (grouped cross-validation)")
+    folds = cv.plan_folds(base_cfg, opts.folds, source="config")  # refuses the duality layout, too few groups
+    store_blocks = space_store_blocks(base, params)
+    study = open_study(
+        opts.storage,
+        opts.study,
+        fingerprint=_fingerprint(base, params, opts.folds, opts.exclude),
+        seed=opts.seed,
+        pruner=opts.pruner,
+    )
+    recovered = recover_trials(study)
+    names = {p.key for p in params}
+    for point in opts.enqueue:
+        unknown = sorted(set(point) - names)
+        if unknown:
+            raise ConfigError(
+                f"--enqueue: {unknown} are not keys of the space; fix: use only {sorted(names)}"
+            )
+        study.enqueue_trial({k: encode_choice(v) for k, v in point.items()}, skip_if_exists=True)
+    start = time.perf_counter()
+    trial_times: list[float] = []
+    emit(
+        {
+            "kind": "start",
+            "study": opts.study,
+            "trials": opts.trials,
+            "recovered": recovered,
+            "done": sum(counted(t) for t in study.get_trials(deepcopy=False)),
+            "store_blocks": store_blocks,
+        }
+    )
+
+    current: list[int] = []
+
+    def objective(trial) -> float:
+        current.append(trial.number)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        earlier = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.number < trial.number and (counted(t) or t.state == TrialState.RUNNING)
+        ]
+        if len(earlier) >= opts.trials:
+            trial.set_user_attr("surplus", True)
+            raise _Surplus()
+        values = _suggest(trial, params)
+        t0 = time.perf_counter()
+        run_root = Path(opts.work_dir) / opts.study / f"trial{trial.number:04d}"
+        try:
+            cfg = trial_config(base, values, store_blocks, run_root)
+        except ConfigError as exc:
+            trial.set_user_attr("infeasible", str(exc))
+            raise optuna.TrialPruned(f"infeasible: {exc}") from None
+        rows: list[dict] = []
+        scores: list[float] = []
+        for fold in folds:
+            try:
+                row = run_fold(
+                    cfg, fold, opts.folds, run_root / f"fold{fold.index + 1}", keep_checkpoints=False
+                )
+            except ConfigError as exc:  # a combination the model refuses (e.g. LoRA on cached blocks)
+                trial.set_user_attr("infeasible", str(exc))
+                raise optuna.TrialPruned(f"infeasible: {exc}") from None
+            value = fold_objective(row, opts.exclude)
+            if value is None or math.isnan(value):
+                raise OffroadsegError(f"trial {trial.number} fold {fold.index + 1}: no class scored")
+            scores.append(value)
+            rows.append(_slim(row, value))
+            trial.set_user_attr("fold_rows", rows)
+            trial.set_user_attr("cost_s", time.perf_counter() - t0)
+            running = sum(scores) / len(scores)
+            trial.report(running, step=len(scores))
+            emit(
+                {
+                    "kind": "fold",
+                    "trial": trial.number,
+                    "fold": fold.index + 1,
+                    "folds": opts.folds,
+                    "value": value,
+                    "running": running,
+                    "values": values,
+                }
+            )
+            if len(scores) < len(folds) and trial.should_prune():
+                trial.set_user_attr("pruned_after_folds", len(scores))
+                raise optuna.TrialPruned(f"after {len(scores)} folds: {running:.4f}")
+        return sum(scores) / len(scores)
+
+    stopped = "trials"
+    failures_in_a_row = 0
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        done = sum(counted(t) for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        if done >= opts.trials:
+            stopped = "trials"
+            break
+        if done + running >= opts.trials and running:
+            stopped = "other workers hold the remaining trials"
+            break
+        if opts.minutes is not None and time.perf_counter() - start >= opts.minutes * 60:
+            stopped = "minutes"
+            break
+        if failures_in_a_row >= 3:
+            stopped = "three trials in a row failed"
+            break
+        t0 = time.perf_counter()
+        study.optimize(
+            objective, n_trials=1, catch=(_Surplus, RuntimeError, ValueError, OSError, OffroadsegError)
+        )
+        last = study.get_trials(deepcopy=False)[current[-1]] if current else None
+        if last is None:
+            continue
+        if last.user_attrs.get("surplus"):
+            stopped = "trials"
+            break
+        failures_in_a_row = failures_in_a_row + 1 if last.state == TrialState.FAIL else 0
+        trial_times.append(time.perf_counter() - t0)
+        done = sum(counted(t) for t in study.get_trials(deepcopy=False))
+        best = _best(study)
+        left = max(0, opts.trials - done)
+        emit(
+            {
+                "kind": "trial",
+                "trial": last.number,
+                "state": last.state.name,
+                "value": last.value,
+                "done": done,
+                "trials": opts.trials,
+                "best": best,
+                "elapsed_s": time.perf_counter() - start,
+                "eta_s": (sum(trial_times) / len(trial_times)) * left,
+                "pruned_after": last.user_attrs.get("pruned_after_folds"),
+                "infeasible": last.user_attrs.get("infeasible"),
+                "params": {k: decode_choice(v) for k, v in last.params.items()},
+            }
+        )
+    emit({"kind": "stop", "why": stopped})
+    return {
+        "study": opts.study,
+        "trials_counted": sum(counted(t) for t in study.get_trials(deepcopy=False)),
+        "stopped": stopped,
+        "failed_recovered": recovered,
+    }
+
+
+def _best(study) -> dict | None:
+    from optuna.trial import TrialState  # noqa: PLC0415
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not complete:
+        return None
+    top = max(complete, key=lambda t: t.value)
+    return {"trial": top.number, "value": top.value}
+
+
+def _slim(row: dict, value: float) -> dict:
+    """What a trial keeps of a fold row (the confusion matrix stays in the fold's folder)."""
+    return {
+        "fold": row["fold"],
+        "objective": value,
+        "miou": row.get("miou"),
+        "per_class_iou": row.get("per_class_iou"),
+        "val_frames": row.get("val_frames"),
+        "epochs": row.get("epochs"),
+        "train_s": row.get("train_s"),
+        "cache_build_s": row.get("cache_build_s"),
+        "total_s": row.get("total_s"),
+        "scored_with": row.get("scored_with"),
+    }
