@@ -179,9 +179,18 @@ def _plots(study, out: Path) -> list[str]:
 
 
 def write_outputs(
-    study, out_dir: str | Path, *, base_config: str | Path, command: str, json_path: str | None = None
+    study,
+    out_dir: str | Path,
+    *,
+    base_config: str | Path,
+    command: str,
+    overrides: dict | None = None,
+    json_path: str | None = None,
 ) -> dict:
-    """Leaderboard (md/csv/json), plots and ``best.yaml`` into ``out_dir``; returns the JSON payload."""
+    """Leaderboard (md/csv/json), plots and ``best.yaml`` into ``out_dir``; returns the JSON payload.
+
+    ``overrides``: the dotted overrides the study's base had on the command line; ``best.yaml`` holds
+    them beside the winning values, so it trains the same config."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = leaderboard_rows(study)
