@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from offroadseg.app.service import AppLimits, ModelSet, load_models
+from offroadseg.app.service import AppLimits, ModelSet
 from offroadseg.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"  # local only unless --host says otherwise
@@ -141,11 +141,3 @@ def start_app(
             f"cannot serve on {host}:{port} ({exc}); fix: pick another with --port N, or --port 0"
         ) from None
     return RunningApp(url=url, host=host, port=port, page=page, ui=ui)
-
-
-def open_app(
-    checkpoint: str | Path, checkpoint_b: str | Path | None = None, *, device: str = "auto", **kwargs
-) -> RunningApp:
-    """Load the checkpoint(s) once, then :func:`start_app`."""
-    import_gradio()
-    return start_app(load_models(checkpoint, checkpoint_b, device=device), **kwargs)
