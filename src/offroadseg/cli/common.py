@@ -22,6 +22,13 @@ def write_json(path: str | None, payload: dict) -> None:
     print(f"wrote {path}")
 
 
+def add_set_option(p: argparse.ArgumentParser, *, help_text: str = "dotted override (repeatable)") -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``: overrides placed anywhere on the line."""
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text
+    )
+
+
 def fmt(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from offroadseg.cli.common import fmt, write_json
+from offroadseg.cli.common import add_set_option, fmt, write_json
 from offroadseg.data.io import atomic_write_text
 from offroadseg.metrics import json_ready
 
@@ -210,13 +210,8 @@ def add_cv_arguments(p: argparse.ArgumentParser, *, folds_required: bool) -> Non
         help="keep each fold's checkpoints (deleted after scoring by default: each holds the backbone)",
     )
     p.add_argument("--markdown", help="also write the table(s) as markdown to this file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override for every config (repeatable), e.g. --set data.num_workers=0",
+    add_set_option(
+        p, help_text="dotted override for every config (repeatable), e.g. --set data.num_workers=0"
     )
 
 

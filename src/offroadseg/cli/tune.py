@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from offroadseg.cli.common import fmt
+from offroadseg.cli.common import add_set_option, fmt
 
 __all__ = ["register"]
 
@@ -184,12 +184,5 @@ def register(sub) -> None:
     )
     p.add_argument("--out", help="leaderboard, plots and best.yaml (default: <work-dir>/<study>)")
     p.add_argument("--json", help="also write the leaderboard JSON here")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override (repeatable)",
-    )
+    add_set_option(p)
     p.set_defaults(func=cmd_tune)

@@ -1,0 +1,254 @@
+"""``offroadseg tune``: the space file, the study database, pruning, crash recovery, two workers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from offroadseg.cli import main
+from offroadseg.errors import ConfigError
+from offroadseg.experiments.space import apply_params, load_space, parse_space
+from offroadseg.experiments.tune import fold_objective, space_store_blocks
+
+optuna = pytest.importorskip("optuna")
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location(
+    "_bench_ycor_helpers", REPO / "tests" / "bench" / "test_bench_ycor.py"
+)
+_helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_helpers)
+make_ycor_like, TINY = _helpers.make_ycor_like, _helpers.TINY
+
+IDS = [0, 1, 10, 11, 20, 21]  # three gap-5 groups of two frames
+SPACE = "train.lr: {float: [1.0e-4, 1.0e-2], log: true}\nmodel.head.name: {choice: [linear, conv]}\n"
+
+
+@pytest.fixture(scope="module")
+def ycor(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_ycor_like(tmp_path_factory.mktemp("tune") / "ycor", n_train=4, n_val=2, frame_ids=IDS)
+
+
+def _argv(root: Path, tmp: Path, *extra: str, trials: int = 3, study: str = "s") -> list[str]:
+    (tmp / "space.yaml").write_text(SPACE)
+    argv = ["tune", str(REPO / "configs" / "ycor.yaml"), f"data.root={root}", *TINY, "train.epochs=1"]
+    argv += ["eval.tta=none", f"data.cache.dir={tmp / 'cache'}", "--space", str(tmp / "space.yaml")]
+    argv += ["--trials", str(trials), "--folds", "2", "--storage", f"sqlite:///{tmp / 'tune.db'}"]
+    return argv + ["--study", study, "--work-dir", str(tmp / "runs"), *extra]
+
+
+def _trials(tmp: Path, study: str = "s") -> list:
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{tmp / 'tune.db'}").get_trials()
+
+
+# -- the space file ------------------------------------------------------------------------------------
+
+
+def test_space_parses_the_three_forms() -> None:
+    params = parse_space(
+        {
+            "model.backbone.train_blocks": {"int": [0, 6]},
+            "train.lr": {"float": [1.0e-4, 1.0e-2], "log": True},
+            "model.head.name": {"choice": ["linear", "uper"]},
+            "data.image_size": {"choice": [[238, 448], [336, 644]]},
+        }
+    )
+    assert [(p.key, p.kind) for p in params] == [
+        ("model.backbone.train_blocks", "int"),
+        ("train.lr", "float"),
+        ("model.head.name", "choice"),
+        ("data.image_size", "choice"),
+    ]
+    assert params[1].log and (params[0].low, params[0].high) == (0, 6)
+    # a list choice travels as JSON text and comes back as the list
+    data = apply_params({}, {"data.image_size": params[3].choices[1]})
+    assert data == {"data": {"image_size": [336, 644]}}
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({}, "the search space is empty"),
+        ({"train.lrr": {"float": [0.1, 0.2]}}, "unknown config key 'train.lrr'.*train.lr"),
+        ({"train.lr": {"float": [0.2, 0.1]}}, r"bounds \[0.2, 0.1\] need low < high"),
+        ({"train.lr": {"float": [0.0, 0.1], "log": True}}, "log scale needs low > 0"),
+        ({"train.epochs": {"int": [1.5, 4]}}, "int needs \\[low, high\\] as two ints"),
+        ({"model.head.name": {"choice": []}}, "choice needs a non-empty list"),
+        ({"train.lr": [0.1, 0.2]}, "is not a distribution"),
+        ({"train.lr": {"float": [0.1, 0.2], "int": [1, 2]}}, "exactly one of int / float / choice"),
+    ],
+)
+def test_bad_spaces_are_one_line(space: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_space(space, source="space.yaml")
+
+
+def test_values_the_config_refuses_are_caught_before_any_trial(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text("train.epochs: {int: [0, 4]}\n")
+    with pytest.raises(ConfigError, match=r"space.yaml: train.epochs=0 is refused by the config.*at least 1"):
+        load_space(path, {})
+    path.write_text("model.head.dropout: {choice: [0.1, 1.5]}\n")
+    with pytest.raises(ConfigError, match="model.head.dropout=1.5 is refused"):
+        load_space(path, {})
+
+
+def test_one_store_per_size_holds_what_every_point_needs() -> None:
+    """train_blocks 0..3 on ViT-S with layers [2, 5, 8, 11]: tokens entering blocks 9..12, layers' outputs."""
+    base = {"model": {"backbone": {"name": "dinov2_vits14", "layers": [2, 5, 8, 11]}}}
+    params = parse_space(
+        {
+            "model.backbone.train_blocks": {"int": [0, 3]},
+            "data.image_size": {"choice": [[238, 448], [336, 644]]},
+        }
+    )
+    blocks = space_store_blocks(base, params)
+    # k=0: outputs of blocks 2,5,8,11 -> 3,6,9,12; k=3: tokens entering block 9 -> 9 (+3,6); k=1,2: 11, 10
+    assert blocks == {(238, 448): [3, 6, 9, 10, 11, 12], (336, 644): [3, 6, 9, 10, 11, 12]}
+
+
+def test_fold_objective_leaves_out_classes() -> None:
+    row = {"miou": 0.5, "per_class_iou": {"a": 0.9, "b": 0.3, "puddle": 0.0, "c": None}}
+    assert fold_objective(row, ()) == 0.5
+    assert fold_objective(row, ("puddle",)) == pytest.approx(0.6)
+
+
+# -- bad input at the command line ---------------------------------------------------------------------
+
+
+def test_bad_storage_and_a_study_of_another_space_are_one_line(ycor: Path, tmp_path: Path, capsys) -> None:
+    argv = _argv(ycor, tmp_path)
+    bad = [a if not a.startswith("sqlite:") else "runs/tune.db" for a in argv]
+    assert main(bad) == 2
+    assert "is not a database URL; fix: sqlite:///runs/tune.db" in capsys.readouterr().err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(_argv(ycor, tmp_path, trials=1)) == 0
+    done = [t.number for t in _trials(tmp_path)]
+    (tmp_path / "space2.yaml").write_text("train.lr: {float: [1.0e-4, 1.0e-1], log: true}\n")
+    other = [
+        a if not a.endswith("space.yaml") else str(tmp_path / "space2.yaml") for a in _argv(ycor, tmp_path)
+    ]
+    capsys.readouterr()
+    assert main(other) == 2
+    err = capsys.readouterr().err
+    assert "was made with another space" in err and "fix: pass a new --study NAME" in err
+    assert [t.number for t in _trials(tmp_path)] == done  # nothing of the study lost or added
+
+
+# -- a whole study --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_three_trials_leaderboard_plots_and_best_recipe(ycor: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "board.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(_argv(ycor, tmp_path, "--json", str(out), "--pruner", "sha")) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "[trial 1/3]" in printed
+        and "[trial 3/3]" in printed
+        and "ETA" in printed
+        and "best so far" in printed
+    )
+    assert "fold 1/2 (rung 1)" in printed
+    res = json.loads(out.read_text())
+    states = [r["state"] for r in res["leaderboard"]]
+    assert len(states) == 3 and res["complete"] + res["pruned"] == 3 and res["complete"] >= 1
+    for r in res["leaderboard"]:
+        if r["complete"]:  # a complete trial's CV mean is the mean of its folds' values
+            assert r["folds_run"] == 2 and r["cv_mean"] == pytest.approx(sum(r["fold_values"]) / 2)
+        else:
+            assert r["state"] == "pruned after 1 fold(s)" and r["folds_run"] == 1
+    board = tmp_path / "runs" / "s"
+    assert (board / "leaderboard.md").read_text().count("\n| ") >= 3
+    assert (board / "leaderboard.csv").read_text().splitlines()[0].startswith("trial,state,cv_mean,cv_std")
+    assert (board / "history.png").stat().st_size > 5000
+    # the best recipe is a small diff on the base that trains as is
+    best = (board / "best.yaml").read_text()
+    assert best.count("base: ") == 1 and "head:" in best and "lr:" in best
+    from offroadseg.config import load_config
+
+    cfg = load_config(board / "best.yaml")
+    top = res["best"]
+    assert (
+        cfg.train.lr == pytest.approx(top["params"]["train.lr"])
+        and cfg.model.head.name == top["params"]["model.head.name"]
+    )
+    assert cfg.data.root == str(ycor) and cfg.model.backbone.name == "dinov2_test"
+    # run again: the study is already at N, nothing more runs
+    assert main(_argv(ycor, tmp_path)) == 0
+    assert len(_trials(tmp_path)) == 3
+
+
+def _spawn(argv: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    code = "import sys; from offroadseg.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for(pred, timeout: float = 120.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if pred():
+                return
+        except Exception:  # noqa: BLE001 - the database may not exist yet
+            pass
+        time.sleep(0.3)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+def test_kill_9_then_the_same_command_continues_the_study(ycor: Path, tmp_path: Path) -> None:
+    argv = _argv(ycor, tmp_path, "--pruner", "none", trials=3)
+    proc = _spawn(argv)
+    # kill -9 while trial 1 runs (trial 0 complete)
+    _wait_for(lambda: any(t.number == 1 and t.state.name == "RUNNING" for t in _trials(tmp_path)))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {t.number: (t.state.name, t.value) for t in _trials(tmp_path)}
+    assert before[0][0] == "COMPLETE" and before[1] == ("RUNNING", None)
+    again = _spawn(argv)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    assert "trials [1] of a dead worker marked failed and queued again" in out
+    trials = {t.number: t for t in _trials(tmp_path)}
+    assert (trials[0].state.name, trials[0].value) == before[0]  # the completed trial is kept as it was
+    assert trials[1].state.name == "FAIL"
+    retry = [t for t in trials.values() if t.user_attrs.get("retry_of") == 1]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == trials[1].params
+    assert sum(t.state.name == "COMPLETE" for t in trials.values()) == 3  # the study continued to N
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_sqlite_study(ycor: Path, tmp_path: Path) -> None:
+    argv = _argv(ycor, tmp_path, "--pruner", "none", trials=4, study="shared")
+    workers = [_spawn(argv) for _ in range(2)]
+    outs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outs
+    trials = _trials(tmp_path, "shared")
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4
+    pids = {t.user_attrs["pid"] for t in complete}
+    assert pids == {w.pid for w in workers}  # the trials were split between the two workers
+    # none ran twice: every trial folder holds one trial's folds, written by one worker
+    folders = sorted(p.name for p in (tmp_path / "runs" / "shared").glob("trial*"))
+    assert folders == sorted(f"trial{t.number:04d}" for t in trials if t.user_attrs.get("pid"))
+    assert all(not t.user_attrs.get("surplus") for t in complete)
