@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	# CPU build from the local wheel cache first, so nothing pulls a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	# app: Gradio and Playwright, so the app's API and real-browser tests run rather than skip.
-	$(BIN)/pip install --quiet -e ".[dev,offline,onnx,app,lora]"
+	$(BIN)/pip install --quiet -e ".[dev,offline,onnx,app,lora,tune]"
 	touch $(STAMP)
 
 demo: $(STAMP)
