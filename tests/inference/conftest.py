@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -45,3 +46,11 @@ def toy_checkpoint(toy_root, tmp_path_factory) -> Path:
         result = train(cfg)
     assert result.best_checkpoint is not None
     return Path(result.best_checkpoint)
+
+
+@pytest.fixture()
+def inputs(toy_root, tmp_path) -> Path:
+    """A writable copy of the toy set's validation images (tests add bad files to it)."""
+    folder = tmp_path / "images"
+    shutil.copytree(toy_root / "val" / "Color_Images", folder)
+    return folder

@@ -16,13 +16,6 @@ from offroadseg.errors import DataError
 from offroadseg.inference.outputs import collect_inputs, overlay
 
 
-@pytest.fixture()
-def inputs(toy_root, tmp_path):
-    folder = tmp_path / "images"
-    shutil.copytree(toy_root / "val" / "Color_Images", folder)
-    return folder
-
-
 def _masks(folder):
     return {p.stem: np.asarray(Image.open(p)) for p in sorted((folder / "masks").glob("*.png"))}
 

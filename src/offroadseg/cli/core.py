@@ -14,7 +14,7 @@ from offroadseg.cli.common import (
     progress,
     write_json,
 )
-from offroadseg.cli.predict import add_exclude_argument, add_tta_arguments
+from offroadseg.cli.predict import add_ensemble_argument, add_exclude_argument, add_tta_arguments
 
 
 # ---- train ------------------------------------------------------------------------------------
@@ -69,14 +69,16 @@ def _announce_weights(source: str | None) -> None:
 
 # ---- evaluate ---------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from offroadseg.cli.predict import excluded_from_args, tta_from_args
-    from offroadseg.inference.checkpoint import load_checkpoint
+    from offroadseg.cli.predict import describe_members, excluded_from_args, load_members, tta_from_args
     from offroadseg.inference.evaluate import evaluate_loaded
 
-    loaded = load_checkpoint(args.checkpoint)
+    members = load_members(args.checkpoint, args)
+    loaded = members[0]
     exclude = excluded_from_args(args, loaded.taxonomy)
+    if len(members) > 1:
+        print(f"evaluating {describe_members(members)}")
     result = evaluate_loaded(
-        loaded,
+        members,
         data_root=args.data,
         split=args.split,
         batch_size=args.batch_size,
@@ -99,6 +101,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             **result.scores,
             "batch_mean_iou": result.batch_mean_iou,
             "excluded_classes": [loaded.taxonomy.names[i] for i in exclude],
+            "checkpoints": [str(m.path) for m in members],
         },
     )
     return 0
@@ -166,8 +169,11 @@ def register(sub) -> None:
     t.add_argument("--json", help="also write the result as JSON to this file")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="score a checkpoint on a dataset split")
+    e = sub.add_parser(
+        "evaluate", help="score a checkpoint (or an ensemble: --ensemble CKPT ...) on a dataset split"
+    )
     e.add_argument("checkpoint")
+    add_ensemble_argument(e)
     e.add_argument("--data", help="dataset root (default: the one in the checkpoint's config)")
     e.add_argument("--split", default="val")
     e.add_argument("--batch-size", type=int, default=None)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from offroadseg.cli.common import fmt, progress
-from offroadseg.cli.predict import add_exclude_argument
+from offroadseg.cli.predict import add_ensemble_argument, add_exclude_argument
 from offroadseg.errors import ConfigError, OffroadsegError
 
 FORMATS = ("onnx", "ckpt")
@@ -27,6 +27,10 @@ def _check_args(args: argparse.Namespace, out: Path) -> None:
             "--exclude-classes is applied inside an ONNX graph; a checkpoint keeps every class "
             "(pass --exclude-classes to predict/evaluate instead); fix: --format onnx"
         )
+    if args.ensemble and args.format != "onnx":
+        raise ConfigError(
+            f"--ensemble is written as one ONNX graph; a .{args.format} holds one model; fix: --format onnx"
+        )
     if args.embed_backbone and args.format != "ckpt":
         raise ConfigError("--embed-backbone is for --format ckpt; fix: add --format ckpt")
     if (args.calibration or args.check or args.check_gt) and not args.quantize:
@@ -38,12 +42,12 @@ def _check_args(args: argparse.Namespace, out: Path) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from offroadseg.cli.predict import excluded_from_args
-    from offroadseg.inference.checkpoint import load_checkpoint
+    from offroadseg.cli.predict import excluded_from_args, load_members
 
     out = Path(args.out)
     _check_args(args, out)
-    loaded = load_checkpoint(args.checkpoint)
+    members = load_members(args.checkpoint, args)
+    loaded = members[0]
     exclude = excluded_from_args(args, loaded.taxonomy)
     start = time.perf_counter()
     if args.format == "ckpt":
@@ -60,17 +64,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         return 0
     if args.quantize:
-        return _export_int8(args, loaded, out, start, exclude)
-    meta = _export_fp32(args, loaded, out, exclude)
+        return _export_int8(args, members, out, start, exclude)
+    meta = _export_fp32(args, members, out, exclude)
     _report_onnx(out, meta, start)
     return 0
 
 
-def _export_fp32(args: argparse.Namespace, loaded, out: Path, exclude: tuple[int, ...]) -> dict:
+def _export_fp32(args: argparse.Namespace, members: list, out: Path, exclude: tuple[int, ...]) -> dict:
     from offroadseg.inference.onnx import export_onnx
 
     return export_onnx(
-        loaded,
+        members,
         out,
         height=args.height,
         width=args.width,
@@ -90,12 +94,19 @@ def _report_onnx(out: Path, meta: dict, start: float) -> None:
         f"{len(meta['taxonomy']['classes'])} classes, opset {meta['opset']}) in "
         f"{time.perf_counter() - start:.1f} s"
     )
+    if len(meta["ensemble"]) > 1:
+        print(
+            f"ensemble of {len(meta['ensemble'])} checkpoints in one graph (mean softmax probabilities): "
+            + ", ".join(m["source"] for m in meta["ensemble"])
+        )
     if meta["excluded_classes"]:
         print("excluded classes (masked inside the graph): " + ", ".join(meta["excluded_classes"]))
     print(f"run it with: offroadseg predict {out} IMAGES... --out DIR")
 
 
-def _export_int8(args: argparse.Namespace, loaded, out: Path, start: float, exclude: tuple[int, ...]) -> int:
+def _export_int8(
+    args: argparse.Namespace, members: list, out: Path, start: float, exclude: tuple[int, ...]
+) -> int:
     from offroadseg.inference.outputs import collect_inputs
     from offroadseg.inference.quantize import compare_models, quantize_onnx
 
@@ -106,14 +117,14 @@ def _export_int8(args: argparse.Namespace, loaded, out: Path, start: float, excl
         prefix=".offroadseg-export-", dir=out.parent if out.parent.is_dir() else None
     ) as work:
         fp32 = Path(work) / "fp32.onnx"
-        _export_fp32(args, loaded, fp32, exclude)
+        _export_fp32(args, members, fp32, exclude)
         meta = quantize_onnx(fp32, out, mode=args.quant_mode, calibration=calibration)
         _report_onnx(out, meta, start)
         if not check:
             print("no --check or --calibration images: int8 agreement with fp32 not measured")
             return 0
         result = compare_models(
-            fp32, out, check, labels=truth, taxonomy=loaded.taxonomy, progress=progress("check")
+            fp32, out, check, labels=truth, taxonomy=members[0].taxonomy, progress=progress("check")
         )
     print(
         f"int8 vs fp32 on {result.images} images: {100 * result.pixel_agreement:.2f}% of pixels agree"
@@ -150,10 +161,11 @@ def register(sub) -> None:
         "export",
         help="export a checkpoint to ONNX (fp32 or int8) or to a checkpoint to ship",
         description="--format onnx: a graph with the taxonomy and input size inside (--quantize int8 "
-        "for CPUs). --format ckpt: an inference checkpoint, with --embed-backbone self-contained for "
+        "for CPUs; --ensemble: several checkpoints in one graph, their probabilities averaged). --format ckpt: an inference checkpoint, with --embed-backbone self-contained for "
         "machines without the backbone's weights source.",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT")
+    add_ensemble_argument(p)
     p.add_argument("--format", default="onnx", help="onnx | ckpt")
     p.add_argument("--out", required=True, help="the .onnx / .ckpt file to write")
     p.add_argument(

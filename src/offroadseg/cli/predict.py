@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from offroadseg.cli.common import fmt, print_scores, progress
-from offroadseg.errors import ConfigError
+from offroadseg.errors import ConfigError, DataError
 
 
 def parse_scales(text: str | None) -> tuple[float, ...] | None:
@@ -80,9 +80,45 @@ def excluded_from_args(args: argparse.Namespace, taxonomy) -> tuple[int, ...]:
     return parse_excluded_classes(getattr(args, "exclude_classes", None), taxonomy)
 
 
+def add_ensemble_argument(p: argparse.ArgumentParser) -> None:
+    """--ensemble CKPT (repeatable): more checkpoints whose probabilities are averaged with CHECKPOINT's."""
+    p.add_argument(
+        "--ensemble",
+        action="append",
+        default=[],
+        metavar="CKPT",
+        help="another checkpoint of the same taxonomy; repeat for more: the members' softmax "
+        "probabilities are averaged (see docs/ensembles.md)",
+    )
+
+
+def load_members(first: str, args: argparse.Namespace) -> list:
+    """The checkpoints of ``CHECKPOINT --ensemble ...``, loaded and checked to share one taxonomy."""
+    from offroadseg.inference.checkpoint import load_checkpoint
+    from offroadseg.inference.ensemble import check_same_taxonomy
+
+    paths = [first, *getattr(args, "ensemble", [])]
+    onnx = [p for p in paths if Path(p).suffix.lower() == ".onnx"]
+    if onnx and len(paths) > 1:
+        raise ConfigError(
+            f"--ensemble combines .ckpt checkpoints, got {onnx[0]}; fix: export the ensemble into one "
+            f"file (offroadseg export A.ckpt --ensemble B.ckpt --out model.onnx) and predict with it alone"
+        )
+    members = [load_checkpoint(p) for p in paths]
+    check_same_taxonomy([m.taxonomy for m in members], paths)
+    return members
+
+
+def describe_members(members: list) -> str:
+    """``ensemble of 2 checkpoints: a.ckpt, b.ckpt`` (or the one checkpoint's path)."""
+    if len(members) == 1:
+        return str(members[0].path)
+    return f"ensemble of {len(members)} checkpoints: " + ", ".join(str(m.path) for m in members)
+
+
 def load_predictor(model_path: str, args: argparse.Namespace):
-    """A predictor for a ``.ckpt`` (PyTorch) or ``.onnx`` (ONNX Runtime) file."""
-    if Path(model_path).suffix.lower() == ".onnx":
+    """A predictor for a ``.ckpt`` (PyTorch; with ``--ensemble``, several) or ``.onnx`` (ONNX Runtime)."""
+    if Path(model_path).suffix.lower() == ".onnx" and not getattr(args, "ensemble", []):
         from offroadseg.inference.onnx import load_onnx_predictor, read_onnx_metadata
         from offroadseg.taxonomy import taxonomy_from_dict
 
@@ -92,38 +128,57 @@ def load_predictor(model_path: str, args: argparse.Namespace):
         return load_onnx_predictor(
             model_path, tta=tta, device=args.device, batch_size=args.batch_size, exclude=exclude
         ), "error"
-    from offroadseg.inference.checkpoint import load_checkpoint
+    from offroadseg.inference.ensemble import EnsemblePredictor
     from offroadseg.inference.predictor import Predictor
 
-    loaded = load_checkpoint(model_path)
-    tta = tta_from_args(args, vars(loaded.config.eval))
-    exclude = excluded_from_args(args, loaded.taxonomy)
-    predictor = Predictor.from_loaded(
-        loaded, tta=tta, device=args.device, batch_size=args.batch_size, exclude=exclude
-    )
-    return predictor, loaded.config.data.unknown_values
+    members = load_members(model_path, args)
+    first = members[0]
+    tta = tta_from_args(args, vars(first.config.eval))
+    exclude = excluded_from_args(args, first.taxonomy)
+    settings = {"tta": tta, "device": args.device, "batch_size": args.batch_size, "exclude": exclude}
+    if len(members) == 1:
+        predictor = Predictor.from_loaded(first, **settings)
+    else:
+        predictor = EnsemblePredictor.from_checkpoints(members, **settings)
+    return predictor, first.config.data.unknown_values
 
 
-def _predict_videos(predictor, videos: list[str], args: argparse.Namespace) -> None:
+def _predict_videos(
+    predictor, videos: list[str], args: argparse.Namespace, *, alone: bool
+) -> list[tuple[str, str]]:
+    """Overlay every video; one that cannot be read is skipped (returned with its reason).
+
+    ``alone``: the only input, so its error is the command's (one line, exit 2).
+    """
+    from offroadseg.errors import OffroadsegError
     from offroadseg.inference.video import predict_video
 
+    failed = []
     for video in videos:
-        summary = predict_video(
-            predictor,
-            video,
-            args.out,
-            alpha=args.alpha,
-            every=args.every,
-            write_masks=args.video_masks,
-            overwrite=args.overwrite,
-            progress=progress("video"),
-        )
+        try:
+            summary = predict_video(
+                predictor,
+                video,
+                args.out,
+                alpha=args.alpha,
+                every=args.every,
+                write_masks=args.video_masks,
+                overwrite=args.overwrite,
+                progress=progress("video"),
+            )
+        except OffroadsegError as exc:
+            if alone:
+                raise
+            failed.append((video, str(exc)))
+            print(f"skipped {video}: {exc}", file=sys.stderr)
+            continue
         h, w = summary.size
         masks = f" and {summary.predicted} masks in {summary.source.stem}_masks/" if args.video_masks else ""
         print(
             f"wrote {summary.output} ({summary.frames} frames, {w}x{h}, {summary.fps:.2f} fps){masks}: "
             f"model on {summary.predicted} frames, {summary.frames_per_second:.2f} frames/s"
         )
+    return failed
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -134,21 +189,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"--every {args.every}: must be >= 1; fix: e.g. --every 2 (every second frame)")
     videos = [i for i in args.inputs if is_video(i) and Path(i).is_file()]
     images = [i for i in args.inputs if i not in videos]
-    paths = collect_inputs(images) if images else []
+    missing: list[tuple[str, str]] = []  # inputs that do not exist: reported, the others still run
+    paths = collect_inputs(images, missing=missing) if images else []
+    if missing and not paths and not videos:
+        raise DataError(missing[0][1] if len(missing) == 1 else f"none of the inputs exist ({missing[0][1]})")
     predictor, unknown = load_predictor(args.model, args)
-    if videos:
-        _predict_videos(predictor, videos, args)
-        if not paths:
-            return 0
+    for spec, reason in missing:
+        print(f"skipped {spec}: {reason}", file=sys.stderr)
+    alone = len(videos) == 1 and not paths and not missing
+    failed_videos = _predict_videos(predictor, videos, args, alone=alone) if videos else []
+    if videos and not paths:
+        return _finish(len(videos), missing + failed_videos)
     writer = OutputWriter(args.out, predictor.taxonomy, alpha=args.alpha, overwrite=args.overwrite)
     t = predictor.tta
     mode = f"tta={t.tta}" + (f" scales={list(t.scales)}" if "scales" in t.tta else "")
     mode += f", sliding window (overlap {t.window_overlap})" if t.sliding_window else ""
     if predictor.exclude:
         mode += ", excluded: " + ", ".join(predictor.taxonomy.names[i] for i in predictor.exclude)
+    members = getattr(predictor, "members", [predictor])
+    sizes = ", ".join(dict.fromkeys(f"{m.image_size[0]}x{m.image_size[1]}" for m in members))
+    model = args.model
+    if len(members) > 1:
+        model = f"an ensemble of {len(members)} checkpoints ({', '.join(predictor.sources)})"
     print(
-        f"predicting {len(paths)} images with {args.model} ({predictor.runtime}, {predictor.device}, "
-        f"input {predictor.image_size[0]}x{predictor.image_size[1]}, {mode}) -> {args.out}"
+        f"predicting {len(paths)} images with {model} ({predictor.runtime}, {predictor.device}, "
+        f"input {sizes}, {mode}) -> {args.out}"
     )
     summary = predict_files(
         predictor,
@@ -161,6 +226,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     for path, reason in summary.failed:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    failed = missing + failed_videos + summary.failed
     if summary.no_truth:
         print(
             f"{len(summary.no_truth)} images have no ground truth in {args.gt} and were not scored "
@@ -171,12 +237,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
             summary.scores, header=f"{summary.scored} images scored against {args.gt} (dataset-level)"
         )
         print(f"wrote {Path(args.out) / 'metrics.json'} and per_image.csv (worst first)")
-    failed = f", {len(summary.failed)} failed" if summary.failed else ""
     print(
-        f"done: {summary.images} images{failed} in {summary.seconds:.1f} s - "
+        f"done: {summary.images} images{f', {len(failed)} failed' if failed else ''} in {summary.seconds:.1f} s - "
         f"{summary.images_per_second:.2f} images/s, {fmt(summary.ms_per_image, 1)} ms/image"
     )
-    return 1 if summary.failed else 0
+    return _finish(len(videos) + len(paths) + len(missing), failed)
+
+
+def _finish(inputs: int, failed: list[tuple[str, str]]) -> int:
+    """The closing summary of failed inputs (each already reported on its own line) and the exit status."""
+    if not failed:
+        return 0
+    names = ", ".join(Path(path).name for path, _ in failed[:5]) + (", ..." if len(failed) > 5 else "")
+    print(
+        f"{len(failed)} of {inputs} inputs failed and were skipped ({names}); see the lines above",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def register(sub) -> None:
@@ -201,6 +278,7 @@ def register(sub) -> None:
     p.add_argument(
         "--gt", default=None, help="folder of ground-truth masks named like the images: score them"
     )
+    add_ensemble_argument(p)
     add_tta_arguments(p)
     add_exclude_argument(p)
     p.add_argument("--batch-size", type=int, default=1, help="images (or windows) per forward pass")

@@ -1,9 +1,10 @@
-"""Evaluate a checkpoint on a dataset split: dataset-level scores at the label's resolution."""
+"""Evaluate a checkpoint (or an ensemble of them) on a dataset split: dataset-level scores at the
+label's resolution."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader
 from offroadseg.data.datasets import SegmentationDataset, collate, list_samples
 from offroadseg.devices import pick_device
 from offroadseg.inference.checkpoint import LoadedModel
+from offroadseg.inference.ensemble import EnsemblePredictor
 from offroadseg.inference.predictor import Predictor, TTAConfig, mask_excluded
 from offroadseg.metrics import BatchMeanIoU, ConfusionMatrixMetric, scores_from_confusion
 from offroadseg.training.module import full_resolution_predictions
@@ -27,7 +29,7 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate_loaded(
-    loaded: LoadedModel,
+    loaded: LoadedModel | Sequence[LoadedModel],
     *,
     data_root: str | None = None,
     split: str = "val",
@@ -43,15 +45,33 @@ def evaluate_loaded(
     section) switches to the predictor's TTA / sliding-window path on full-resolution images.
     ``exclude``: class ids whose logits are masked before the argmax (they get no pixel; where
     the labels hold them they count as misses).
-    """
 
+    ``loaded`` may be a list of checkpoints of one taxonomy: an ensemble, scored from the mean of
+    their softmax probabilities through the shared predictor on full-resolution images (each member
+    at its own training size, logits upsampled to the label's size; see
+    :mod:`offroadseg.inference.ensemble`). The split, data settings and default TTA are the first
+    member's; a list of one is that checkpoint alone.
+
+    Raises:
+        ConfigError: ensemble members of different taxonomies.
+    """
+    members = list(loaded) if isinstance(loaded, list | tuple) else [loaded]
+    loaded = members[0]
     cfg = loaded.config
     data_cfg = dataclasses.replace(cfg.data, root=data_root) if data_root else cfg.data
     samples = list_samples(data_cfg, split)
+    if len(members) > 1:
+        predictor = EnsemblePredictor.from_checkpoints(
+            members, tta=tta, device=device, batch_size=batch_size, exclude=exclude
+        )
+        return _evaluate_with_predictor(predictor, loaded, samples, split, batch_size, progress)
     if tta is None:
         tta = TTAConfig.from_eval(cfg.eval)
     if tta.tta != "none" or tta.sliding_window:
-        return _evaluate_with_predictor(loaded, samples, split, tta, batch_size, device, progress, exclude)
+        predictor = Predictor.from_loaded(
+            loaded, tta=tta, device=device, batch_size=batch_size, exclude=exclude
+        )
+        return _evaluate_with_predictor(predictor, loaded, samples, split, batch_size, progress)
     dataset = SegmentationDataset(
         samples,
         loaded.taxonomy,
@@ -80,13 +100,10 @@ def evaluate_loaded(
     return EvalResult(split, len(dataset), scores, float(batch_iou.compute()))
 
 
-def _evaluate_with_predictor(
-    loaded, samples, split, tta, batch_size, device, progress, exclude
-) -> EvalResult:
-    """Score full-resolution predictions of the shared predictor (TTA, sliding window)."""
+def _evaluate_with_predictor(predictor, loaded, samples, split, batch_size, progress) -> EvalResult:
+    """Score full-resolution predictions of the shared predictor (TTA, sliding window, ensembles)."""
     from offroadseg.data.datasets import load_pair
 
-    predictor = Predictor.from_loaded(loaded, tta=tta, device=device, batch_size=batch_size, exclude=exclude)
     k = loaded.taxonomy.num_classes
     cm = ConfusionMatrixMetric(k, ignore_index=loaded.taxonomy.ignore_index)
     batch_iou = BatchMeanIoU(k, ignore_index=loaded.taxonomy.ignore_index)

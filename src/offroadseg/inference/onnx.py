@@ -38,11 +38,19 @@ from torch import Tensor, nn
 
 from offroadseg import __version__
 from offroadseg.data.datasets import IMAGENET_MEAN, IMAGENET_STD
-from offroadseg.errors import ModelError
+from offroadseg.errors import ConfigError, ModelError
+from offroadseg.inference.ensemble import check_same_taxonomy, mean_probabilities
 from offroadseg.inference.predictor import ExcludeClasses, Predictor, TTAConfig
 from offroadseg.taxonomy import taxonomy_from_dict
 
-__all__ = ["ONNX_FORMAT", "OnnxRunner", "export_onnx", "load_onnx_predictor", "read_onnx_metadata"]
+__all__ = [
+    "ONNX_FORMAT",
+    "MeanProbabilities",
+    "OnnxRunner",
+    "export_onnx",
+    "load_onnx_predictor",
+    "read_onnx_metadata",
+]
 
 META_KEY = "offroadseg"
 ONNX_FORMAT = 1
@@ -177,6 +185,51 @@ class _PatchMultipleSegmentor(nn.Module):
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class MeanProbabilities(nn.Module):
+    """Ensemble members -> the log of their mean softmax probabilities (one ONNX graph).
+
+    The log is the logits of the mean distribution (its softmax gives the mean back), so every
+    runtime and the predictor treat the ensemble's output as one model's logits. Probabilities are
+    clamped at the smallest float before the log so an excluded class (probability 0) stays finite.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Normalised ``[B, 3, H, W]`` -> log mean probabilities ``[B, K, H, W]``."""
+        mean = mean_probabilities([member(images) for member in self.members])
+        return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
+
+
+def _member_graph(seg: nn.Module, size: tuple[int, int], *, dynamic: bool) -> nn.Module:
+    """One segmentor made exportable at ``size`` (or at any patch-multiple size when ``dynamic``)."""
+    model = _exportable(seg)
+    if has_registers(seg) and dynamic:
+        _register_aa_bicubic()
+    elif has_registers(seg):
+        _fix_position_table(model, *seg.padded_size(*size))
+    return _PatchMultipleSegmentor(model) if dynamic else model
+
+
+def _export_size(members: list, height: int | None, width: int | None) -> tuple[int, int]:
+    """The graph's input size: the flags, else the members' one training size."""
+    sizes = {tuple(int(s) for s in m.config.data.image_size) for m in members}
+    if len(sizes) > 1 and (height is None or width is None):
+        trained = ", ".join(
+            f"{Path(m.path).name} {m.config.data.image_size[0]}x{m.config.data.image_size[1]}"
+            for m in members
+        )
+        raise ConfigError(
+            f"ensemble members were trained at different sizes ({trained}) and an ONNX graph has one "
+            f"input size; fix: pass --height H --width W (e.g. --height {members[0].config.data.image_size[0]} "
+            f"--width {members[0].config.data.image_size[1]})"
+        )
+    first = members[0].config.data.image_size
+    return int(height or first[0]), int(width or first[1])
+
+
 def export_onnx(
     loaded,
     path: str | Path,
@@ -188,23 +241,29 @@ def export_onnx(
     external_data: bool | None = None,
     exclude: tuple[int, ...] = (),
 ) -> dict[str, Any]:
-    """Write ``loaded``'s model as an ONNX file with its metadata; return the metadata.
+    """Write ``loaded``'s model (or ensemble) as an ONNX file with its metadata; return the metadata.
 
     Args:
-        loaded: a :class:`~offroadseg.inference.checkpoint.LoadedModel`.
+        loaded: a :class:`~offroadseg.inference.checkpoint.LoadedModel`, or a list of them of one
+            taxonomy: an ensemble, written as one graph with one input whose output is the log of
+            the members' mean softmax probabilities (:class:`MeanProbabilities`).
         path: the ``.onnx`` file to write (atomically).
-        height, width: the input size (default: the config's ``data.image_size``). A fixed-size
-            model takes exactly this size; a ``dynamic`` one resizes inputs to it by default.
+        height, width: the input size (default: the config's ``data.image_size``; required for an
+            ensemble whose members were trained at different sizes). A fixed-size model takes
+            exactly this size; a ``dynamic`` one resizes inputs to it by default.
         dynamic: make height and width dynamic (needed for multi-scale TTA).
         opset: ONNX opset version (default: 17, or 18 for register archs, whose dynamic
             export needs Resize with antialias).
         external_data: write the weights to ``<path>.data`` beside the graph (default: when
             they exceed about 1.8 GB, since an ONNX file cannot exceed 2 GiB).
-        exclude: class ids masked inside the graph (no pixel, no probability).
+        exclude: class ids masked inside the graph (no pixel, no probability); in an ensemble,
+            in every member's logits before its softmax.
 
     Raises:
-        ModelError: no onnx package, a size below the patch size, or a dynamic register-arch
-            export at an opset without antialiased Resize.
+        ModelError: no onnx package, a size below the patch size, members of different patch
+            sizes, or a dynamic register-arch export at an opset without antialiased Resize.
+        ConfigError: ensemble members of different taxonomies, or of different training sizes
+            without ``height``/``width``.
     """
     try:
         import onnx
@@ -212,15 +271,24 @@ def export_onnx(
         raise ModelError(f"ONNX export needs the onnx package; fix: {_PIP_ONNX}") from None
     from offroadseg.data.io import atomic_save
 
+    members = list(loaded) if isinstance(loaded, list | tuple) else [loaded]
+    check_same_taxonomy([m.taxonomy for m in members], [m.path for m in members])
+    loaded = members[0]
     cfg = loaded.config
     seg = loaded.model
+    patches = {int(m.model.patch_size) for m in members}
+    if len(patches) > 1:
+        raise ModelError(
+            f"ensemble members have different patch sizes ({sorted(patches)}), which one ONNX graph cannot "
+            f"pad for; fix: export them separately, or ensemble them with offroadseg predict instead"
+        )
     p = int(seg.patch_size)
-    size = (int(height or cfg.data.image_size[0]), int(width or cfg.data.image_size[1]))
+    size = _export_size(members, height, width)
     if size[0] < p or size[1] < p:
         raise ModelError(
             f"export size {size[0]}x{size[1]} is smaller than the patch size {p}; fix: use >= {p}"
         )
-    registers = has_registers(seg)
+    registers = any(has_registers(m.model) for m in members)
     opset = int(opset or (AA_RESIZE_OPSET if registers else 17))
     if registers and dynamic and opset < AA_RESIZE_OPSET:
         raise ModelError(
@@ -228,16 +296,14 @@ def export_onnx(
             f"antialias, which opset {opset} lacks; fix: use --opset {AA_RESIZE_OPSET} (or higher), or "
             f"export a fixed size without --dynamic"
         )
-    model = _exportable(seg)
-    if registers and dynamic:
-        _register_aa_bicubic()
-    elif registers:
-        _fix_position_table(model, *seg.padded_size(*size))
-    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    external = weight_bytes > EXTERNAL_DATA_BYTES if external_data is None else bool(external_data)
+    k = loaded.taxonomy.num_classes
+    graphs = [_member_graph(m.model, size, dynamic=dynamic) for m in members]
+    if len(graphs) == 1:
+        model = graphs[0]
+    else:  # each member masked before its own softmax, as the PyTorch ensemble does
+        model = MeanProbabilities([ExcludeClasses(g, exclude, k) if exclude else g for g in graphs])
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
     if dynamic:
-        model = _PatchMultipleSegmentor(model)
         dummy_size = tuple(-(-s // p) * p for s in size)
         axes = {
             INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
@@ -246,7 +312,9 @@ def export_onnx(
     else:
         dummy_size = size
     if exclude:
-        model = ExcludeClasses(model, exclude, loaded.taxonomy.num_classes)
+        model = ExcludeClasses(model, exclude, k)
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    external = weight_bytes > EXTERNAL_DATA_BYTES if external_data is None else bool(external_data)
     dummy = torch.zeros(1, 3, *dummy_size)
     meta = {
         "format": ONNX_FORMAT,
@@ -263,6 +331,15 @@ def export_onnx(
         "eval": dict(vars(cfg.eval)),
         "model": {"backbone": cfg.model.backbone.name, "head": cfg.model.head.name},
         "source": Path(getattr(loaded, "path", "")).name,
+        "ensemble": [
+            {
+                "source": Path(getattr(m, "path", "")).name,
+                "train_image_size": list(m.config.data.image_size),
+                "backbone": m.config.model.backbone.name,
+                "head": m.config.model.head.name,
+            }
+            for m in members
+        ],
         "excluded_classes": [loaded.taxonomy.names[i] for i in exclude],
         "opset": opset,
         "external_data": external,

@@ -37,17 +37,30 @@ FILES = ("metrics.json", "per_image.csv")
 COMPARISON_MAX_HEIGHT = 540
 
 
-def collect_inputs(specs: Sequence[str]) -> list[Path]:
+def collect_inputs(specs: Sequence[str], *, missing: list[tuple[str, str]] | None = None) -> list[Path]:
     """Image paths from files, folders (their image files, sorted) and glob patterns.
 
     A file named explicitly is kept whatever its suffix, so a wrong file is reported when
     it is read rather than silently dropped; folders and globs give image files only.
 
+    Args:
+        specs: files, folders and glob patterns.
+        missing: when given, a path that does not exist or a pattern that matches nothing is
+            appended to it as ``(spec, one-line reason)`` instead of stopping the run (so the
+            result may be empty when nothing exists).
+
     Raises:
-        DataError: a path does not exist, a pattern matches nothing, or two inputs share a name
-            (their outputs would overwrite each other).
+        DataError: a path does not exist or a pattern matches nothing (unless ``missing`` is
+            given), no image file at all, or two inputs share a name (their outputs would
+            overwrite each other).
     """
     paths: list[Path] = []
+
+    def not_found(spec: str, message: str) -> None:
+        if missing is None:
+            raise DataError(message)
+        missing.append((spec, message))
+
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
@@ -58,14 +71,15 @@ def collect_inputs(specs: Sequence[str]) -> list[Path]:
             found = sorted(Path(p) for p in glob.glob(spec, recursive=True))
             found = [p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
             if not found:
-                raise DataError(
-                    f"pattern {spec!r} matches no image file; fix: check the pattern and quote it"
+                not_found(
+                    spec, f"pattern {spec!r} matches no image file; fix: check the pattern and quote it"
                 )
             paths += found
         else:
-            raise DataError(f"input {spec} does not exist; fix: give image files, folders or glob patterns")
+            not_found(spec, f"input {spec} does not exist; fix: give image files, folders or glob patterns")
     paths = list(dict.fromkeys(paths))
-    if not paths:
+    if not paths and missing:
+        return []  # nothing exists: the caller reports each missing input
         raise DataError(
             f"no image files in {', '.join(specs)}; fix: point INPUT at images ({', '.join(IMAGE_SUFFIXES)})"
         )
@@ -179,8 +193,9 @@ def predict_files(
 ) -> PredictSummary:
     """Predict every image, write its outputs, and score it when ground truth is given.
 
-    An unreadable input (or a bad ground-truth mask) is recorded in ``failed`` and skipped;
-    the run goes on. Files are read and written on a small thread pool while the model runs.
+    An input that cannot be read or written (or a bad ground-truth mask) is recorded in
+    ``failed`` with a one-line reason and skipped; the run goes on with the others. Files are
+    read and written on a small thread pool while the model runs.
 
     Args:
         gt_dir: folder of ground-truth masks named like the inputs (``<name>.png``).
@@ -201,6 +216,12 @@ def predict_files(
             image = read_image(path)
         except DataError as exc:
             return None, None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - one bad file (a decompression bomb...) must not stop the others
+            return (
+                None,
+                None,
+                f"image file {path} could not be read ({type(exc).__name__}: {exc}); fix: check or remove it",
+            )
         if truth_index is None or path.stem not in truth_index:
             return image, None, None
         gt_path = truth_index[path.stem]
@@ -223,7 +244,7 @@ def predict_files(
     batches = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
     done = 0
     with ThreadPoolExecutor(max_workers=2) as pool:
-        pending: list[Future] = []
+        pending: list[tuple[Path, Future]] = []
         loading = [pool.submit(load, p) for p in batches[0]] if batches else []
         for b, batch in enumerate(batches):
             loaded = [f.result() for f in loading]
@@ -242,7 +263,7 @@ def predict_files(
             if ok:
                 ids_list = predictor.predict([im for _, im, _ in ok])
                 for (path, image, truth), ids in zip(ok, ids_list, strict=True):
-                    pending.append(pool.submit(writer.write, path.stem, image, ids, truth))
+                    pending.append((path, pool.submit(writer.write, path.stem, image, ids, truth)))
                     summary.images += 1
                     if truth is not None:
                         cm = np.asarray(confusion_matrix(ids, truth, k, ignore_index=tax.ignore_index))
@@ -258,8 +279,14 @@ def predict_files(
             done += len(batch)
             if progress:
                 progress(done, len(paths))
-        for f in pending:
-            f.result()
+        for path, f in pending:
+            try:
+                f.result()
+            except OSError as exc:  # e.g. a name the file system refuses: the other outputs still count
+                summary.failed.append(
+                    (str(path), f"its outputs could not be written to {writer.out_dir} ({exc})")
+                )
+                summary.images -= 1
     summary.seconds = time.perf_counter() - start
     if truth_index is not None:
         summary.scored = len(per_image)
