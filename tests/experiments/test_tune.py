@@ -148,12 +148,44 @@ def test_bad_storage_and_a_study_of_another_space_are_one_line(ycor: Path, tmp_p
 # -- a whole study --------------------------------------------------------------------------------------
 
 
+def test_a_trial_behind_after_its_first_fold_is_pruned(ycor: Path, tmp_path: Path) -> None:
+    """Successive halving over fold rungs, with a fold runner whose scores are known: fold mIoU = lr."""
+    from offroadseg.config import parse_override, read_config_dict, set_dotted
+    from offroadseg.experiments.tune import TuneOptions, run_tune
+
+    base = read_config_dict(REPO / "configs" / "ycor.yaml")
+    for text in [f"data.root={ycor}", *TINY]:
+        set_dotted(base, *parse_override(text))
+    params = parse_space({"train.lr": {"choice": [0.3, 0.2, 0.1, 0.4]}})
+    ran: list[tuple[float, int]] = []
+
+    def fake_fold(cfg, fold, k, run_dir, *, keep_checkpoints):
+        ran.append((cfg.train.lr, fold.index + 1))
+        return {"fold": fold.index + 1, "miou": cfg.train.lr, "per_class_iou": {"a": cfg.train.lr}}
+
+    opts = TuneOptions(
+        trials=4, folds=3, storage=f"sqlite:///{tmp_path / 'tune.db'}", study="p", work_dir=str(tmp_path)
+    )
+    opts.enqueue = [{"train.lr": v} for v in (0.3, 0.2, 0.1, 0.4)]
+    events: list[dict] = []
+    run_tune(base, params, opts, on_event=events.append, run_fold=fake_fold)
+    # 0.3 leads every rung (3 folds); 0.2 and 0.1 are behind after fold 1; 0.4 leads again: all 3 folds
+    assert ran == [(0.3, 1), (0.3, 2), (0.3, 3), (0.2, 1), (0.1, 1), (0.4, 1), (0.4, 2), (0.4, 3)]
+    states = {round(t.params["train.lr"], 1): (t.state.name, t.value) for t in _trials(tmp_path, "p")}
+    assert states[0.3] == ("COMPLETE", pytest.approx(0.3)) and states[0.4] == ("COMPLETE", pytest.approx(0.4))
+    assert states[0.2][0] == states[0.1][0] == "PRUNED"
+    trial_events = [e for e in events if e["kind"] == "trial"]
+    assert [e["pruned_after"] for e in trial_events] == [None, 1, 1, None]
+    assert trial_events[-1]["best"] == {"trial": 3, "value": pytest.approx(0.4)}
+
+
 @pytest.mark.slow
-def test_three_trials_leaderboard_plots_and_best_recipe(ycor: Path, tmp_path: Path, capsys) -> None:
+def test_three_trials_leaderboard_plots_best_recipe_and_ensemble(ycor: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "board.json"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert main(_argv(ycor, tmp_path, "--json", str(out), "--pruner", "sha")) == 0
+        argv = _argv(ycor, tmp_path, "--json", str(out), "--pruner", "none", "--ensemble-top", "2")
+        assert main(argv) == 0
     printed = capsys.readouterr().out
     assert (
         "[trial 1/3]" in printed
@@ -161,19 +193,22 @@ def test_three_trials_leaderboard_plots_and_best_recipe(ycor: Path, tmp_path: Pa
         and "ETA" in printed
         and "best so far" in printed
     )
-    assert "fold 1/2 (rung 1)" in printed
+    assert "fold 1/2 (rung 1)" in printed and "ensemble fold 2/2" in printed
     res = json.loads(out.read_text())
-    states = [r["state"] for r in res["leaderboard"]]
-    assert len(states) == 3 and res["complete"] + res["pruned"] == 3 and res["complete"] >= 1
-    for r in res["leaderboard"]:
-        if r["complete"]:  # a complete trial's CV mean is the mean of its folds' values
-            assert r["folds_run"] == 2 and r["cv_mean"] == pytest.approx(sum(r["fold_values"]) / 2)
-        else:
-            assert r["state"] == "pruned after 1 fold(s)" and r["folds_run"] == 1
+    rows = res["leaderboard"]
+    assert res["complete"] == 3 and [r["state"] for r in rows] == ["complete"] * 3
+    for r in rows:  # a complete trial's CV mean is the mean of its folds' values, best first
+        assert r["folds_run"] == 2 and r["cv_mean"] == pytest.approx(sum(r["fold_values"]) / 2)
+    assert [r["cv_mean"] for r in rows] == sorted((r["cv_mean"] for r in rows), reverse=True)
+    ens = res["ensemble"]
+    assert ens["members"] == [rows[0]["trial"], rows[1]["trial"]] and len(ens["fold_values"]) == 2
+    assert ens["cv_mean"] == pytest.approx(sum(ens["fold_values"]) / 2)
     board = tmp_path / "runs" / "s"
-    assert (board / "leaderboard.md").read_text().count("\n| ") >= 3
+    assert (board / "leaderboard.md").read_text().count("\n| ") >= 3 and "Ensemble of trials" in (
+        board / "leaderboard.md"
+    ).read_text()
     assert (board / "leaderboard.csv").read_text().splitlines()[0].startswith("trial,state,cv_mean,cv_std")
-    assert (board / "history.png").stat().st_size > 5000
+    assert (board / "history.png").stat().st_size > 5000 and (board / "importance.png").stat().st_size > 5000
     # the best recipe is a small diff on the base that trains as is
     best = (board / "best.yaml").read_text()
     assert best.count("base: ") == 1 and "head:" in best and "lr:" in best

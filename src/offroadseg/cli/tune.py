@@ -105,6 +105,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         pruner=args.pruner,
         seed=args.seed,
         enqueue=enqueue,
+        keep_checkpoints=args.keep_checkpoints or bool(args.ensemble_top),
     )
     out = Path(args.out or Path(args.work_dir) / args.study)
     command = (
@@ -131,6 +132,28 @@ def cmd_tune(args: argparse.Namespace) -> int:
     payload = write_outputs(
         study, out, base_config=configs[0], command=command, overrides=given, json_path=args.json
     )
+    if args.ensemble_top:
+        from offroadseg.experiments.tune import ensemble_cv
+
+        print(f"tune: ensemble of the top {args.ensemble_top} complete trials, scored fold by fold")
+        ens = ensemble_cv(
+            study,
+            args.ensemble_top,
+            exclude=exclude,
+            on_fold=lambda f, k, v: print(f"  ensemble fold {f}/{k}: mIoU {fmt(v)}", flush=True),
+        )
+        std = f" ± {ens['cv_std']:.4f}" if ens["cv_std"] is not None else ""
+        members = ", ".join(f"#{n} ({fmt(v)})" for n, v in zip(ens["members"], ens["member_cv"], strict=True))
+        print(f"ensemble CV {ens['cv_mean']:.4f}{std} of {members}")
+        payload = write_outputs(
+            study,
+            out,
+            base_config=configs[0],
+            command=command,
+            overrides=given,
+            json_path=args.json,
+            ensemble=ens,
+        )
     best = payload["best"]
     print(
         f"tune: {payload['complete']} complete, {payload['pruned']} pruned, {payload['infeasible']} infeasible, "
@@ -181,6 +204,18 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--work-dir", default="runs/tune", help="trial runs go to <work-dir>/<study>/trial<n>/fold<i>"
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep each fold's checkpoint (deleted after scoring by default)",
+    )
+    p.add_argument(
+        "--ensemble-top",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also score the ensemble of the K best complete trials by the same folds (keeps checkpoints)",
     )
     p.add_argument("--out", help="leaderboard, plots and best.yaml (default: <work-dir>/<study>)")
     p.add_argument("--json", help="also write the leaderboard JSON here")

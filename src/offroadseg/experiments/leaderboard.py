@@ -186,6 +186,7 @@ def write_outputs(
     command: str,
     overrides: dict | None = None,
     json_path: str | None = None,
+    ensemble: dict | None = None,
 ) -> dict:
     """Leaderboard (md/csv/json), plots and ``best.yaml`` into ``out_dir``; returns the JSON payload.
 
@@ -213,6 +214,13 @@ def write_outputs(
     }
     md = f"Study `{study.study_name}`, {payload['objective']}; `{command}`\n\n"
     md += leaderboard_markdown(rows, classes=classes)
+    if ensemble is not None:
+        payload["ensemble"] = ensemble
+        std = f" ± {ensemble['cv_std']:.4f}" if ensemble["cv_std"] is not None else ""
+        md += (
+            f"\nEnsemble of trials {', '.join(f'#{n}' for n in ensemble['members'])} (mean softmax): "
+            f"CV {ensemble['cv_mean']:.4f}{std}; per fold {', '.join(f'{v:.4f}' for v in ensemble['fold_values'])}\n"
+        )
     atomic_write_text(out / "leaderboard.md", md)
     atomic_write_text(out / "leaderboard.csv", leaderboard_csv(rows))
     payload["plots_skipped"] = _plots(study, out)

@@ -42,6 +42,7 @@ from offroadseg.models.backbone import hidden_states_needed, resolve_layers
 
 __all__ = [
     "TuneOptions",
+    "ensemble_cv",
     "open_study",
     "run_tune",
     "space_store_blocks",
@@ -68,6 +69,7 @@ class TuneOptions:
     pruner: str = "sha"  # sha | hyperband | none
     seed: int = 0  # sampler seed (the fold assignment uses cv's default seed 0)
     enqueue: list[dict] = field(default_factory=list)  # points to try first (dotted key -> value)
+    keep_checkpoints: bool = False  # keep each fold's checkpoint (for --ensemble-top)
 
 
 class _Surplus(Exception):
@@ -382,7 +384,11 @@ def run_tune(
         for fold in folds:
             try:
                 row = run_fold(
-                    cfg, fold, opts.folds, run_root / f"fold{fold.index + 1}", keep_checkpoints=False
+                    cfg,
+                    fold,
+                    opts.folds,
+                    run_root / f"fold{fold.index + 1}",
+                    keep_checkpoints=opts.keep_checkpoints,
                 )
             except ConfigError as exc:  # a combination the model refuses (e.g. LoRA on cached blocks)
                 trial.set_user_attr("infeasible", str(exc))
@@ -493,4 +499,52 @@ def _slim(row: dict, value: float) -> dict:
         "cache_build_s": row.get("cache_build_s"),
         "total_s": row.get("total_s"),
         "scored_with": row.get("scored_with"),
+        "model_checkpoint": row.get("model_checkpoint"),
+    }
+
+
+def ensemble_cv(study, top: int, *, exclude: Sequence[str] = (), device: str = "auto", on_fold=None) -> dict:
+    """Grouped-CV figure of the ensemble of the ``top`` best complete trials (mean of their softmaxes).
+
+    Each fold's ensemble is the members' checkpoints of that fold (kept with ``--keep-checkpoints``),
+    scored on the fold's held-out frames exactly as a trial's fold is (the members' own TTA setting).
+
+    Raises:
+        ConfigError: fewer than two complete trials whose fold checkpoints are all on disk.
+    """
+    from optuna.trial import TrialState  # noqa: PLC0415
+
+    from offroadseg.inference.checkpoint import load_checkpoint  # noqa: PLC0415
+    from offroadseg.inference.evaluate import evaluate_loaded  # noqa: PLC0415
+
+    if top < 2:
+        raise ConfigError(f"--ensemble-top {top}: an ensemble needs at least 2 members")
+    usable = []
+    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: -t.value):
+        rows = t.user_attrs.get("fold_rows") or []
+        if rows and all(r.get("model_checkpoint") and Path(r["model_checkpoint"]).is_file() for r in rows):
+            usable.append(t)
+    members = usable[:top]
+    if len(members) < 2:
+        raise ConfigError(
+            f"--ensemble-top {top}: {len(members)} complete trial(s) have their fold checkpoints on disk; fix: "
+            f"run the study with --keep-checkpoints (at least 2 complete trials)"
+        )
+    folds = len(members[0].user_attrs["fold_rows"])
+    values = []
+    for f in range(folds):
+        loaded = [load_checkpoint(t.user_attrs["fold_rows"][f]["model_checkpoint"]) for t in members]
+        scores = evaluate_loaded(loaded, split=loaded[0].config.data.val_split, device=device).scores
+        value = fold_objective(scores, exclude)
+        values.append(value)
+        if on_fold is not None:
+            on_fold(f + 1, folds, value)
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
+    return {
+        "members": [t.number for t in members],
+        "member_cv": [t.value for t in members],
+        "fold_values": values,
+        "cv_mean": mean,
+        "cv_std": std,
     }

@@ -114,6 +114,9 @@ def run_fold(cfg: Config, fold: Fold, k: int, run_dir: Path, *, keep_checkpoints
         "miou": scores["miou"] if scores else None,
         "miou_no_tta": no_tta,
         "scored_with": scored_with,
+        "model_checkpoint": str(result.model_checkpoint)
+        if keep_checkpoints and result.model_checkpoint
+        else None,
         "per_class_iou": scores["per_class_iou"] if scores else None,
         "confusion_matrix": scores["confusion_matrix"] if scores else None,
         "epochs": len(result.history),
