@@ -1,4 +1,7 @@
+import dataclasses
 import re
+import types
+import typing
 from pathlib import Path
 
 import pytest
@@ -123,11 +126,87 @@ def test_every_shipped_config_loads():
         ("train.limit_val_batches=1.5", "a batch count >= 1 (int) or a fraction in (0, 1]"),
         ("eval.window_overlap=1", "eval.window_overlap=1.0 must lie in [0, 1)"),
         ("run.dir=null", "run.dir: null is not allowed"),
+        ("train.lr=-1", "train.lr=-1.0 must be a finite number > 0; fix: e.g. train.lr=1e-4"),
+        ("train.lr=0", "train.lr=0.0 must be a finite number > 0"),
+        ("train.lr=.nan", "train.lr=nan must be a finite number > 0"),
+        ("train.lr=.inf", "train.lr=inf must be a finite number > 0"),
+        ("train.weight_decay=-0.1", "train.weight_decay=-0.1 must be a finite number >= 0"),
+        ("train.momentum=1", "train.momentum=1.0 must lie in [0, 1)"),
+        ("train.momentum=-0.5", "train.momentum=-0.5 must lie in [0, 1)"),
+        ("train.ema_decay=1", "train.ema_decay=1.0 must lie in (0, 1)"),
+        ("train.ema_decay=0", "train.ema_decay=0.0 must lie in (0, 1)"),
+        ("train.min_lr=-1e-6", "train.min_lr=-1e-06 must be a finite number >= 0"),
+        ("train.warmup_epochs=-1", "train.warmup_epochs=-1.0 must be a finite number >= 0"),
+        ("train.gradient_clip=-1", "train.gradient_clip=-1.0 must be a finite number >= 0"),
+        ("train.layer_decay=1.5", "train.layer_decay=1.5 must lie in (0, 1]"),
+        ("train.backbone_lr_mult=-1", "train.backbone_lr_mult=-1.0 must be a finite number >= 0"),
+        ("train.early_stopping_patience=-1", "train.early_stopping_patience=-1 must be >= 0"),
+        ("train.seed=-1", "train.seed=-1 must lie in [0, 4294967295]"),
+        ("train.num_nodes=0", "train.num_nodes=0 must be >= 1"),
+        ("model.head.dropout=1", "model.head.dropout=1.0 must lie in [0, 1)"),
+        ("model.head.refine_channels=0", "model.head.refine_channels=0 must be >= 1"),
+        ("model.backbone.layers=0", "model.backbone.layers=0 must be >= 1"),
+        ("model.backbone.layers=[]", "model.backbone.layers=[] must be a non-empty list of block indices"),
+        ("model.backbone.layers=[-1,3]", "must be a non-empty list of block indices >= 0"),
+        ("model.backbone.train_blocks=-1", "model.backbone.train_blocks=-1 must be >= 0"),
+        ("model.backbone.lora.rank=-4", "model.backbone.lora.rank=-4 must be >= 0"),
+        ("model.backbone.lora.alpha=0", "model.backbone.lora.alpha=0.0 must be a finite number > 0"),
+        ("model.backbone.lora.blocks=0", "model.backbone.lora.blocks=0 must be >= 1"),
+        ("loss.ohem_thresh=0", "loss.ohem_thresh=0.0 must lie in (0, 1]"),
+        ("loss.ohem_thresh=1.5", "loss.ohem_thresh=1.5 must lie in (0, 1]"),
+        ("loss.ohem_min_kept=-1", "loss.ohem_min_kept=-1 must be >= 0"),
+        ("loss.focal_gamma=-2", "loss.focal_gamma=-2.0 must be a finite number >= 0"),
+        ("loss.dice_weight=-0.5", "loss.dice_weight=-0.5 must be a finite number >= 0"),
+        ("loss.lovasz_weight=-1", "loss.lovasz_weight=-1.0 must be a finite number >= 0"),
+        ("loss.max_weight=0", "loss.max_weight=0.0 must be a finite number > 0"),
+        (
+            "data.repeat_factor_threshold=-0.1",
+            "data.repeat_factor_threshold=-0.1 must be a finite number >= 0",
+        ),
+        ("data.group_gap=-1", "data.group_gap=-1 must be >= 0"),
+        ("data.num_workers=-2", "data.num_workers=-2 must be -1 (automatic) or a count >= 0"),
+        ("data.ignore_values=[-1]", "data.ignore_values=[-1] must hold label values >= 0"),
+        ("data.cache.blocks=[-1]", "data.cache.blocks=[-1] must be auto or a list of hidden-state indices"),
+        ("eval.scales=[]", "eval.scales=[] must be a non-empty list of positive scales"),
+        ("eval.scales=[1.0,-0.5]", "eval.scales=[1.0, -0.5] must be a non-empty list of positive scales"),
+        ("train.epochs=.inf", "config key train.epochs: expected an integer, got inf"),
+        ("train.epochs=2.5", "config key train.epochs: expected an integer, got 2.5"),
     ],
 )
 def test_values_out_of_range_are_refused(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         config_from_dict({}, [override])
+
+
+def _numeric_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, object]]:
+    """(key, a far-negative value of its type) for every field that holds numbers (bool excluded)."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key, hint = f"{prefix}{f.name}", hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            out += _numeric_keys(hint, key + ".")
+            continue
+        args = (
+            typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        )
+        for arg in args:
+            if arg in (int, float):
+                out.append((key, -(10**9) if arg is int else -1e9))
+            elif typing.get_origin(arg) is list and typing.get_args(arg)[0] in (int, float):
+                out.append((key, [-(10**9)]))
+            if arg is float or arg == list[float]:
+                out.append((key, float("nan") if arg is float else [float("nan")]))
+    return out
+
+
+@pytest.mark.parametrize(("key", "value"), _numeric_keys(), ids=lambda v: str(v))
+def test_every_numeric_key_refuses_an_absurd_value_in_one_line(key, value):
+    """A number type-checks but says nothing of its range: every numeric key of every section is checked."""
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({}, [f"{key}={value!r}".replace("nan", ".nan")])
+    message = str(info.value)
+    assert key in message and "\n" not in message
 
 
 def test_limit_batches_int_counts_batches_float_is_a_fraction():
@@ -173,3 +252,16 @@ def test_base_chains_merge_and_refuse_cycles(tmp_path) -> None:
     (tmp_path / "gone.yaml").write_text("base: nowhere.yaml\n")
     with pytest.raises(ConfigError, match="nowhere.yaml does not exist .named by base: in"):
         load_config(tmp_path / "gone.yaml")
+
+
+def test_a_negative_learning_rate_is_one_line_and_exit_2(tmp_path, capsys) -> None:
+    from offroadseg.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"run: {{dir: {tmp_path / 'run'}}}\n")
+    assert main(["train", str(config), "train.lr=-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert "train.lr=-1.0 must be a finite number > 0; fix: e.g. train.lr=1e-4" in err
+    assert str(config) in err and "unexpected error" not in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -266,7 +266,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         raise ConfigError(f"config key {key}: expected true/false, got {value!r}")
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        whole = isinstance(value, int) or isinstance(value, float) and value.is_integer()  # not inf, nan
+        if isinstance(value, bool) or not whole:
             raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
         return int(value)
     if hint is float:
@@ -397,6 +398,73 @@ def check_ranges(cfg: Config, source: str = "config") -> None:
     channels = cfg.model.head.channels
     if channels is not None and channels < 1:
         fail("model.head.channels", channels, "must be a positive int", "128")
+    for key, (lo, lo_open, hi, hi_open, example) in RANGES.items():
+        value = _get_dotted(cfg, key)
+        if value is None or isinstance(value, list):  # None: the default; lists are checked below
+            continue
+        # written so that NaN and infinity fail too (every comparison with NaN is false)
+        if not ((value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)):
+            fail(key, value, _interval(lo, lo_open, hi, hi_open, isinstance(value, float)), example)
+    layers = cfg.model.backbone.layers
+    if isinstance(layers, list) and (not layers or any(i < 0 for i in layers)):
+        fail("model.backbone.layers", layers, "must be a non-empty list of block indices >= 0", "[2,5,8,11]")
+    blocks = cfg.data.cache.blocks
+    if isinstance(blocks, list) and any(i < 0 for i in blocks):
+        fail("data.cache.blocks", blocks, "must be auto or a list of hidden-state indices >= 0", "auto")
+    if not cfg.eval.scales or not all(0 < s < _INF for s in cfg.eval.scales):
+        fail("eval.scales", cfg.eval.scales, "must be a non-empty list of positive scales", "[0.75,1.0,1.25]")
+    if any(v < 0 for v in cfg.data.ignore_values):
+        fail("data.ignore_values", cfg.data.ignore_values, "must hold label values >= 0", "[255]")
+    if cfg.data.num_workers < -1:
+        fail("data.num_workers", cfg.data.num_workers, "must be -1 (automatic) or a count >= 0", "-1")
+
+
+_INF = float("inf")
+
+# Numeric keys -> (low, low excluded, high, high excluded, a valid example). Keys whose range depends
+# on the model (block counts against the backbone's depth) are checked where the model is built.
+RANGES: dict[str, tuple[float, bool, float, bool, str]] = {
+    "data.group_gap": (0, False, _INF, True, "5"),
+    "data.repeat_factor_threshold": (0, False, _INF, True, "0.1"),
+    "model.backbone.layers": (1, False, _INF, True, "4"),  # an int: the last n blocks
+    "model.backbone.train_blocks": (0, False, _INF, True, "2"),
+    "model.backbone.lora.rank": (0, False, _INF, True, "8"),
+    "model.backbone.lora.alpha": (0, True, _INF, True, "16"),
+    "model.backbone.lora.blocks": (1, False, _INF, True, "4"),
+    "model.head.refine_channels": (1, False, _INF, True, "32"),
+    "loss.max_weight": (0, True, _INF, True, "5"),
+    "loss.focal_gamma": (0, False, _INF, True, "2"),
+    "loss.dice_weight": (0, False, _INF, True, "0.5"),
+    "loss.lovasz_weight": (0, False, _INF, True, "1"),
+    "loss.ohem_thresh": (0, True, 1, False, "0.7"),
+    "loss.ohem_min_kept": (0, False, _INF, True, "10000"),
+    "train.lr": (0, True, _INF, True, "1e-4"),
+    "train.backbone_lr_mult": (0, False, _INF, True, "0.1"),
+    "train.layer_decay": (0, True, 1, False, "0.9"),
+    "train.momentum": (0, False, 1, True, "0.9"),
+    "train.weight_decay": (0, False, _INF, True, "1e-4"),
+    "train.warmup_epochs": (0, False, _INF, True, "1"),
+    "train.min_lr": (0, False, _INF, True, "1e-6"),
+    "train.gradient_clip": (0, False, _INF, True, "1.0"),
+    "train.early_stopping_patience": (0, False, _INF, True, "10"),
+    "train.seed": (0, False, 2**32 - 1, False, "42"),  # the range numpy and Lightning accept
+    "train.num_nodes": (1, False, _INF, True, "1"),
+    "train.ema_decay": (0, True, 1, True, "0.99"),
+}
+
+
+def _get_dotted(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _interval(lo: float, lo_open: bool, hi: float, hi_open: bool, real: bool) -> str:
+    """``"must be >= 0"`` / ``"must lie in [0, 1)"``: the words of a ``RANGES`` entry."""
+    if hi == _INF:
+        return f"must be {'a finite number ' if real else ''}{'>' if lo_open else '>='} {lo}"
+    return f"must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
 
 
 def _deep_copy(data: Any) -> Any:
