@@ -23,6 +23,7 @@ keep every finished trial and continue to N.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -196,24 +197,50 @@ def _storage(url: str):
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise ConfigError(f"--storage {url}: cannot create {path.parent}: {exc.strerror}") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat: stable in use
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
-                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-            )
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"--storage {url}: the database driver {exc.name!r} is not installed; fix: pip install "
-            f"{'psycopg2-binary' if 'postgres' in url else exc.name}"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's many URL / connection errors
-        raise ConfigError(
-            f"--storage {url}: cannot open the database ({type(exc).__name__}: {exc})"
-        ) from None
+    for attempt in range(10):
+        try:
+            with _creation_lock(url), warnings.catch_warnings():
+                warnings.simplefilter(
+                    "ignore", optuna.exceptions.ExperimentalWarning
+                )  # heartbeat: stable in use
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+                )
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"--storage {url}: the database driver {exc.name!r} is not installed; fix: pip install "
+                f"{'psycopg2-binary' if 'postgres' in url else exc.name}"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy's many URL / connection errors
+            # two workers creating a new database at once: one sees the other's tables mid-creation
+            racing = any(m in str(exc) for m in ("already exists", "UNIQUE constraint", "duplicate key"))
+            if racing and attempt < 9:
+                time.sleep(0.2 + 0.3 * attempt)
+                continue
+            raise ConfigError(
+                f"--storage {url}: cannot open the database ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+            ) from None
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str):
+    """One process at a time creates a local SQLite study database (its tables and version row)."""
+    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        yield
+        return
+    import fcntl  # noqa: PLC0415 (POSIX; a lock file beside the database)
+
+    lock = Path(url[len("sqlite:///") :] + ".lock")
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _alive(pid: int) -> bool:
