@@ -1,9 +1,18 @@
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from offroadseg.data.io import read_image, read_label, write_png
-from offroadseg.errors import DataError
+from offroadseg.data.io import (
+    MAX_PIXELS_ENV,
+    ImageTooLargeError,
+    image_size,
+    read_image,
+    read_label,
+    write_png,
+)
+from offroadseg.errors import ConfigError, DataError
 from offroadseg.taxonomy import load_taxonomy
 
 
@@ -70,6 +79,62 @@ def test_truncated_file_is_reported(tmp_path):
     (tmp_path / "x.png").write_text("not an image")
     with pytest.raises(DataError, match="x.png"):
         read_image(tmp_path / "x.png")
+
+
+def bomb_png(path, width: int, height: int):
+    """A tiny PNG whose header claims ``width x height`` RGB pixels (its data is a few bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_a_header_claiming_a_huge_size_is_one_line_with_the_fix(tmp_path, recwarn):
+    bomb = bomb_png(tmp_path / "bomb.png", 100_000, 50_000)
+    assert bomb.stat().st_size < 200
+    for read in (read_image, image_size, lambda p: read_label(p, load_taxonomy("duality"))):
+        with pytest.raises(ImageTooLargeError) as info:
+            read(bomb)
+        message = str(info.value)
+        assert "\n" not in message and str(bomb) in message
+        assert "100000x50000 = 5,000,000,000 pixels, above the limit of 200,000,000 pixels" in message
+        assert f"raise the limit, e.g. {MAX_PIXELS_ENV}=5000000000 (0: no limit)" in message
+        assert info.value.size == (50_000, 100_000) and info.value.limit == 200_000_000
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_the_pixel_limit_comes_from_the_environment(tmp_path, monkeypatch, recwarn):
+    path = tmp_path / "small.png"
+    Image.fromarray(np.full((30, 40, 3), 9, np.uint8)).save(path)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1199")
+    with pytest.raises(
+        ImageTooLargeError,
+        match=r"small\.png is 40x30 = 1,200 pixels, above the limit of 1,199 .*=1200 \(0: no",
+    ):
+        read_image(path)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1200")  # the limit itself is allowed
+    assert read_image(path).shape == (30, 40, 3)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "0")  # no limit: a genuine 200 MP+ image
+    assert image_size(bomb_png(tmp_path / "huge.png", 20_000, 20_000)) == (20_000, 20_000)
+    for bad in ("lots", "-5", "1.5"):
+        monkeypatch.setenv(MAX_PIXELS_ENV, bad)
+        with pytest.raises(ConfigError, match=f"{MAX_PIXELS_ENV}='{re.escape(bad)}' is not a pixel count"):
+            read_image(path)
+    # Pillow's own bomb check (which reads a process-wide setting) neither raises nor warns here
+    monkeypatch.delenv(MAX_PIXELS_ENV)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    assert read_image(path).shape == (30, 40, 3)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 def test_write_png_is_atomic(tmp_path, monkeypatch):

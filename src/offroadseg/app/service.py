@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from offroadseg.data.io import IMAGE_SUFFIXES, image_size, read_image, write_png
+from offroadseg.data.io import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS_ENV,
+    ImageTooLargeError,
+    image_size,
+    read_image,
+    write_png,
+)
 from offroadseg.errors import DataError, ModelError
 from offroadseg.inference.outputs import overlay
 from offroadseg.inference.predictor import TTA_MODES, Predictor, TTAConfig, parse_excluded_classes
@@ -180,6 +187,13 @@ def read_upload(path: str | Path, limits: AppLimits, *, name: str | None = None)
         )
     try:
         h, w = image_size(path)
+    except ImageTooLargeError as exc:  # the server's limit on every image it decodes
+        (h, w), limit = exc.size, exc.limit
+        raise DataError(
+            f"{name} is {w}x{h} = {h * w:,} pixels, above the server's limit of {limit:,} pixels per "
+            f"image; fix: downscale it, or start the app with "
+            f"{MAX_PIXELS_ENV} set higher"
+        ) from None
     except DataError:
         raise DataError(
             f"{name} is not a readable image; fix: upload a PNG or JPEG photo ({', '.join(IMAGE_SUFFIXES)})"

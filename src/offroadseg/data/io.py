@@ -16,16 +16,79 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from offroadseg.errors import DataError
+from offroadseg.errors import ConfigError, DataError
 from offroadseg.taxonomy import Taxonomy
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def _open(path: Path, what: str) -> Image.Image:
+MAX_PIXELS_ENV = "OFFROADSEG_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 200_000_000  # 200 megapixels: ~600 MB decoded as RGB
+
+
+class ImageTooLargeError(DataError):
+    """An image whose header claims more pixels than :func:`max_image_pixels` (a decompression bomb?)."""
+
+    def __init__(self, message: str, *, size: tuple[int, int], limit: int):
+        super().__init__(message)
+        self.size = size  # (H, W) from the header
+        self.limit = limit
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) the readers decode: ``$OFFROADSEG_MAX_IMAGE_PIXELS`` (0: none).
+
+    Raises:
+        ConfigError: the variable is set to something other than a pixel count.
+    """
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and value.is_integer()):
+        raise ConfigError(
+            f"environment variable {MAX_PIXELS_ENV}={raw!r} is not a pixel count; fix: e.g. "
+            f"{MAX_PIXELS_ENV}={DEFAULT_MAX_PIXELS} (0: no limit), or unset it"
+        )
+    return int(value)
+
+
+def check_pixels(path: str | Path, size: tuple[int, int], what: str = "image") -> None:
+    """Refuse an image of ``size`` (H, W) above :func:`max_image_pixels`, in one line with the fix.
+
+    Raises:
+        ImageTooLargeError: too many pixels.
+    """
+    h, w = size
+    limit = max_image_pixels()
+    if limit and h * w > limit:
+        raise ImageTooLargeError(
+            f"{what} file {path} is {w}x{h} = {h * w:,} pixels, above the limit of {limit:,} pixels "
+            f"that guards against decompression bombs; fix: if the file is "
+            f"genuine, raise the limit, e.g. {MAX_PIXELS_ENV}={_round_up(h * w)} (0: no limit)",
+            size=(h, w),
+            limit=limit,
+        )
+
+
+def _round_up(pixels: int) -> int:
+    step = 10 ** max(len(str(pixels)) - 2, 0)  # two significant digits
+    return -(-pixels // step) * step
+
+
+def _open(path: Path, what: str, *, decode: bool = True) -> Image.Image:
+    """The one place images are opened: header read, pixel limit checked, then (``decode``) decoded."""
+    # The pixel limit is ours (one line, an environment variable to raise it): Pillow's own check
+    # would otherwise raise its DecompressionBombError (or warn) before ours could name the fix.
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(path) as img:
-            img.load()  # decode now so a truncated file fails here, not later in a worker
+            check_pixels(path, (img.height, img.width), what)
+            if decode:
+                img.load()  # decode now so a truncated file fails here, not later in a worker
     except FileNotFoundError:
         raise DataError(f"{what} file {path} does not exist; fix: check the path") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -37,7 +100,11 @@ def _open(path: Path, what: str) -> Image.Image:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An RGB image as uint8 [H, W, 3]."""
+    """An RGB image as uint8 [H, W, 3].
+
+    Raises:
+        DataError: missing, unreadable or truncated; ImageTooLargeError above :func:`max_image_pixels`.
+    """
     img = _open(Path(path), "image")
     if img.mode != "RGB":
         img = img.convert("RGB")
@@ -45,13 +112,9 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(H, W) of an image file, read from its header only."""
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"image file {path} is unreadable ({exc}); fix: re-export it or remove it") from None
-    return h, w
+    """(H, W) of an image file, read from its header only (the pixel limit applies, see :func:`read_image`)."""
+    img = _open(Path(path), "image", decode=False)
+    return img.height, img.width
 
 
 def read_label(path: str | Path, taxonomy: Taxonomy) -> np.ndarray:
