@@ -81,10 +81,49 @@ def _assert_png(path, *, min_size: tuple[int, int]) -> Image.Image:
 
 
 # ---- plots ---------------------------------------------------------------------------------------
-def test_plot_curves_writes_png(tmp_path):
+# Each plot is checked for what it draws, read back from the returned figure, and for the colours
+# of that drawing in the PNG: a blank or empty figure fails both.
+def _pixels_of(path, colour: str, tol: int = 12) -> int:
+    """How many pixels of the PNG are within ``tol`` (per channel) of ``colour`` (#rrggbb)."""
+    rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("RGB")).astype(int)
+    return int((np.abs(arr - rgb).max(axis=-1) <= tol).sum())
+
+
+def _data_lines(ax) -> dict[str, tuple[list[float], list[float]]]:
+    """The labelled data lines of an axes: label -> (x, y)."""
+    return {
+        line.get_label(): (list(map(float, line.get_xdata())), list(map(float, line.get_ydata())))
+        for line in ax.get_lines()
+        if not line.get_label().startswith("_")
+    }
+
+
+def test_plot_curves_draws_each_series_and_the_best_epoch(tmp_path):
+    from offroadseg.reporting.plots import BATCH_MEAN_LABEL, BEST_COLOR, TRAIN_COLOR, VAL_COLOR
+
+    history = _history()
     path = tmp_path / "curves.png"
-    plot_curves(_history(), path)
+    fig = plot_curves(history, path)
     _assert_png(path, min_size=(11 * DPI - 10, 7 * DPI))
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["Loss", "Mean IoU", "Mean Dice", "Pixel accuracy"]
+    epochs = [float(r["epoch"]) for r in history]
+    loss = _data_lines(axes[0])
+    assert loss["train"] == (epochs, [r["train_loss"] for r in history])
+    assert loss["val"] == (epochs, [r["val_loss"] for r in history])
+    iou = _data_lines(axes[1])
+    assert iou["val"][1] == [r["val_miou"] for r in history]
+    assert iou[BATCH_MEAN_LABEL][1] == [r["val_batch_mean_iou"] for r in history]
+    assert iou["best val mIoU 0.9000 (epoch 4)"] == ([4.0], [0.9])
+    dice = _data_lines(axes[2])  # epoch 2 has no val Dice: skipped, not drawn as 0
+    assert dice["val"][0] == [1.0, 3.0, 4.0, 5.0, 6.0]
+    for ax in axes:  # the best epoch marked on every panel
+        assert [4.0, 4.0] in [list(map(float, ln.get_xdata())) for ln in ax.get_lines()]
+    assert fig.get_suptitle() == "Training curves (6 epochs)"
+    for colour, least in ((TRAIN_COLOR, 1000), (VAL_COLOR, 1000), (BEST_COLOR, 100)):  # best: dotted
+        assert _pixels_of(path, colour) > least, colour
 
 
 @pytest.mark.parametrize(
@@ -93,8 +132,16 @@ def test_plot_curves_writes_png(tmp_path):
 )
 def test_plot_curves_tolerates_missing_values(tmp_path, history):
     path = tmp_path / "curves.png"
-    plot_curves(history, path)
+    fig = plot_curves(history, path)
     _assert_png(path, min_size=(200, 200))
+    drawn = {ax.get_title(): _data_lines(ax) for ax in fig.axes}
+    has_loss = any("train_loss" in r for r in history)
+    assert drawn["Loss"] == ({"train": ([1.0], [0.5])} if has_loss else {})
+    assert drawn["Mean IoU"] == {}  # None and NaN are not points
+    no_data = [ax.get_title() for ax in fig.axes if any(t.get_text() == "no data" for t in ax.texts)]
+    assert no_data == (
+        ["Mean IoU", "Mean Dice", "Pixel accuracy"] if has_loss else [a.get_title() for a in fig.axes]
+    )
 
 
 def test_best_epoch_uses_val_miou():
@@ -103,29 +150,78 @@ def test_best_epoch_uses_val_miou():
     assert best_epoch([{"val_miou": 0.2}, {"val_miou": 0.3}]) == (2.0, 0.3)  # epoch from position
 
 
-def test_plot_lr_schedule_writes_png(tmp_path):
+def test_plot_lr_schedule_draws_the_rates(tmp_path):
+    from offroadseg.reporting.plots import TRAIN_COLOR
+
     lrs = [1e-4 * (1 + math.cos(math.pi * s / 100)) / 2 for s in range(100)]
-    plot_lr_schedule(lrs, tmp_path / "lr_steps.png")
-    plot_lr_schedule(lrs, tmp_path / "lr_epochs.png", steps_per_epoch=10)
-    plot_lr_schedule([], tmp_path / "lr_empty.png")
+    by_step = plot_lr_schedule(lrs, tmp_path / "lr_steps.png")
+    by_epoch = plot_lr_schedule(lrs, tmp_path / "lr_epochs.png", steps_per_epoch=10)
+    empty = plot_lr_schedule([], tmp_path / "lr_empty.png")
     for name in ("lr_steps.png", "lr_epochs.png", "lr_empty.png"):
         _assert_png(tmp_path / name, min_size=(8 * DPI - 10, 4 * DPI - 10))
+    (line,) = by_step.axes[0].get_lines()
+    np.testing.assert_allclose(line.get_ydata(), lrs)
+    np.testing.assert_allclose(line.get_xdata(), np.arange(100))
+    (line,) = by_epoch.axes[0].get_lines()
+    np.testing.assert_allclose(line.get_xdata(), np.arange(100) / 10)
+    assert by_epoch.axes[0].get_xlabel() == "epoch (10 steps per epoch)"
+    assert [t.get_text() for t in by_step.axes[0].texts] == ["peak 1.00e-04"]
+    assert len(empty.axes[0].get_lines()) == 0 and [t.get_text() for t in empty.axes[0].texts] == ["no data"]
+    assert _pixels_of(tmp_path / "lr_steps.png", TRAIN_COLOR) > 300
+    assert _pixels_of(tmp_path / "lr_empty.png", TRAIN_COLOR) == 0
 
 
-def test_plot_per_class_iou_writes_png(tmp_path):
-    plot_per_class_iou(_scores(), tmp_path / "a.png", colors=COLORS)
-    plot_per_class_iou(_scores(), tmp_path / "b.png")
-    plot_per_class_iou({}, tmp_path / "c.png")
+def test_plot_per_class_iou_draws_one_bar_per_present_class(tmp_path):
+    scores = _scores()
+    fig = plot_per_class_iou(scores, tmp_path / "a.png", colors=COLORS)
+    plain = plot_per_class_iou(scores, tmp_path / "b.png")
+    empty = plot_per_class_iou({}, tmp_path / "c.png")
     for name in ("a.png", "b.png", "c.png"):
         _assert_png(tmp_path / name, min_size=(8 * DPI - 10, 3 * DPI - 10))
+    ax = fig.axes[0]
+    bars = ax.patches
+    present = sorted(((v, n) for n, v in scores["per_class_iou"].items() if v is not None), reverse=True)
+    assert [b.get_width() for b in bars] == pytest.approx([v for v, _ in present])  # best on top
+    assert [b.get_y() + b.get_height() / 2 for b in bars] == sorted(
+        (b.get_y() + b.get_height() / 2 for b in bars), reverse=True
+    )
+    index = {n: i for i, n in enumerate(NAMES)}
+    for bar, (_, name) in zip(bars, present, strict=True):
+        assert bar.get_facecolor()[:3] == pytest.approx(tuple(COLORS[index[name]] / 255.0))
+    assert [t.get_text() for t in ax.get_yticklabels()] == [n for _, n in present] + ["Flowers"]
+    assert "absent" in [t.get_text() for t in ax.texts]
+    (miou_line,) = ax.get_lines()
+    assert list(miou_line.get_xdata()) == [scores["miou"]] * 2
+    assert len(plain.axes[0].patches) == 3 and len(empty.axes[0].patches) == 0
+    trees = "#%02x%02x%02x" % tuple(COLORS[1])  # noqa: UP031 - a colour, not a message
+    assert _pixels_of(tmp_path / "a.png", trees, tol=2) > 1000
+    assert _pixels_of(tmp_path / "c.png", trees, tol=2) == 0
 
 
 @pytest.mark.parametrize("k", [4, 20])
-def test_plot_confusion_matrix_writes_png(tmp_path, k):
+def test_plot_confusion_matrix_draws_the_normalised_rows(tmp_path, k):
     names = NAMES if k == 4 else [f"class {i}" for i in range(k)]
+    scores = _scores(names)
     path = tmp_path / "cm.png"
-    plot_confusion_matrix(_scores(names), path)
+    fig = plot_confusion_matrix(scores, path)
     _assert_png(path, min_size=(5 * DPI, 5 * DPI))
+    ax = fig.axes[0]
+    (image,) = ax.get_images()
+    expected = row_normalise(scores["confusion_matrix"])
+    drawn = np.ma.filled(image.get_array().astype(float), np.nan)
+    np.testing.assert_allclose(drawn, expected)  # NaN rows (no pixels) included
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    cells = [t.get_text() for t in ax.texts]
+    if k == 4:
+        assert cells.count("no pixels") == 1 and len(cells) == 3 * 4 + 1
+        assert f"{expected[0, 0]:.2f}" in cells and f"{expected[0, 1]:.2f}" in cells
+    else:
+        assert cells == []  # too many classes for numbers
+    with Image.open(path) as img:  # the diagonal's dark blue is in the picture
+        dark = (np.asarray(img.convert("RGB")).astype(int).sum(-1) < 250).sum()
+    assert dark > 500
+    empty = plot_confusion_matrix({}, tmp_path / "none.png")
+    assert len(empty.axes[0].get_images()) == 0 and [t.get_text() for t in empty.axes[0].texts] == ["no data"]
 
 
 def test_row_normalise():

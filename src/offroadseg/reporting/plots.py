@@ -2,7 +2,8 @@
 
 Every figure is drawn on its own :class:`~matplotlib.figure.Figure` with an Agg
 canvas (no pyplot, no global state, no display needed) and written atomically, so a
-crash never leaves a half-written PNG in a run directory.
+crash never leaves a half-written PNG in a run directory. Each ``plot_*`` returns its
+figure, so what was drawn (lines, bars, cells) can be read back, not only the PNG.
 
 Two IoU figures appear side by side and must not be confused: ``miou`` is the
 dataset-level mean IoU from one confusion matrix over the whole split; the
@@ -62,10 +63,11 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: str | Path, *, tight: bool = False) -> None:
+def _save(fig: Figure, path: str | Path, *, tight: bool = False) -> Figure:
     # tight: the constrained layout can misjudge long tick labels beside an equal-aspect image
     kwargs = {"bbox_inches": "tight", "pad_inches": 0.15} if tight else {}
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, **kwargs))
+    return fig
 
 
 def _epochs(history: Sequence[Mapping[str, Any]]) -> list[float]:
@@ -118,7 +120,7 @@ _PANELS = (
 )
 
 
-def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> None:
+def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Figure:
     """Training curves, 2x2: loss, mIoU, Dice and pixel accuracy, train and val.
 
     The IoU panel also shows the reference batch-mean IoU (dashed, comparison only).
@@ -180,11 +182,11 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> None:
         fig.suptitle("Training curves (empty history)", fontsize=TITLE_SIZE + 1)
     else:
         fig.suptitle(f"Training curves ({n} epoch{'s' if n != 1 else ''})", fontsize=TITLE_SIZE + 1)
-    _save(fig, path)
+    return _save(fig, path)
 
 
 # ---- learning rate -------------------------------------------------------------------------------
-def plot_lr_schedule(lrs: Sequence[float], path: str | Path, *, steps_per_epoch: int | None = None) -> None:
+def plot_lr_schedule(lrs: Sequence[float], path: str | Path, *, steps_per_epoch: int | None = None) -> Figure:
     """Learning rate per optimizer step; x in epochs when ``steps_per_epoch`` is given."""
     fig = _figure(8, 4)
     ax = fig.subplots()
@@ -193,8 +195,7 @@ def plot_lr_schedule(lrs: Sequence[float], path: str | Path, *, steps_per_epoch:
     if not pts:
         ax.set_title("Learning-rate schedule", fontsize=TITLE_SIZE, fontweight="bold")
         _no_data(ax)
-        _save(fig, path)
-        return
+        return _save(fig, path)
     steps = np.array([p[0] for p in pts], dtype=float)
     ys = np.array([p[1] for p in pts], dtype=float)
     if steps_per_epoch:
@@ -217,7 +218,7 @@ def plot_lr_schedule(lrs: Sequence[float], path: str | Path, *, steps_per_epoch:
         va="bottom",
     )
     ax.set_ylim(min(0.0, float(ys.min())), float(ys.max()) * 1.15 if ys.max() > 0 else None)
-    _save(fig, path)
+    return _save(fig, path)
 
 
 # ---- per-class IoU -------------------------------------------------------------------------------
@@ -230,7 +231,7 @@ def _bar_color(colors: np.ndarray | None, index: int) -> tuple[float, float, flo
 
 def plot_per_class_iou(
     scores: Mapping[str, Any], path: str | Path, *, colors: np.ndarray | None = None
-) -> None:
+) -> Figure:
     """Horizontal bars of per-class IoU, best at the top, value on each bar.
 
     Classes whose IoU is None (absent from labels and predictions) are listed at the
@@ -251,8 +252,7 @@ def plot_per_class_iou(
     if not ordered:
         ax.set_title("Per-class IoU", fontsize=TITLE_SIZE, fontweight="bold")
         _no_data(ax)
-        _save(fig, path)
-        return
+        return _save(fig, path)
     ypos = np.arange(k)[::-1]  # first item on top
     for y, (_, value, idx) in zip(ypos, ordered, strict=True):
         if value is None:
@@ -284,7 +284,7 @@ def plot_per_class_iou(
     if miou is not None:
         ax.axvline(miou, color="black", linestyle="--", linewidth=1.2, label=f"mIoU {miou:.4f}", zorder=3)
         ax.legend(fontsize=LEGEND_SIZE, loc="lower right", framealpha=0.9)
-    _save(fig, path)
+    return _save(fig, path)
 
 
 # ---- confusion matrix ----------------------------------------------------------------------------
@@ -300,7 +300,7 @@ def row_normalise(cm: Any) -> np.ndarray:
     return out
 
 
-def plot_confusion_matrix(scores: Mapping[str, Any], path: str | Path) -> None:
+def plot_confusion_matrix(scores: Mapping[str, Any], path: str | Path) -> Figure:
     """Row-normalised confusion matrix (rows = ground truth, columns = prediction).
 
     Rows of classes with no labelled pixels are grey. Cells carry their value when
@@ -313,8 +313,7 @@ def plot_confusion_matrix(scores: Mapping[str, Any], path: str | Path) -> None:
         ax = fig.subplots()
         ax.set_title("Confusion matrix", fontsize=TITLE_SIZE, fontweight="bold")
         _no_data(ax)
-        _save(fig, path)
-        return
+        return _save(fig, path)
     norm = row_normalise(cm)
     k = norm.shape[0]
     if len(names) != k:
@@ -350,7 +349,7 @@ def plot_confusion_matrix(scores: Mapping[str, Any], path: str | Path) -> None:
     cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
     cbar.ax.tick_params(labelsize=TICK_SIZE)
     cbar.set_label("share of the ground-truth row", fontsize=LABEL_SIZE)
-    _save(fig, path, tight=True)
+    return _save(fig, path, tight=True)
 
 
 def _blues(n: int) -> np.ndarray:
