@@ -137,6 +137,19 @@ def _fingerprint(base: dict, params: Sequence[Param], folds: int, exclude: Seque
     return {"config": base, "space": space, "folds": folds, "exclude": sorted(exclude)}
 
 
+def _same(key: str, saved: Any, current: Any) -> bool:
+    """Fingerprint parts agree; configs are compared resolved, so a file rewritten as ``base:`` + a diff
+    (or with defaults spelled out) is the same config."""
+    if key == "config":
+        try:
+            return _canon(config_from_dict(saved or {}).to_dict()) == _canon(
+                config_from_dict(current).to_dict()
+            )
+        except ConfigError:
+            return False
+    return _canon(saved) == _canon(current)
+
+
 def _canon(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
@@ -169,16 +182,17 @@ def open_study(storage_url: str, name: str, *, fingerprint: dict | None, seed: i
         if saved is None:
             study.set_user_attr("fingerprint", json.loads(_canon(fingerprint)))
             study.set_user_attr("objective", OBJECTIVE)
-        elif _canon(saved) != _canon(fingerprint):
+        else:
             diff = [
                 k
                 for k in ("config", "space", "folds", "exclude")
-                if _canon(saved.get(k)) != _canon(fingerprint[k])
+                if not _same(k, saved.get(k), fingerprint[k])
             ]
-            raise ConfigError(
-                f"study {name!r} in {storage_url} was made with another {' and '.join(diff)}; its trials would "
-                f"not compare; fix: pass a new --study NAME (the existing study is kept as it is)"
-            )
+            if diff:
+                raise ConfigError(
+                    f"study {name!r} in {storage_url} was made with another {' and '.join(diff)}; its trials "
+                    f"would not compare; fix: pass a new --study NAME (the existing study is kept as it is)"
+                )
     return study
 
 
