@@ -1,6 +1,7 @@
 import json
 import math
 
+import lightning as L
 import pytest
 import torch
 
@@ -88,7 +89,33 @@ def test_resume_without_checkpoint_is_an_error(toy_root, tmp_path):
         train(toy_config(toy_root, tmp_path / "none"), resume=True)
 
 
-def test_weighted_focal_dice_bf16_accumulation_warmup(toy_root, tmp_path):
+class _StepRecorder(L.Callback):
+    """What the trainer did: batches seen, the LR factor at each optimizer step, autocast dtypes."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.factors: list[float] = []  # lr / initial lr of the head's group, at each optimizer step
+        self.head_dtypes: set[torch.dtype] = set()
+        self.precision: str | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.precision = trainer.precision
+        pl_module.model.head.register_forward_hook(lambda m, i, out: self.head_dtypes.add(out.dtype))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        group = optimizer.param_groups[0]
+        self.factors.append(group["lr"] / group["initial_lr"])
+
+
+def test_weighted_focal_dice_bf16_accumulation_warmup(toy_root, tmp_path, monkeypatch):
+    import offroadseg.training.run as run
+
+    recorder = _StepRecorder()
+    build = run.build_trainer
+    monkeypatch.setattr(run, "build_trainer", lambda *a, **k: build(*a, **k, extra_callbacks=[recorder]))
     cfg = toy_config(
         toy_root,
         tmp_path / "r",
@@ -96,9 +123,11 @@ def test_weighted_focal_dice_bf16_accumulation_warmup(toy_root, tmp_path):
             "loss.name=focal+dice",
             "loss.class_weights=auto",
             "train.precision=bf16",
-            "train.accumulate_grad_batches=2",
-            "train.warmup_epochs=1",
+            "train.batch_size=1",  # 6 toy training images: 6 batches per epoch
+            "train.accumulate_grad_batches=2",  # -> 3 optimizer steps per epoch
+            "train.warmup_epochs=1",  # -> 3 warmup steps
             "train.scheduler=cosine",
+            "train.min_lr=1e-4",  # 0.1 of lr
             "train.gradient_clip=1.0",
             "train.epochs=2",
         ],
@@ -107,13 +136,23 @@ def test_weighted_focal_dice_bf16_accumulation_warmup(toy_root, tmp_path):
     weights = result.class_weights
     assert max(weights) == pytest.approx(5.0) and weights[6] == 0.0  # Flowers absent from the toy set
     assert all(math.isfinite(h["train_loss"]) for h in result.history)
+    # accumulation: one optimizer step per 2 batches
+    assert recorder.batches == 12 and len(recorder.factors) == 6
+    # warmup rises linearly over the first epoch's 3 steps (1/4, 2/4, 3/4), then the cosine runs from
+    # 1 at step 3 down towards min_lr / lr = 0.1 at step 6 (progress 0, 1/3, 2/3 of its 3 steps)
+    cosine = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)) for p in (0, 1 / 3, 2 / 3)]
+    assert recorder.factors == pytest.approx([0.25, 0.5, 0.75, *cosine])
+    # the precision resolved: bf16 autocast, which the head really ran in
+    assert recorder.precision == "bf16-mixed"
+    assert recorder.head_dtypes == {torch.bfloat16}
 
 
 def test_early_stopping(toy_root, tmp_path):
     cfg = toy_config(
         toy_root,
         tmp_path / "r",
-        overrides=["train.epochs=20", "train.lr=0", "train.early_stopping_patience=2"],
+        # an LR too small to move a float32 weight: val mIoU never improves after epoch 1
+        overrides=["train.epochs=20", "train.lr=1e-30", "train.early_stopping_patience=2"],
     )
     result = train(cfg)
     assert len(result.history) == 3  # best at epoch 1, then two epochs without gain
