@@ -97,9 +97,8 @@ def test_ema_known_answer_after_two_steps(tmp_path) -> None:
 
 
 def test_bad_ema_decay_is_refused_before_any_work(toy_root, tmp_path) -> None:
-    cfg = toy_config(toy_root, tmp_path / "r", overrides=["train.checkpoint=ema", "train.ema_decay=1.0"])
     with pytest.raises(ConfigError, match=r"train.ema_decay=1.0 must lie in \(0, 1\)"):
-        train(cfg)
+        train(toy_config(toy_root, tmp_path / "r", overrides=["train.checkpoint=ema", "train.ema_decay=1.0"]))
     assert not (tmp_path / "r").exists()
 
 

@@ -36,9 +36,9 @@ def _copy(run, tmp_path):
 
 
 def test_last_ckpt_is_the_last_epoch_not_the_best(toy_root, tmp_path):
-    # lr=0: val mIoU never improves after epoch 1, so best.ckpt stays at epoch 1 while last moves on
+    # lr=1e-30 (0 is refused): val mIoU never improves after epoch 1, so best.ckpt stays at epoch 1 while last moves on
     cfg = toy_config(
-        toy_root, tmp_path / "r", overrides=["train.epochs=3", "train.lr=0", "run.logger=tensorboard"]
+        toy_root, tmp_path / "r", overrides=["train.epochs=3", "train.lr=1e-30", "run.logger=tensorboard"]
     )
     result = train(cfg)
     assert _epoch(result.best_checkpoint) == 0
