@@ -24,7 +24,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated dataset in the Duality layout (read-only for tests)."""
-    from offroadseg.data.toy import make_toy_dataset
+    from toydata import make_toy_dataset
 
     return make_toy_dataset(tmp_path_factory.mktemp("toy"), n_train=6, n_val=3, n_test=2)
 

@@ -1,4 +1,4 @@
-from offroadseg.demo import learning_verdict
+from offroadseg.experiments.demo import learning_verdict
 
 
 def test_learning_verdict_comes_from_the_comparison():

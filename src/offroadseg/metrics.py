@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
@@ -346,3 +347,24 @@ class BatchMeanIoU(Metric):
         if self.count == 0:
             return torch.tensor(math.nan, dtype=torch.float64)
         return self.total / self.count
+
+
+def full_resolution_predictions(logits: Tensor, batch: dict) -> tuple[list[Tensor], list[Tensor]]:
+    """Predictions and targets at the label's own size when the batch carries full masks.
+
+    Logits are upsampled bilinearly (never the masks downsampled), so the score is the
+    one the label defines. Without ``full_mask`` the training-size mask is used.
+    """
+    full = batch.get("full_mask")
+    if full is None:
+        return [logits.argmax(1)], [batch["mask"]]
+    if isinstance(full, Tensor):
+        if tuple(full.shape[-2:]) != tuple(logits.shape[-2:]):
+            logits = F.interpolate(logits, size=full.shape[-2:], mode="bilinear", align_corners=False)
+        return [logits.argmax(1)], [full]
+    preds, targets = [], []
+    for i, mask in enumerate(full):
+        up = F.interpolate(logits[i : i + 1], size=mask.shape[-2:], mode="bilinear", align_corners=False)
+        preds.append(up.argmax(1)[0])
+        targets.append(mask)
+    return preds, targets

@@ -16,7 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 @pytest.fixture(scope="session")
 def app_data(tmp_path_factory) -> Path:
     """A toy Duality-layout set: 4 train, 4 val images of 56x84 (val: the browsed split)."""
-    from offroadseg.data.toy import make_toy_dataset
+    from toydata import make_toy_dataset
 
     return make_toy_dataset(tmp_path_factory.mktemp("app-toy"), n_train=4, n_val=4)
 
@@ -24,7 +24,8 @@ def app_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def app_checkpoint(app_data, tmp_path_factory) -> Path:
     """The tiny random ViT + conv head, one epoch on the toy set (a few seconds on CPU)."""
-    from offroadseg.data.toy import toy_config
+    from toydata import toy_config
+
     from offroadseg.training.run import train
 
     cfg = toy_config(

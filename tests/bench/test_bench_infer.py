@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from offroadseg.bench.infer import bench_inference, load_bench_model
 from offroadseg.cli import main
 from offroadseg.errors import ConfigError
+from offroadseg.experiments.bench.infer import bench_inference, load_bench_model
 
 CONFIG = """\
 data: {image_size: [56, 84]}

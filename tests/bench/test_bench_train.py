@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from toydata import make_toy_dataset
 
 from offroadseg.cli import main
-from offroadseg.data.toy import make_toy_dataset
 from offroadseg.errors import ConfigError
 
 
@@ -55,8 +55,8 @@ def test_bench_train_cli_writes_ratios(config: Path, tmp_path: Path, capsys) -> 
 
 
 def test_unknown_variant_is_refused(config: Path, tmp_path: Path) -> None:
-    from offroadseg.bench.train import bench_train
     from offroadseg.config import load_config
+    from offroadseg.experiments.bench.train import bench_train
 
     with pytest.raises(ConfigError, match="features-v<K>"):
         bench_train(load_config(config), work_dir=tmp_path, variants=["fast"])

@@ -118,7 +118,7 @@ def test_bench_ycor_on_a_ycor_like_set(tmp_path: Path, capsys) -> None:
 
 
 def test_bench_ycor_function_with_overrides(tmp_path: Path) -> None:
-    from offroadseg.bench.ycor import bench_ycor
+    from offroadseg.experiments.bench.ycor import bench_ycor
 
     root = make_ycor_like(tmp_path / "ycor", n_train=2, n_val=1)
     res = bench_ycor(
@@ -158,7 +158,7 @@ def test_shipped_ycor_configs_load(name: str) -> None:
 
 
 def test_present_miou_ignores_classes_absent_from_the_ground_truth() -> None:
-    from offroadseg.bench.ycor import absent_classes, present_miou
+    from offroadseg.experiments.bench.ycor import absent_classes, present_miou
 
     # rows = ground truth, columns = prediction; class c has no ground truth but 10 predicted pixels
     cm = [[90, 0, 10], [0, 100, 0], [0, 0, 0]]
@@ -168,7 +168,7 @@ def test_present_miou_ignores_classes_absent_from_the_ground_truth() -> None:
 
 
 def test_missing_root_is_a_clear_error(tmp_path: Path, capsys) -> None:
-    from offroadseg.bench.ycor import bench_ycor
+    from offroadseg.experiments.bench.ycor import bench_ycor
 
     missing = tmp_path / "nowhere"
     with pytest.raises(OffroadsegError, match="YCOR not found at .*nowhere.*fix: --data PATH"):

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from toydata import make_toy_dataset
 
 from offroadseg.config import DataConfig
 from offroadseg.data import cache as cache_mod
 from offroadseg.data.cache import CacheWarning, build_store, open_decoded_cache, open_store
 from offroadseg.data.datasets import SegmentationDataset, list_samples, taxonomy_for
-from offroadseg.data.toy import make_toy_dataset
 from offroadseg.errors import DataError
 
 SIZE = (28, 42)

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from toydata import write_image
 
 from offroadseg.cli import main
 from offroadseg.config import DataConfig
 from offroadseg.data.doctor import examine
-from offroadseg.data.io import write_image, write_png
+from offroadseg.data.io import write_png
 
 YCOR_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "ycor.yaml"
 H, W = 28, 42

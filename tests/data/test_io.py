@@ -157,15 +157,15 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     import os
     import stat
 
-    from offroadseg.data import io
+    from offroadseg import atomic
 
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     target = tmp_path / "mask.png"
     write_png(target, np.zeros((2, 2), dtype=np.uint8))
-    io.atomic_write_text(tmp_path / "report.txt", "x")
+    atomic.atomic_write_text(tmp_path / "report.txt", "x")
     want = stat.S_IMODE(os.stat(plain).st_mode)
-    assert want == 0o666 & ~io._UMASK
+    assert want == 0o666 & ~atomic._UMASK
     assert stat.S_IMODE(os.stat(target).st_mode) == want
     assert stat.S_IMODE(os.stat(tmp_path / "report.txt").st_mode) == want
 

@@ -6,8 +6,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-
-from offroadseg.data.toy import make_toy_dataset, toy_config
+from toydata import make_toy_dataset, toy_config
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from offroadseg.bench.adapt import parse_pair
 from offroadseg.cli import main
 from offroadseg.errors import ConfigError
+from offroadseg.experiments.bench.adapt import parse_pair
 
 TINY = [
     "model.backbone.name=dinov2_test", "model.backbone.weights=random", "model.backbone.layers=1",

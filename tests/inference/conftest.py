@@ -7,9 +7,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+from toydata import make_toy_dataset
 
 from offroadseg.config import config_from_dict
-from offroadseg.data.toy import make_toy_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

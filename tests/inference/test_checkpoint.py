@@ -13,8 +13,8 @@ import torch
 from offroadseg.config import config_from_dict
 from offroadseg.errors import ModelError
 from offroadseg.inference.checkpoint import load_checkpoint, read_checkpoint, save_inference_checkpoint
+from offroadseg.models.checkpoint_state import source_digest, trained_keys
 from offroadseg.models.factory import build_segmentor
-from offroadseg.training.checkpoint_state import source_digest, trained_keys
 
 
 def _rewrite(src: Path, dst: Path, edit) -> Path:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from toydata import make_toy_dataset
 
 from offroadseg.cli import main
 from offroadseg.config import config_from_dict, dump_config
 from offroadseg.data.datasets import collate
-from offroadseg.data.toy import make_toy_dataset
 from offroadseg.errors import ConfigError
 from offroadseg.models.archs import ARCHS
 from offroadseg.training.caches import attach_caches, feature_datasets, open_frame_store

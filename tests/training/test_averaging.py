@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from toydata import toy_config
 
-from offroadseg.data.toy import toy_config
 from offroadseg.errors import ConfigError
 from offroadseg.inference.checkpoint import load_checkpoint, read_checkpoint
 from offroadseg.inference.evaluate import evaluate_loaded

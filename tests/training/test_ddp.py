@@ -40,7 +40,7 @@ def test_two_process_ddp_on_cpu(toy_root, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_trains_the_whole_backbone_with_fewer_val_images_than_processes(tmp_path):
-    from offroadseg.data.toy import make_toy_dataset
+    from toydata import make_toy_dataset
 
     root = make_toy_dataset(tmp_path / "toy", n_train=4, n_val=1, n_test=0, size=(28, 42))
     # before: "parameters that were not used in producing its loss" (embeddings.mask_token), and

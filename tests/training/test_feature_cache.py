@@ -9,17 +9,17 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from toydata import make_toy_dataset
 
 from offroadseg.config import config_from_dict
 from offroadseg.data.cache import CacheWarning
 from offroadseg.data.datasets import collate
-from offroadseg.data.toy import make_toy_dataset
-from offroadseg.metrics import ConfusionMatrixMetric
+from offroadseg.metrics import ConfusionMatrixMetric, full_resolution_predictions
 from offroadseg.models.segmentor import Segmentor
 from offroadseg.training.caches import attach_caches
 from offroadseg.training.datamodule import SegDataModule
 from offroadseg.training.features import FeatureDataset, hflip_mask
-from offroadseg.training.module import SegmentationModule, full_resolution_predictions
+from offroadseg.training.module import SegmentationModule
 from offroadseg.training.run import train
 
 SIZE = [42, 70]  # 70 is a multiple of 14, 42 too

@@ -86,7 +86,8 @@ def test_auto_precision_on_this_gpu_is_bf16_from_ampere_on():
 
 @pytest.mark.cuda
 def test_bf16_training_step_on_cuda(toy_root, tmp_path):
-    from offroadseg.data.toy import toy_config
+    from toydata import toy_config
+
     from offroadseg.training.run import train
 
     cfg = toy_config(

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from toydata import make_toy_dataset, toy_config
 
 from offroadseg.data.datasets import read_label
 from offroadseg.data.io import write_png
 from offroadseg.data.sampling import RepeatFactorSampler
 from offroadseg.data.stats import image_class_presence
-from offroadseg.data.toy import make_toy_dataset, toy_config
 from offroadseg.errors import ConfigError
 from offroadseg.taxonomy import load_taxonomy
 from offroadseg.training.caches import attach_caches

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from toydata import toy_config
 
-from offroadseg.data.toy import toy_config
 from offroadseg.training.run import train
 
 AUGMENT = [  # phase 2's augmentations: albumentations draws, geometric and photometric

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
+from toydata import toy_config
 
 from offroadseg.cli import main
 from offroadseg.config import dump_config
-from offroadseg.data.toy import toy_config
 from offroadseg.errors import ConfigError, ModelError, TrainingError
 from offroadseg.training.module import SegmentationModule
 from offroadseg.training.resume import check_resume

@@ -4,8 +4,8 @@ import math
 import lightning as L
 import pytest
 import torch
+from toydata import toy_config
 
-from offroadseg.data.toy import toy_config
 from offroadseg.errors import ConfigError
 from offroadseg.inference.checkpoint import load_checkpoint
 from offroadseg.inference.evaluate import evaluate_loaded

@@ -19,7 +19,19 @@ from offroadseg.cli.common import register_commands
 from offroadseg.errors import OffroadsegError, user_message
 
 # Command modules, in the order their commands are listed in --help.
-COMMAND_MODULES = ("core", "doctor", "cv", "tune", "adapt", "synth", "predict", "export", "bench", "demo", "app")
+COMMAND_MODULES = (
+    "core",
+    "doctor",
+    "cv",
+    "tune",
+    "adapt",
+    "synth",
+    "predict",
+    "export",
+    "bench",
+    "demo",
+    "app",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

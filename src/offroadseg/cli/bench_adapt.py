@@ -25,7 +25,7 @@ def markdown(res: dict) -> str:
 
 
 def cmd_bench_adapt(args: argparse.Namespace) -> int:
-    from offroadseg.bench.adapt import DEFAULT_PAIRS, bench_adapt, parse_pair
+    from offroadseg.experiments.bench.adapt import DEFAULT_PAIRS, bench_adapt, parse_pair
 
     pairs = [parse_pair(p) for p in args.pair] if args.pair else list(DEFAULT_PAIRS)
     items = list(args.items) + list(args.overrides)

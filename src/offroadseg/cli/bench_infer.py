@@ -35,7 +35,7 @@ def format_table(report: dict) -> str:
 
 
 def cmd_bench_infer(args: argparse.Namespace) -> int:
-    from offroadseg.bench.infer import MODES, bench_inference, load_bench_model
+    from offroadseg.experiments.bench.infer import MODES, bench_inference, load_bench_model
 
     loaded = load_bench_model(args.model, args.overrides)
     modes = list(MODES)

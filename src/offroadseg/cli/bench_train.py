@@ -14,8 +14,8 @@ def _size(nbytes: int | None) -> str:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
-    from offroadseg.bench.train import DEFAULT_VARIANTS, bench_train
     from offroadseg.config import load_config
+    from offroadseg.experiments.bench.train import DEFAULT_VARIANTS, bench_train
 
     cfg = load_config(args.config, args.overrides)
     variants = list(args.variants.split(",")) if args.variants else list(DEFAULT_VARIANTS)

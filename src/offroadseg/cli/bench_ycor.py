@@ -94,7 +94,7 @@ def bench_markdown(res: dict) -> str:
 
 
 def cmd_bench_ycor(args: argparse.Namespace) -> int:
-    from offroadseg.bench.ycor import DEFAULT_CONFIGS, DEFAULT_CV_CONFIGS, bench_ycor
+    from offroadseg.experiments.bench.ycor import DEFAULT_CONFIGS, DEFAULT_CV_CONFIGS, bench_ycor
 
     configs = args.configs or list(DEFAULT_CV_CONFIGS if args.folds else DEFAULT_CONFIGS)
     print(

@@ -15,7 +15,7 @@ from offroadseg.progress import progress  # noqa: F401 (the commands' progress c
 def write_json(path: str | None, payload: dict) -> None:
     if not path:
         return
-    from offroadseg.data.io import atomic_write_text
+    from offroadseg.atomic import atomic_write_text
     from offroadseg.metrics import json_ready
 
     atomic_write_text(path, json.dumps(json_ready(payload), indent=2))

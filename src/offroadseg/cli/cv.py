@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from offroadseg.atomic import atomic_write_text
 from offroadseg.cli.common import add_set_option, fmt, write_json
-from offroadseg.data.io import atomic_write_text
 from offroadseg.metrics import json_ready
 
 
@@ -142,7 +142,7 @@ def write_markdown(path: str | None, text: str) -> None:
 def cmd_cv(args: argparse.Namespace) -> int:
     from offroadseg.config import load_config
     from offroadseg.errors import ConfigError
-    from offroadseg.training.cv import cross_validate
+    from offroadseg.experiments.cv import cross_validate
 
     configs, overrides = split_positionals(args.items)
     overrides += args.overrides

@@ -9,7 +9,7 @@ from offroadseg.cli.common import fmt, progress, write_json
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from offroadseg.demo import run_demo
+    from offroadseg.experiments.demo import run_demo
 
     start = time.perf_counter()
 

@@ -8,6 +8,8 @@ from offroadseg.cli.common import add_data_arguments, data_config_from_args, pro
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    if args.machine:
+        return machine_doctor(args)
     from offroadseg.data.doctor import examine
 
     data_cfg = data_config_from_args(args)
@@ -17,6 +19,34 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     code = report.exit_code(strict=args.strict)
     write_json(args.json, {**report.to_dict(), "strict": args.strict, "exit_code": code})
     return code
+
+
+def machine_doctor(args: argparse.Namespace) -> int:
+    """``doctor --machine``: the CPU, its flags that matter, measured GEMM peaks, the GPU."""
+    from offroadseg.machine import machine_report
+
+    rep = machine_report()
+    cpu, gemm = rep["cpu"], rep["gemm"]
+    print(
+        f"machine: {cpu['model']} ({cpu['arch']}), {cpu['logical_cores']} logical cores, torch {rep['torch']}"
+    )
+    print(f"  flags that matter: {', '.join(cpu['flags']) or 'none of them'}")
+    print(
+        f"  bf16: {'native' if cpu['native_bf16'] else 'emulated (no AVX512-BF16/AMX-BF16): slower than fp32'}; "
+        f"int8 dot products: {'yes' if cpu['int8_dot'] else 'no VNNI/AMX-INT8/I8MM'}"
+    )
+    int8 = f"{gemm['int8_gops']:.0f} GOP/s" if gemm["int8_gops"] is not None else "n/a in this torch build"
+    print(
+        f"  measured GEMM ({gemm['n']}x{gemm['n']}, {gemm['threads']} threads): fp32 {gemm['fp32_gflops']:.0f} "
+        f"GFLOP/s, bf16 {gemm['bf16_gflops']:.0f} GFLOP/s ({gemm['bf16_gflops'] / gemm['fp32_gflops']:.2f}x), "
+        f"int8 {int8}"
+    )
+    for gpu in rep["gpus"]:
+        print(f"  GPU: {gpu['name']}, {gpu['memory_gib']} GiB, compute capability {gpu['capability']}")
+    if not rep["gpus"]:
+        print("  GPU: none")
+    write_json(args.json, rep)
+    return 0
 
 
 def print_report(report) -> None:
@@ -84,6 +114,12 @@ def register(sub) -> None:
         default=None,
         help="largest perceptual-hash distance (of 64 bits) counted as a near-duplicate across splits "
         "(default 6; -1 turns the check off)",
+    )
+    d.add_argument(
+        "--machine",
+        action="store_true",
+        help="instead of a dataset: this machine's CPU, the flags that decide the fast path (bf16, VNNI, "
+        "AMX, NEON/SVE), measured GEMM peaks fp32 / bf16 / int8, and the GPU",
     )
     d.add_argument("--workers", type=int, default=2, help="threads reading files (default 2)")
     d.add_argument("--strict", action="store_true", help="exit 1 on warnings too (e.g. near-duplicates)")

@@ -1,4 +1,4 @@
-"""Reading images and label masks in every encoding users bring, and atomic writes.
+"""Reading images and label masks in every encoding users bring; PNG writes (atomic, via offroadseg.atomic).
 
 Labels are read with Pillow because it keeps what is on disk: a palette PNG gives its
 indices (not colours), a 16-bit PNG stays uint16, an 8-bit grey PNG stays 8-bit. That
@@ -9,13 +9,12 @@ saved as 8-bit loses 7100 and 10000).
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from offroadseg.atomic import atomic_save
 from offroadseg.errors import ConfigError, DataError
 from offroadseg.taxonomy import Taxonomy
 
@@ -162,47 +161,6 @@ def read_label(path: str | Path, taxonomy: Taxonomy) -> np.ndarray:
     return arr
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        # mkstemp creates 0600: give the file the mode a plain open() would (0666 minus the umask)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
-
-
-# Read once at import: os.umask is process-wide, so reading it later (while the app's worker
-# threads create files) could let another thread create a file under a zero umask.
-_UMASK = _read_umask()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write bytes atomically."""
-    _atomic(Path(path), lambda tmp: tmp.write_bytes(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text atomically."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_save(path: str | Path, save: Callable[[Path], None]) -> None:
-    """Call ``save(tmp_path)`` and move the result onto ``path`` atomically."""
-    _atomic(Path(path), save)
-
-
 def write_png(path: str | Path, array: np.ndarray) -> None:
     """Write uint8 [H, W] / [H, W, 3] or uint16 [H, W] as PNG, atomically.
 
@@ -218,11 +176,3 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
     else:
         raise ValueError(f"write_png takes uint8 or uint16, got {array.dtype}")
     atomic_save(path, lambda tmp: img.save(tmp, format="PNG"))
-
-
-def write_image(path: str | Path, rgb: np.ndarray, *, quality: int = 92) -> None:
-    """Write a uint8 RGB image (PNG or JPEG by suffix), atomically."""
-    img = Image.fromarray(np.ascontiguousarray(rgb))
-    fmt = "JPEG" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "PNG"
-    kwargs = {"quality": quality} if fmt == "JPEG" else {}
-    atomic_save(path, lambda tmp: img.save(tmp, format=fmt, **kwargs))

@@ -43,9 +43,10 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from offroadseg.atomic import atomic_write_text
 from offroadseg.config import Config, dump_config, parse_override
 from offroadseg.data.datasets import list_samples, load_ids, normalize, resize_image, resize_mask
-from offroadseg.data.io import IMAGE_SUFFIXES, atomic_write_text, read_image, read_label
+from offroadseg.data.io import IMAGE_SUFFIXES, read_image, read_label
 from offroadseg.errors import ConfigError, DataError, OffroadsegError, close_matches
 from offroadseg.experiments.pseudo import (
     class_thresholds,

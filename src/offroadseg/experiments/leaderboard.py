@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from offroadseg.data.io import atomic_write_text
+from offroadseg.atomic import atomic_save, atomic_write_text
 from offroadseg.experiments.space import decode_choice
 
 __all__ = ["leaderboard_rows", "write_outputs", "best_recipe_text"]
@@ -169,9 +169,7 @@ def _plots(study, out: Path) -> list[str]:
                 fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
                 fig.set_size_inches(8, 5)
                 fig.tight_layout()
-                tmp = path.with_name(f".{path.name}.tmp.png")
-                fig.savefig(tmp, dpi=110)
-                os.replace(tmp, path)
+                atomic_save(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=110, format="png"))
                 plt.close(fig)
             except Exception as exc:  # noqa: BLE001 - e.g. importance needs 2+ complete trials
                 skipped.append(f"{name}.png not drawn: {' '.join(str(exc).split())[:160]}")

@@ -1,7 +1,7 @@
 """``offroadseg tune``: recipe search on grouped-CV mIoU, on Optuna.
 
 A trial is one set of values for the space's keys applied to the base config; its objective is
-the mean mIoU over the grouped K folds :func:`offroadseg.training.cv.plan_folds` makes (the folds
+the mean mIoU over the grouped K folds :func:`offroadseg.experiments.cv.plan_folds` makes (the folds
 ``offroadseg cv`` uses). After each fold the running mean is reported as a rung (step = folds
 done), so the pruner (successive halving by default) stops a trial that is behind after its first
 folds; a pruned trial keeps the folds it ran and is reported as pruned.
@@ -350,7 +350,7 @@ def run_tune(
         params: the space.
         opts: trials, folds, storage, study name, ...
         on_event: ``on_event(event)`` for progress: ``kind`` is ``start`` | ``fold`` | ``trial`` | ``stop``.
-        run_fold: the fold runner (default :func:`offroadseg.training.cv.run_fold`; tests may pass another).
+        run_fold: the fold runner (default :func:`offroadseg.experiments.cv.run_fold`; tests may pass another).
 
     Returns:
         ``study`` name, ``trials_counted``, ``stopped`` (why), ``failed_recovered`` (trial numbers).
@@ -358,7 +358,7 @@ def run_tune(
     import optuna  # noqa: PLC0415
     from optuna.trial import TrialState  # noqa: PLC0415
 
-    from offroadseg.training import cv  # noqa: PLC0415
+    from offroadseg.experiments import cv  # noqa: PLC0415
 
     run_fold = run_fold or cv.run_fold
     emit = on_event or (lambda event: None)

@@ -1,6 +1,6 @@
 """Rebuild a trained model from a checkpoint: its trained weights, config and weights source.
 
-A training checkpoint is slim (see :mod:`offroadseg.training.checkpoint_state`): the frozen
+A training checkpoint is slim (see :mod:`offroadseg.models.checkpoint_state`): the frozen
 backbone is rebuilt from the weights source named inside, and its digest is checked before the
 trained tensors are loaded on top. A self-contained file (``export --format ckpt
 --embed-backbone``) carries every tensor and needs no source. Files are read with
@@ -19,17 +19,17 @@ import torch
 from offroadseg import __version__
 from offroadseg.config import Config, config_from_dict
 from offroadseg.errors import ModelError
-from offroadseg.models.factory import build_segmentor
-from offroadseg.models.segmentor import Segmentor
-from offroadseg.models.weights import is_random_source
-from offroadseg.taxonomy import Taxonomy, taxonomy_from_dict
-from offroadseg.training.checkpoint_state import (
+from offroadseg.models.checkpoint_state import (
     CHECKPOINT_FORMAT,
     backbone_record,
     fill_frozen_state,
     load_checkpoint_file,
     source_digest,
 )
+from offroadseg.models.factory import build_segmentor
+from offroadseg.models.segmentor import Segmentor
+from offroadseg.models.weights import is_random_source
+from offroadseg.taxonomy import Taxonomy, taxonomy_from_dict
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -159,8 +159,8 @@ def save_inference_checkpoint(
     Returns:
         The file's ``offroadseg`` metadata.
     """
-    from offroadseg.data.io import atomic_save
-    from offroadseg.training.checkpoint_state import slim_state_dict
+    from offroadseg.atomic import atomic_save
+    from offroadseg.models.checkpoint_state import slim_state_dict
 
     model = loaded.model
     digest = source_digest(model)

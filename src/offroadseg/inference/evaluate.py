@@ -15,8 +15,12 @@ from offroadseg.devices import pick_device
 from offroadseg.inference.checkpoint import LoadedModel
 from offroadseg.inference.ensemble import EnsemblePredictor
 from offroadseg.inference.predictor import Predictor, TTAConfig, mask_excluded
-from offroadseg.metrics import BatchMeanIoU, ConfusionMatrixMetric, scores_from_confusion
-from offroadseg.training.module import full_resolution_predictions
+from offroadseg.metrics import (
+    BatchMeanIoU,
+    ConfusionMatrixMetric,
+    full_resolution_predictions,
+    scores_from_confusion,
+)
 
 
 @dataclass

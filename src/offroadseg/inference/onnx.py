@@ -269,7 +269,7 @@ def export_onnx(
         import onnx
     except ImportError:
         raise ModelError(f"ONNX export needs the onnx package; fix: {_PIP_ONNX}") from None
-    from offroadseg.data.io import atomic_save
+    from offroadseg.atomic import atomic_save
 
     members = list(loaded) if isinstance(loaded, list | tuple) else [loaded]
     check_same_taxonomy([m.taxonomy for m in members], [m.path for m in members])

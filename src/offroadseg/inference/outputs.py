@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from offroadseg.data.io import IMAGE_SUFFIXES, atomic_write_text, read_image, read_label, write_png
+from offroadseg.atomic import atomic_write_text
+from offroadseg.data.io import IMAGE_SUFFIXES, read_image, read_label, write_png
 from offroadseg.errors import DataError, OffroadsegError
 from offroadseg.inference.predictor import Predictor
 from offroadseg.metrics import confusion_matrix, finite_or_none, json_ready, scores_from_confusion

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from offroadseg.atomic import atomic_save
 from offroadseg.data.datasets import resize_image
-from offroadseg.data.io import atomic_save, read_image
+from offroadseg.data.io import read_image
 from offroadseg.errors import ConfigError, ModelError
 
 __all__ = ["QUANT_MODES", "QuantCheck", "compare_models", "quantize_onnx"]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from offroadseg.data.io import atomic_save, atomic_write_text
+from offroadseg.atomic import atomic_save, atomic_write_text
 from offroadseg.metrics import json_ready
 from offroadseg.reporting.report import make_strip
 

@@ -23,7 +23,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from offroadseg.data.io import atomic_save
+from offroadseg.atomic import atomic_save
 from offroadseg.metrics import best_epoch, finite_or_none
 
 DPI = 120

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from offroadseg.data.io import atomic_write_text
+from offroadseg.atomic import atomic_write_text
 from offroadseg.metrics import best_epoch, finite_or_none
 from offroadseg.reporting.plots import METRIC_NOTE
 

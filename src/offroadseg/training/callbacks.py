@@ -15,9 +15,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from offroadseg.data.io import atomic_save, atomic_write_text
+from offroadseg.atomic import atomic_save, atomic_write_text
 from offroadseg.errors import TrainingError
-from offroadseg.training.checkpoint_state import RESUME_ONLY_KEYS, load_checkpoint_file
+from offroadseg.models.checkpoint_state import RESUME_ONLY_KEYS, load_checkpoint_file
 
 HISTORY_FIELDS = [
     "epoch",

@@ -13,7 +13,6 @@ import time
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -25,15 +24,16 @@ from offroadseg.metrics import (
     ConfusionMatrixMetric,
     best_epoch,
     finite_or_none,
+    full_resolution_predictions,
     scores_from_confusion,
 )
-from offroadseg.models.factory import build_segmentor
-from offroadseg.training.checkpoint_state import (
+from offroadseg.models.checkpoint_state import (
     CHECKPOINT_FORMAT,
     restore_checkpoint,
     slim_checkpoint,
     source_digest,
 )
+from offroadseg.models.factory import build_segmentor
 from offroadseg.training.optim import param_groups
 from offroadseg.training.schedule import lr_factor
 
@@ -233,24 +233,3 @@ class SegmentationModule(L.LightningModule):
 
 def _nz(x: float) -> float:
     return 0.0 if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
-
-
-def full_resolution_predictions(logits: Tensor, batch: dict) -> tuple[list[Tensor], list[Tensor]]:
-    """Predictions and targets at the label's own size when the batch carries full masks.
-
-    Logits are upsampled bilinearly (never the masks downsampled), so the score is the
-    one the label defines. Without ``full_mask`` the training-size mask is used.
-    """
-    full = batch.get("full_mask")
-    if full is None:
-        return [logits.argmax(1)], [batch["mask"]]
-    if isinstance(full, Tensor):
-        if tuple(full.shape[-2:]) != tuple(logits.shape[-2:]):
-            logits = F.interpolate(logits, size=full.shape[-2:], mode="bilinear", align_corners=False)
-        return [logits.argmax(1)], [full]
-    preds, targets = [], []
-    for i, mask in enumerate(full):
-        up = F.interpolate(logits[i : i + 1], size=mask.shape[-2:], mode="bilinear", align_corners=False)
-        preds.append(up.argmax(1)[0])
-        targets.append(mask)
-    return preds, targets

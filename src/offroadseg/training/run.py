@@ -13,8 +13,8 @@ from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from offroadseg.atomic import atomic_write_text
 from offroadseg.config import Config, dump_config
-from offroadseg.data.io import atomic_write_text
 from offroadseg.data.stats import count_pixels
 from offroadseg.errors import ConfigError
 from offroadseg.losses import class_weights_from_counts
@@ -162,6 +162,18 @@ def prepare_hardware(cfg: Config) -> None:
         enable_tf32()
 
 
+def prepare(cfg: Config) -> SegDataModule:
+    """What every training run does first, in one place (``train``, ``bench train``): check the config
+    against this machine, seed every generator, and build the data module."""
+    prepare_hardware(cfg)
+    if cfg.train.checkpoint == "ema":
+        from offroadseg.training.averaging import check_ema_decay  # noqa: PLC0415
+
+        check_ema_decay(cfg.train.ema_decay)
+    seed_run(cfg.train.seed)
+    return SegDataModule(cfg)
+
+
 def train(
     cfg: Config,
     *,
@@ -183,13 +195,7 @@ def train(
     last = ckpt_dir / "last.ckpt"
     if resume:
         check_resume(cfg, last, force=force)
-    prepare_hardware(cfg)
-    if cfg.train.checkpoint == "ema":
-        from offroadseg.training.averaging import check_ema_decay  # noqa: PLC0415
-
-        check_ema_decay(cfg.train.ema_decay)
-    seed_run(cfg.train.seed)
-    dm = SegDataModule(cfg)
+    dm = prepare(cfg)
     weights = None
     mode = CLASS_WEIGHT_MODE.get(cfg.loss.class_weights)
     if mode:

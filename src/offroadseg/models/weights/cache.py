@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from offroadseg.atomic import atomic_save
 from offroadseg.paths import cache_dir  # re-exported: the one home is offroadseg.paths
 
 __all__ = ["cache_dir", "read_cached_state", "write_cached_state"]
@@ -42,13 +41,9 @@ def write_cached_state(path: Path, state: Mapping[str, torch.Tensor], metadata: 
     """Write ``state`` as safetensors with ``metadata``; a concurrent reader sees old or whole new."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=dict(metadata))
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the cache may be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_save(
+        path,
+        lambda tmp: save_file(
+            {k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=dict(metadata)
+        ),
+    )

@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from offroadseg.atomic import atomic_write_text
 from offroadseg.config import Config, config_from_dict
 from offroadseg.data.datasets import list_samples, read_split_table, split_file_path
 from offroadseg.data.folds import Fold, make_folds, split_file_text
-from offroadseg.data.io import atomic_write_text
-from offroadseg.devices import accelerator_device
 from offroadseg.errors import ConfigError
 from offroadseg.metrics import best_epoch
 
@@ -79,29 +78,14 @@ def fold_config(cfg: Config, fold: Fold, run_dir: str | Path) -> Config:
 
 
 def run_fold(cfg: Config, fold: Fold, k: int, run_dir: Path, *, keep_checkpoints: bool) -> dict:
-    from offroadseg.training.run import train  # noqa: PLC0415 (torch/lightning only when running)
+    from offroadseg.experiments.scoring import train_and_score  # noqa: PLC0415 (torch/lightning when running)
 
     fcfg = fold_config(cfg, fold, run_dir)
-    start = time.perf_counter()
-    result = train(fcfg)
-    fit_s = time.perf_counter() - start
+    run = train_and_score(fcfg)
+    result, scores, no_tta_scores = run.result, run.scores, run.scores_no_tta
+    no_tta = no_tta_scores["miou"] if no_tta_scores else None
+    scored_with, fit_s, eval_s = run.scored_with, run.fit_s, run.eval_s
     caches = result.caches or {}
-    mode = cfg.train.checkpoint
-    scores = result.val_scores
-    no_tta = scores["miou"] if scores else None
-    scored_with = f"{mode} checkpoint, in-loop validation (no TTA)"
-    eval_s = 0.0
-    if cfg.eval.tta != "none" and result.model_checkpoint is not None:
-        from offroadseg.inference.checkpoint import load_checkpoint  # noqa: PLC0415
-        from offroadseg.inference.evaluate import evaluate_loaded  # noqa: PLC0415
-
-        t0 = time.perf_counter()
-        loaded = load_checkpoint(result.model_checkpoint)
-        scores = evaluate_loaded(
-            loaded, split=fcfg.data.val_split, device=accelerator_device(cfg.train.accelerator)
-        ).scores  # the loaded config carries the fold's split file and eval.tta
-        eval_s = time.perf_counter() - t0
-        scored_with = f"{mode} checkpoint ({result.model_checkpoint.name}), {cfg.eval.tta} TTA"
     if not keep_checkpoints:  # each holds the backbone too: 5 folds x N configs add up
         shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
     return {

@@ -12,8 +12,8 @@ import pytest
 
 from offroadseg.cli import main
 from offroadseg.errors import ConfigError
+from offroadseg.experiments.cv import summarize_folds
 from offroadseg.metrics import scores_from_confusion
-from offroadseg.training.cv import summarize_folds
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(
@@ -114,7 +114,7 @@ def test_cv_cli_runs_grouped_folds(tmp_path: Path, capsys) -> None:
 @pytest.mark.slow
 def test_cv_scores_with_the_configs_tta(tmp_path: Path) -> None:
     from offroadseg.config import load_config
-    from offroadseg.training.cv import cross_validate
+    from offroadseg.experiments.cv import cross_validate
 
     root = make_ycor_like(tmp_path / "ycor", n_train=3, n_val=1, frame_ids=IDS[:4])
     cfg = load_config(REPO / "configs" / "ycor.yaml", [f"data.root={root}", *TINY, "train.epochs=1"])
@@ -144,8 +144,9 @@ def test_more_folds_than_groups_is_one_line_exit_2(tmp_path: Path, capsys) -> No
 
 
 def test_duality_layout_is_refused(toy_root: Path, tmp_path: Path, capsys) -> None:
-    from offroadseg.data.toy import toy_config
-    from offroadseg.training.cv import plan_folds
+    from toydata import toy_config
+
+    from offroadseg.experiments.cv import plan_folds
 
     with pytest.raises(ConfigError, match="cross-validation needs data.layout=generic"):
         plan_folds(toy_config(toy_root, tmp_path / "r"), 2)

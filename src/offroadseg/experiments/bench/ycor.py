@@ -11,7 +11,7 @@ The ycor configs share their data, resolution and backbone layers, so the frozen
 cache is built by the first run and reused by the others: the first row's
 ``cache_build_s`` carries the ViT's pass over the dataset, the other rows ``0``.
 
-With ``folds=K`` each config is also cross-validated (:mod:`offroadseg.training.cv`): grouped
+With ``folds=K`` each config is also cross-validated (:mod:`offroadseg.experiments.cv`): grouped
 K-fold over train ∪ val, after the val runs, so the folds reuse the feature store those built
 (one store covers train ∪ val). The result's ``cv`` holds the mean ± std per config. The conv
 head is left out of the default CV list: at ~20 min/epoch on 2 CPU cores its 5 folds alone
@@ -20,7 +20,6 @@ would take hours.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -107,7 +106,7 @@ def bench_ycor(
         on_config: called with ``(config path, row)`` after each config (partial results).
         folds: also run grouped ``folds``-fold cross-validation of every config (None: off).
         gap, seed, rare_class, keep_checkpoints: the CV's grouping gap, fold seed, reported rare
-            class and whether fold checkpoints stay (see :func:`offroadseg.training.cv.cross_validate`).
+            class and whether fold checkpoints stay (see :func:`offroadseg.experiments.cv.cross_validate`).
         on_fold: ``on_fold(progress, cv_so_far)`` after every CV fold.
 
     Returns:
@@ -128,7 +127,7 @@ def bench_ycor(
     for cfg in cfgs:  # fail before any training
         check_root(cfg.data.root)
     if folds is not None:
-        from offroadseg.training.cv import plan_folds  # noqa: PLC0415
+        from offroadseg.experiments.cv import plan_folds  # noqa: PLC0415
 
         # refuse too many folds, a duality layout or a repeated name before the first run
         for p, cfg in zip(configs, cfgs, strict=True):
@@ -152,7 +151,7 @@ def bench_ycor(
         "best": best,
     }
     if folds is not None:
-        from offroadseg.training.cv import cross_validate  # noqa: PLC0415
+        from offroadseg.experiments.cv import cross_validate  # noqa: PLC0415
 
         entries = [(r["name"], cfg) for r, cfg in zip(rows, cfgs, strict=True)]
         res["cv"] = cross_validate(
@@ -175,13 +174,12 @@ def _layers(cfg: Config) -> str:
 
 
 def _run_one(path: str, cfg: Config) -> dict:
-    from offroadseg.training.run import train  # noqa: PLC0415 (torch/lightning only when running)
+    from offroadseg.experiments.scoring import train_and_score  # noqa: PLC0415 (torch/lightning when running)
 
-    start = time.perf_counter()
-    result = train(cfg)
-    fit_s = time.perf_counter() - start
+    run = train_and_score(cfg)
+    result, fit_s = run.result, run.fit_s
     caches = result.caches or {}
-    scores = result.val_scores
+    scores = run.scores_no_tta
     row = {
         "config": path,
         "name": Path(path).stem,
@@ -215,22 +213,15 @@ def _run_one(path: str, cfg: Config) -> dict:
         "eval_s": 0.0,
         "total_s": fit_s,
     }
-    if cfg.eval.tta != "none" and result.model_checkpoint is not None:
-        from offroadseg.inference.checkpoint import load_checkpoint  # noqa: PLC0415
-        from offroadseg.inference.evaluate import evaluate_loaded  # noqa: PLC0415
-
-        t0 = time.perf_counter()
-        loaded = load_checkpoint(result.model_checkpoint)  # the one train.checkpoint selects
-        device = accelerator_device(cfg.train.accelerator)  # where it trained, not always the CPU
-        ev = evaluate_loaded(loaded, data_root=cfg.data.root, split=cfg.data.val_split, device=device)
+    if run.scores is not scores:  # re-scored from the selected checkpoint with eval.tta
         row.update(
-            val_miou=ev.scores["miou"],
-            val_miou_present=present_miou(ev.scores),
-            per_class_iou=ev.scores["per_class_iou"],
-            pixel_accuracy=ev.scores["pixel_accuracy"],
-            eval_s=time.perf_counter() - t0,
+            val_miou=run.scores["miou"],
+            val_miou_present=present_miou(run.scores),
+            per_class_iou=run.scores["per_class_iou"],
+            pixel_accuracy=run.scores["pixel_accuracy"],
+            eval_s=run.eval_s,
         )
-        row["total_s"] = fit_s + row["eval_s"]
+        row["total_s"] = fit_s + run.eval_s
     return row
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from offroadseg.atomic import atomic_save
 from offroadseg.data.io import write_png
 from offroadseg.taxonomy import Taxonomy, load_taxonomy
 
@@ -63,3 +65,11 @@ def toy_config(root: str | Path, run_dir: str | Path, *, overrides: list[str] | 
         "run": {"dir": str(run_dir), "progress": False},
     }
     return config_from_dict(data, overrides)
+
+
+def write_image(path: str | Path, rgb: np.ndarray, *, quality: int = 92) -> None:
+    """Write a uint8 RGB image (PNG or JPEG by suffix), atomically."""
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    fmt = "JPEG" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    kwargs = {"quality": quality} if fmt == "JPEG" else {}
+    atomic_save(path, lambda tmp: img.save(tmp, format=fmt, **kwargs))

@@ -49,8 +49,8 @@ def bench_adapt(
         settings: ``key=value`` adaptation settings (see :class:`~offroadseg.experiments.adapt.AdaptSettings`).
     """
     from offroadseg.data.synth import write_synthetic_dataset
-    from offroadseg.demo import demo_config
     from offroadseg.experiments.adapt import adapt, parse_settings
+    from offroadseg.experiments.demo import demo_config
     from offroadseg.training.run import train
 
     say = say or (lambda _m: None)

@@ -33,7 +33,13 @@ from offroadseg.devices import accelerator_device
 from offroadseg.errors import ConfigError
 from offroadseg.training.caches import attach_caches
 from offroadseg.training.datamodule import SegDataModule, default_workers
-from offroadseg.training.run import CLASS_WEIGHT_MODE, build_module, build_trainer, compute_class_weights
+from offroadseg.training.run import (
+    CLASS_WEIGHT_MODE,
+    build_module,
+    build_trainer,
+    compute_class_weights,
+    prepare,
+)
 
 __all__ = ["DEFAULT_VARIANTS", "EpochTimer", "bench_train"]
 
@@ -213,8 +219,7 @@ def _run_variant(cfg, spec: _Variant, work_dir: Path, epochs, limit, limit_val, 
     if spec.workers is not None:
         v.data.num_workers = spec.workers
     shutil.rmtree(work_dir / spec.name, ignore_errors=True)
-    L.seed_everything(v.train.seed, workers=True, verbose=False)
-    dm = SegDataModule(v)
+    dm = prepare(v)  # the same checks, seeding and data module as train()
     _limit(dm, limit, limit_val)
     mode = CLASS_WEIGHT_MODE.get(v.loss.class_weights)
     if mode:

@@ -1,1 +1,0 @@
-"""offroadseg.bench."""

@@ -1,0 +1,1 @@
+"""offroadseg.experiments.bench."""

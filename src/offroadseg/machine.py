@@ -1,0 +1,134 @@
+"""What this machine is and what its arithmetic units deliver: CPU model, cores, the flags that decide the
+fast path (bf16 / VNNI / AMX on x86, NEON / SVE on ARM), measured GEMM throughput, and the GPU if any.
+
+Printed by ``offroadseg doctor --machine``; a timing table is only comparable with another taken on the
+same flags.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+__all__ = ["FLAGS_OF_INTEREST", "cpu_info", "gemm_peaks", "machine_report", "native_bf16"]
+
+# x86 flags (as /proc/cpuinfo spells them) and ARM features that change which kernels are fast.
+FLAGS_OF_INTEREST = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+    "asimd",  # NEON on aarch64
+    "sve",
+    "sve2",
+    "bf16",  # aarch64 BF16 instructions
+    "i8mm",
+)
+
+
+def _cpuinfo_text() -> str:
+    path = Path("/proc/cpuinfo")
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
+def cpu_info(text: str | None = None) -> dict:
+    """CPU model, logical cores, the flags of interest this CPU has, and whether bf16 is native.
+
+    Args:
+        text: the contents of ``/proc/cpuinfo`` (read from the machine when None; tests pass their own).
+    """
+    text = _cpuinfo_text() if text is None else text
+    model, flags = None, set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model", "hardware") and model is None:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return {
+        "model": model or platform.processor() or platform.machine(),
+        "arch": platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "flags": [f for f in FLAGS_OF_INTEREST if f in flags],
+        "native_bf16": native_bf16(flags),
+        "int8_dot": any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8", "i8mm")),
+    }
+
+
+def native_bf16(flags: set[str] | list[str]) -> bool:
+    """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16 on x86; BF16 on ARM)."""
+    flags = set(flags)
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def _gflops(fn, flop: float, seconds: float) -> float:
+    fn()  # warm-up (kernel selection, allocation)
+    runs, start = 0, time.perf_counter()
+    while True:
+        fn()
+        runs += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return flop * runs / elapsed / 1e9
+
+
+def gemm_peaks(n: int = 1024, seconds: float = 0.5) -> dict:
+    """Measured matrix-multiply throughput in GFLOP/s (GOP/s for int8) with torch's current threads.
+
+    fp32 and bf16 ``n x n @ n x n`` (``2 n^3`` operations); int8 through ``torch._int_mm`` where this
+    torch build has it on the CPU (None otherwise).
+    """
+    import torch  # noqa: PLC0415 (heavy; only when measuring)
+
+    flop = 2.0 * n**3
+    out: dict = {"n": n, "threads": torch.get_num_threads()}
+    with torch.no_grad():
+        a = torch.randn(n, n)
+        b = torch.randn(n, n)
+        out["fp32_gflops"] = _gflops(lambda: a @ b, flop, seconds)
+        a16, b16 = a.bfloat16(), b.bfloat16()
+        out["bf16_gflops"] = _gflops(lambda: a16 @ b16, flop, seconds)
+        try:
+            a8 = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+            b8 = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+            out["int8_gops"] = _gflops(lambda: torch._int_mm(a8, b8), flop, seconds)
+        except (RuntimeError, AttributeError, NotImplementedError):
+            out["int8_gops"] = None
+    return out
+
+
+def _gpu() -> list[dict]:
+    import torch  # noqa: PLC0415
+
+    if not torch.cuda.is_available():
+        return []
+    gpus = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        gpus.append(
+            {
+                "name": p.name,
+                "memory_gib": round(p.total_memory / 2**30, 1),
+                "capability": f"{p.major}.{p.minor}",
+            }
+        )
+    return gpus
+
+
+def machine_report(*, measure: bool = True, seconds: float = 0.5) -> dict:
+    """CPU facts, the GEMM peaks (``measure``), GPUs, and torch's version."""
+    import torch  # noqa: PLC0415
+
+    report = {"cpu": cpu_info(), "torch": torch.__version__, "gpus": _gpu()}
+    if measure:
+        report["gemm"] = gemm_peaks(seconds=seconds)
+    return report
