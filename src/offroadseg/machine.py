@@ -12,7 +12,14 @@ import platform
 import time
 from pathlib import Path
 
-__all__ = ["FLAGS_OF_INTEREST", "cpu_info", "gemm_peaks", "machine_report", "native_bf16"]
+__all__ = [
+    "FLAGS_OF_INTEREST",
+    "cpu_info",
+    "gemm_peaks",
+    "header_lines",
+    "machine_report",
+    "native_bf16",
+]
 
 # x86 flags (as /proc/cpuinfo spells them) and ARM features that change which kernels are fast.
 FLAGS_OF_INTEREST = (
@@ -125,10 +132,47 @@ def _gpu() -> list[dict]:
 
 
 def machine_report(*, measure: bool = True, seconds: float = 0.5) -> dict:
-    """CPU facts, the GEMM peaks (``measure``), GPUs, and torch's version."""
+    """CPU facts, the GEMM peaks (``measure``), GPUs, and torch's version and threads.
+
+    The header of every ``doctor --machine`` and ``bench`` output (JSON key ``machine``).
+    """
     import torch  # noqa: PLC0415
 
-    report = {"cpu": cpu_info(), "torch": torch.__version__, "gpus": _gpu()}
+    report = {
+        "cpu": cpu_info(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpus": _gpu(),
+    }
     if measure:
         report["gemm"] = gemm_peaks(seconds=seconds)
     return report
+
+
+def header_lines(report: dict) -> list[str]:
+    """:func:`machine_report` for a person: the CPU and its flags, bf16 / int8 support, GEMM peaks, GPUs."""
+    cpu = report["cpu"]
+    lines = [
+        f"machine: {cpu['model']} ({cpu['arch']}), {cpu['logical_cores']} logical cores, "
+        f"torch {report['torch']} ({report.get('torch_threads', '?')} threads)",
+        f"  flags that matter: {', '.join(cpu['flags']) or 'none of them'}",
+        f"  bf16: {'native' if cpu['native_bf16'] else 'emulated (no AVX512-BF16/AMX-BF16): slower than fp32'}; "
+        f"int8 dot products: {'yes' if cpu['int8_dot'] else 'no VNNI/AMX-INT8/I8MM'}",
+    ]
+    gemm = report.get("gemm")
+    if gemm:
+        int8 = (
+            f"{gemm['int8_gops']:.0f} GOP/s" if gemm["int8_gops"] is not None else "n/a in this torch build"
+        )
+        lines.append(
+            f"  measured GEMM ({gemm['n']}x{gemm['n']}, {gemm['threads']} threads): fp32 "
+            f"{gemm['fp32_gflops']:.0f} GFLOP/s, bf16 {gemm['bf16_gflops']:.0f} GFLOP/s "
+            f"({gemm['bf16_gflops'] / gemm['fp32_gflops']:.2f}x), int8 {int8}"
+        )
+    gpus = report.get("gpus") or []
+    lines += [
+        f"  GPU: {g['name']}, {g['memory_gib']} GiB, compute capability {g['capability']}" for g in gpus
+    ]
+    if not gpus:
+        lines.append("  GPU: none")
+    return lines

@@ -87,7 +87,8 @@ def test_bench_infer_cli_prints_a_table_and_writes_json(config, tmp_path, capsys
     assert "| eager_fp32 |" in printed and "| onnxruntime |" in printed and "vs eager fp32" in printed
     data = json.loads(out.read_text())
     assert [r["mode"] for r in data["results"]] == ["eager_fp32", "onnxruntime"]
-    assert data["machine"]["torch"]
+    assert data["machine"]["torch"] and data["machine"]["gemm"]["bf16_gflops"] > 0
+    assert "flags that matter" in printed
 
 
 def test_overrides_only_apply_to_configs(tmp_path):

@@ -36,8 +36,9 @@ def test_bench_train_cli_writes_ratios(config: Path, tmp_path: Path, capsys) -> 
         warnings.simplefilter("ignore")
         assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "speedup" in printed and "1st/base" in printed
+    assert "speedup" in printed and "1st/base" in printed and printed.startswith("machine: ")
     res = json.loads(out.read_text())
+    assert res["machine"]["gemm"]["fp32_gflops"] > 0 and "native_bf16" in res["machine"]["cpu"]
     assert res["speedup"] == pytest.approx(res["baseline_epoch_s"] / res["cached_epoch_s"])
     assert res["first_epoch_ratio"] > 0 and res["cache_bytes"] > 0 and res["cache_build_s"] > 0
     assert res["train_images"] == 3 and res["val_images"] == 2

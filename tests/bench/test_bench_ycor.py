@@ -105,7 +105,10 @@ def test_bench_ycor_on_a_ycor_like_set(tmp_path: Path, capsys) -> None:
     lin, best = rows["ycor_linear"], rows["ycor"]
     assert Path(lin["run_dir"]) == tmp_path / "runs" / "ycor_linear"
     assert lin["head"] == best["head"] == "linear" and best["layers"] == "last 2"
-    assert lin["epochs"] == 1 and len(lin["history_val_miou"]) == 1
+    assert lin["epochs"] == 1 and len(lin["history_val_miou"]) == 1 and lin["val_frames"] == 2
+    assert "YCOR val (" in printed and ", 2 frames)" in printed
+    assert res["machine"]["gemm"]["fp32_gflops"] > 0 and isinstance(res["machine"]["cpu"]["flags"], list)
+    assert printed.startswith("machine: ") and "flags that matter" in printed
     assert lin["image_size"] == [28, 42] and lin["cache_features"]
     # void (0) is ignored: the scored classes are the 8 named ones
     assert set(lin["per_class_iou"]) == {n for n, _ in CLASSES[1:]}
@@ -219,7 +222,7 @@ def test_bench_ycor_folds_adds_cross_validation_to_the_table(tmp_path: Path, cap
     # the val runs built the store over train ∪ val; every fold reused it
     assert not any(r["cache_built"] for c in cv.values() for r in c["fold_rows"])
     table = md.read_text()
-    assert "CV mIoU (2-fold, mean ± std)" in table and "val mIoU (70 frames)" in table
+    assert "CV mIoU (2-fold, mean ± std)" in table and "val mIoU (2 frames)" in table  # the real val count
     lin = next(line for line in table.splitlines() if line.startswith("| ycor_linear |"))
     assert f"{cv['ycor_linear']['miou_mean']:.4f} ± {cv['ycor_linear']['miou_std']:.4f}" in lin
     assert f"{res['rows'][0]['val_miou']:.4f}" in lin

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from offroadseg.cli.bench import machine_header
 from offroadseg.cli.common import add_set_option, fmt, write_json
 
 
@@ -27,6 +28,7 @@ def markdown(res: dict) -> str:
 def cmd_bench_adapt(args: argparse.Namespace) -> int:
     from offroadseg.experiments.bench.adapt import DEFAULT_PAIRS, bench_adapt, parse_pair
 
+    machine = machine_header()
     pairs = [parse_pair(p) for p in args.pair] if args.pair else list(DEFAULT_PAIRS)
     items = list(args.items) + list(args.overrides)
     settings = [i for i in items if i.split("=", 1)[0].split(".")[0] not in _RECIPE_SECTIONS]
@@ -54,7 +56,7 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
         f"target >= +5.0 points on every pair: {'met' if all(g >= 5.0 for g in gains) else 'NOT met'} "
         f"(gains {', '.join(f'{g:+.1f}' for g in gains)}); total {time.perf_counter() - start:.0f} s"
     )
-    write_json(args.json, res)
+    write_json(args.json, {"machine": machine, **res})
     return 0
 
 

@@ -36,6 +36,7 @@ def format_table(report: dict) -> str:
 
 def cmd_bench_infer(args: argparse.Namespace) -> int:
     from offroadseg.experiments.bench.infer import MODES, bench_inference, load_bench_model
+    from offroadseg.machine import header_lines
 
     loaded = load_bench_model(args.model, args.overrides)
     modes = list(MODES)
@@ -56,11 +57,11 @@ def cmd_bench_infer(args: argparse.Namespace) -> int:
         progress=lambda mode: print(f"  timing {mode} ...", flush=True),
     )
     m, inp, s = report["machine"], report["input"], report["settings"]
-    where = m["gpu"] or f"{m['cpu']}, {m['cpu_count']} cores"
+    print("\n" + "\n".join(header_lines(m)))
     print(
-        f"\n{report['model']['backbone']} + {report['model']['head']} head, input {inp['batch_size']}x3x"
+        f"{report['model']['backbone']} + {report['model']['head']} head, input {inp['batch_size']}x3x"
         f"{inp['height']}x{inp['width']}, {s['iters']} timed runs after {s['warmup']} warm-up, "
-        f"{s['threads']} torch threads, on {where} (torch {m['torch']}, onnxruntime {m.get('onnxruntime', '-')})"
+        f"{s['threads']} torch threads, on {m['gpu'] or 'the CPU'} (onnxruntime {m.get('onnxruntime', '-')})"
     )
     print(format_table(report))
     best = report["best"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from offroadseg.cli.bench import machine_header
 from offroadseg.cli.common import fmt, write_json
 
 
@@ -17,6 +18,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     from offroadseg.config import load_config
     from offroadseg.experiments.bench.train import DEFAULT_VARIANTS, bench_train
 
+    machine = machine_header()
     cfg = load_config(args.config, args.overrides)
     variants = list(args.variants.split(",")) if args.variants else list(DEFAULT_VARIANTS)
     if args.views is not None:
@@ -66,7 +68,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
         print("no variant used the frozen-feature cache (see the notes above)")
     miou = {n: r["val_miou"][-1] if r["val_miou"] else None for n, r in res["variants"].items()}
     print("val mIoU after the last epoch: " + ", ".join(f"{n} {fmt(m)}" for n, m in miou.items()))
-    write_json(args.json, res)
+    write_json(args.json, {"machine": machine, **res})
     return 0
 
 

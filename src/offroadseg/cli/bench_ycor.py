@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from offroadseg.cli.bench import machine_header
 from offroadseg.cli.common import fmt, write_json
 from offroadseg.cli.cv import (
     add_cv_arguments,
@@ -25,8 +26,9 @@ def _res(size: list[int]) -> str:
 
 def print_table(res: dict) -> None:
     rows = res["rows"]
+    frames = _frames(res["rows"]) if res["rows"] else "no rows"
     print(
-        f"\nYCOR val ({res['data_root']}), dataset-level mIoU over classes 1-8 (void ignored), "
+        f"\nYCOR val ({res['data_root']}, {frames}), dataset-level mIoU over classes 1-8 (void ignored), "
         f"{res['device']} ({res['cpu_threads']} threads)"
     )
     print(
@@ -56,14 +58,20 @@ def print_table(res: dict) -> None:
         print(f"  {name:<32} {fmt(iou)}" + ("   (absent from val)" if iou is None else ""))
 
 
+def _frames(rows: list[dict]) -> str:
+    counts = sorted({r["val_frames"] for r in rows})
+    return f"{counts[0]} frames" if len(counts) == 1 else f"{'/'.join(map(str, counts))} frames by row"
+
+
 def bench_markdown(res: dict) -> str:
-    """One table: CV mean ± std (when run), the 70-frame val figure, train and cache-build times."""
+    """One table: CV mean ± std (when run), the val figure (its frame count in the header), train and
+    cache-build times."""
     cv = {c["name"]: c for c in res.get("cv", {}).get("configs", [])}
     folds = res.get("cv", {}).get("folds")
     head = "| config | head | checkpoint | TTA |"
     if cv:
         head += f" CV mIoU ({folds}-fold, mean ± std) | CV min | CV max |"
-    head += " val mIoU (70 frames) | train (val run) |"
+    head += f" val mIoU ({_frames(res['rows'])}) | train (val run) |"
     if cv:
         head += " train / fold |"
     head += " cache build |"
@@ -96,12 +104,13 @@ def bench_markdown(res: dict) -> str:
 def cmd_bench_ycor(args: argparse.Namespace) -> int:
     from offroadseg.experiments.bench.ycor import DEFAULT_CONFIGS, DEFAULT_CV_CONFIGS, bench_ycor
 
+    machine = machine_header()
     configs = args.configs or list(DEFAULT_CV_CONFIGS if args.folds else DEFAULT_CONFIGS)
     print(
         f"bench ycor: {len(configs)} config(s) {', '.join(configs)}; data "
         f"{args.data or '(from each config)'}; runs under {args.work_dir}/<config>"
     )
-    partial: dict = {"rows": []}
+    partial: dict = {"machine": machine, "rows": []}
 
     def on_config(path: str, row: dict) -> None:
         partial["rows"].append(row)
@@ -151,7 +160,7 @@ def cmd_bench_ycor(args: argparse.Namespace) -> int:
         for c in cv["configs"]:
             print(f"  {c['name']}: scored with the {c.get('scored_with', '')}")
         print("\n" + md)
-    write_json(args.json, res)
+    write_json(args.json, {"machine": machine, **res})
     write_markdown(args.markdown, md)
     return 0
 

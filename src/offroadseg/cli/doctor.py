@@ -23,28 +23,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def machine_doctor(args: argparse.Namespace) -> int:
     """``doctor --machine``: the CPU, its flags that matter, measured GEMM peaks, the GPU."""
-    from offroadseg.machine import machine_report
+    from offroadseg.machine import header_lines, machine_report
 
     rep = machine_report()
-    cpu, gemm = rep["cpu"], rep["gemm"]
-    print(
-        f"machine: {cpu['model']} ({cpu['arch']}), {cpu['logical_cores']} logical cores, torch {rep['torch']}"
-    )
-    print(f"  flags that matter: {', '.join(cpu['flags']) or 'none of them'}")
-    print(
-        f"  bf16: {'native' if cpu['native_bf16'] else 'emulated (no AVX512-BF16/AMX-BF16): slower than fp32'}; "
-        f"int8 dot products: {'yes' if cpu['int8_dot'] else 'no VNNI/AMX-INT8/I8MM'}"
-    )
-    int8 = f"{gemm['int8_gops']:.0f} GOP/s" if gemm["int8_gops"] is not None else "n/a in this torch build"
-    print(
-        f"  measured GEMM ({gemm['n']}x{gemm['n']}, {gemm['threads']} threads): fp32 {gemm['fp32_gflops']:.0f} "
-        f"GFLOP/s, bf16 {gemm['bf16_gflops']:.0f} GFLOP/s ({gemm['bf16_gflops'] / gemm['fp32_gflops']:.2f}x), "
-        f"int8 {int8}"
-    )
-    for gpu in rep["gpus"]:
-        print(f"  GPU: {gpu['name']}, {gpu['memory_gib']} GiB, compute capability {gpu['capability']}")
-    if not rep["gpus"]:
-        print("  GPU: none")
+    print("\n".join(header_lines(rep)))
     write_json(args.json, rep)
     return 0
 

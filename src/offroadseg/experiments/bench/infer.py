@@ -19,7 +19,6 @@ Latency is per forward pass at ``batch_size`` (median and p90 over ``iters`` tim
 from __future__ import annotations
 
 import contextlib
-import platform
 import statistics
 import tempfile
 import time
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from offroadseg.errors import ConfigError
+from offroadseg.machine import cpu_info, machine_report
 
 __all__ = ["MODES", "ModeResult", "bench_inference", "load_bench_model", "machine_info"]
 
@@ -64,18 +64,9 @@ class ModeResult:
 
 
 def machine_info(device: torch.device) -> dict:
-    """CPU model, cores, torch threads, GPU name and library versions."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    """The bench header (:func:`offroadseg.machine.machine_report`), the device timed, library versions."""
     info = {
-        "cpu": cpu,
-        "cpu_count": __import__("os").cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        **machine_report(),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
@@ -282,7 +273,9 @@ def _run_mode(mode: str, model, x, dev, record, *, loaded, threads) -> None:
             with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype):
                 return model(x)
 
-        note = "" if cuda or _cpu_has_bf16() else "CPU has no native bf16 (AVX512-BF16/AMX): emulated"
+        note = (
+            "" if cuda or cpu_info()["native_bf16"] else "CPU has no native bf16 (AVX512-BF16/AMX): emulated"
+        )
         record(mode, fn, note=note)
     elif mode == "compile":
         start = time.perf_counter()
@@ -318,11 +311,3 @@ def _run_mode(mode: str, model, x, dev, record, *, loaded, threads) -> None:
             note = ",".join(p.replace("ExecutionProvider", "") for p in runner.providers[:1])
             record(mode, lambda: torch.from_numpy(runner.run(xn)), setup_s=setup, note=note)
             del runner
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -110,7 +110,7 @@ def bench_ycor(
         on_fold: ``on_fold(progress, cv_so_far)`` after every CV fold.
 
     Returns:
-        ``rows`` (one per config: head, resolution, layers, val mIoU with and without TTA,
+        ``rows`` (one per config: head, resolution, layers, val frames, val mIoU with and without TTA,
         per-class IoU, train / cache-build / evaluation / total seconds), ``best`` (the stem of
         the row with the highest val mIoU), ``device`` and ``cpu_threads``; with ``folds``,
         ``cv`` (the cross-validation result) and ``best_cv`` (highest CV mean mIoU).
@@ -174,6 +174,7 @@ def _layers(cfg: Config) -> str:
 
 
 def _run_one(path: str, cfg: Config) -> dict:
+    from offroadseg.data.datasets import list_samples  # noqa: PLC0415
     from offroadseg.experiments.scoring import train_and_score  # noqa: PLC0415 (torch/lightning when running)
 
     run = train_and_score(cfg)
@@ -193,6 +194,7 @@ def _run_one(path: str, cfg: Config) -> dict:
         "loss": cfg.loss.name,
         "class_weights": cfg.loss.class_weights,
         "epochs": cfg.train.epochs,
+        "val_frames": len(list_samples(cfg.data, cfg.data.val_split)),
         "best_epoch": top[0] if (top := best_epoch(result.history)) else None,
         "tta": cfg.eval.tta,
         "checkpoint": cfg.train.checkpoint,
