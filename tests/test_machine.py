@@ -40,3 +40,13 @@ def test_doctor_machine_prints_and_writes_json(tmp_path, capsys) -> None:
     rep = json.loads(out.read_text())
     assert rep["gemm"]["fp32_gflops"] > 0 and rep["gemm"]["bf16_gflops"] > 0
     assert rep["cpu"]["logical_cores"] >= 1 and isinstance(rep["gpus"], list)
+
+
+def test_cpu_pass_precision_known_answers() -> None:
+    from offroadseg.machine import cpu_pass_precision
+
+    avx2, spr = cpu_info(AVX2_ONLY)["flags"], cpu_info(SAPPHIRE)["flags"]
+    assert cpu_pass_precision("auto", avx2) == "fp32"  # emulated bf16 is slower than fp32
+    assert cpu_pass_precision("auto", spr) == cpu_pass_precision("amp", spr) == "bf16"
+    assert cpu_pass_precision("32", spr) == "fp32"  # the config asked for fp32
+    assert cpu_pass_precision("bf16", avx2) == "bf16"  # asked for: honoured, even emulated

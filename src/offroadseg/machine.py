@@ -15,6 +15,7 @@ from pathlib import Path
 __all__ = [
     "FLAGS_OF_INTEREST",
     "cpu_info",
+    "cpu_pass_precision",
     "gemm_peaks",
     "header_lines",
     "machine_report",
@@ -75,6 +76,26 @@ def native_bf16(flags: set[str] | list[str]) -> bool:
     """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16 on x86; BF16 on ARM)."""
     flags = set(flags)
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_pass_precision(precision: str, flags: set[str] | list[str] | None = None) -> str:
+    """The frozen backbone pass's precision on this CPU for a config's ``train.precision``.
+
+    ``auto`` (and its alias ``amp``): ``bf16`` where the CPU computes bf16 natively, else ``fp32``
+    (emulated bf16 is slower than fp32); an explicit ``bf16``: ``bf16``; anything else: ``fp32``.
+    Training itself stays fp32 on the CPU under ``auto`` (``training.hardware.resolve_precision``).
+
+    Args:
+        precision: ``train.precision`` as written in the config.
+        flags: the CPU's flags (default: this machine's; tests pass their own).
+    """
+    key = str(precision)
+    if key == "bf16" or key == "bf16-mixed":
+        return "bf16"
+    if key not in ("auto", "amp"):
+        return "fp32"
+    flags = cpu_info()["flags"] if flags is None else flags
+    return "bf16" if native_bf16(flags) else "fp32"
 
 
 def _gflops(fn, flop: float, seconds: float) -> float:

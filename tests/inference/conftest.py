@@ -37,7 +37,16 @@ def toy_checkpoint(toy_root, tmp_path_factory) -> Path:
                 "backbone": {"name": "dinov2_test", "weights": "random"},
                 "head": {"name": "ppm", "channels": 32},
             },
-            "train": {"epochs": 1, "batch_size": 2, "lr": 1e-3, "optimizer": "adamw", "accelerator": "cpu"},
+            # precision 32: the tests compare runtimes exactly; auto would run the predictor's backbone in
+            # bf16 on a CPU with native bf16 (tests/inference/test_predictor_precision.py)
+            "train": {
+                "epochs": 1,
+                "batch_size": 2,
+                "lr": 1e-3,
+                "optimizer": "adamw",
+                "accelerator": "cpu",
+                "precision": "32",
+            },
             "run": {"dir": str(run_dir), "progress": False},
         }
     )

@@ -77,6 +77,7 @@ def test_cached_path_agrees_with_uncached(toy: Path, tmp_path: Path, k: int) -> 
     (k=2), from the fp16 storage of the tokens entering block L-k; asserted: >= 99.9 % and <= 1e-3.
     """
     cfg = _cfg(toy, tmp_path, backbone={"train_blocks": k})
+    cfg.train.precision = "32"  # the fp16 storage alone (a bf16 CPU's auto pass: test_feature_cache.py)
     dm, module = _setup(cfg)
     plain_items = [dm.val_dataset[i] for i in range(len(dm.val_dataset))]
     report = attach_caches(cfg, dm, module)

@@ -14,6 +14,7 @@ from toydata import make_toy_dataset
 from offroadseg.config import config_from_dict
 from offroadseg.data.cache import CacheWarning
 from offroadseg.data.datasets import collate
+from offroadseg.machine import cpu_info
 from offroadseg.metrics import ConfusionMatrixMetric, full_resolution_predictions
 from offroadseg.models.segmentor import Segmentor
 from offroadseg.training.caches import attach_caches
@@ -255,3 +256,37 @@ def test_train_end_to_end_with_caches(toy: Path, tmp_path: Path) -> None:
     assert first.history[-1]["val_miou"] == second.history[-1]["val_miou"]
     assert first.history[-1]["train_loss"] == second.history[-1]["train_loss"]
     assert first.best_checkpoint is not None and first.best_checkpoint.is_file()
+
+
+def _store_features(dm) -> dict[str, np.ndarray]:
+    arrays = dm.train_dataset.arrays  # the frame store's memory maps
+    return {n: np.asarray(a, dtype=np.float32) for n, a in arrays.items() if n.startswith("hidden")}
+
+
+@pytest.mark.skipif(
+    not cpu_info()["native_bf16"], reason="this CPU has no native bf16 (AVX512-BF16 / AMX-BF16)"
+)
+def test_bf16_store_on_a_bf16_cpu_has_its_own_key_and_matches_fp32(
+    toy: Path, tmp_path: Path, backbone_calls
+) -> None:
+    """train.precision auto on a bf16 CPU: the store is built in bf16 (recorded in the report and the
+    metadata), under a key of its own, and its fp16 features agree with the fp32 build per token."""
+    cfg32 = _cfg(toy, tmp_path / "c", features=True)
+    cfg32.train.precision = "32"
+    dm, module = _setup(cfg32)
+    fp32 = attach_caches(cfg32, dm, module)
+    a = _store_features(dm)
+    cfg = _cfg(toy, tmp_path / "c", features=True)  # train.precision: auto
+    dm, module = _setup(cfg)
+    bf16 = attach_caches(cfg, dm, module)
+    b = _store_features(dm)
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    assert backbone_calls[0] == 12 and all(s["built"] for s in bf16.stores)  # not the fp32 store
+    assert bf16.stores[0]["path"] != fp32.stores[0]["path"] and bf16.stores[0]["precision"] == "bf16"
+    assert bf16.to_dict()["precision"] == "bf16"
+    assert a.keys() == b.keys() and a
+    for name in a:
+        cosine = torch.nn.functional.cosine_similarity(
+            torch.from_numpy(b[name]), torch.from_numpy(a[name]), dim=-1
+        )
+        assert cosine.mean() > 0.999 and not np.array_equal(a[name], b[name]), name

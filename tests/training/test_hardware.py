@@ -7,7 +7,7 @@ import torch
 
 from offroadseg.errors import ConfigError
 from offroadseg.training import hardware
-from offroadseg.training.hardware import check_devices, resolve_precision
+from offroadseg.training.hardware import backbone_precision, check_devices, resolve_precision
 
 
 def _fake_gpus(monkeypatch, count: int, *, bf16: bool) -> None:
@@ -27,6 +27,27 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     assert resolve_precision("auto", "gpu") == "16-mixed"
     assert resolve_precision("amp", "gpu") == "16-mixed"  # the alias
     assert resolve_precision("32", "gpu") == "32-true" and resolve_precision("bf16", "cpu") == "bf16-mixed"
+
+
+AVX2_ONLY = ["avx2", "fma"]
+BF16_CPU = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8"]
+
+
+def test_backbone_pass_precision_follows_the_cpu_flags(monkeypatch):
+    _fake_gpus(monkeypatch, 0, bf16=False)
+    # training stays fp32 on any CPU under auto; the frozen pass uses native bf16 where there is one
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert backbone_precision("auto", "cpu", cpu_flags=AVX2_ONLY) == "fp32"
+    assert backbone_precision("auto", "auto", cpu_flags=BF16_CPU) == "bf16"
+    assert backbone_precision("32", "cpu", cpu_flags=BF16_CPU) == "fp32"  # asked for fp32
+    assert backbone_precision("bf16", "cpu", cpu_flags=AVX2_ONLY) == "bf16"  # asked for bf16
+    with pytest.raises(ConfigError, match="train.precision='fp8' is not valid"):
+        backbone_precision("fp8", "cpu", cpu_flags=BF16_CPU)
+    _fake_gpus(monkeypatch, 1, bf16=False)  # on a GPU the pass follows training, whatever the CPU has
+    assert backbone_precision("auto", "gpu", cpu_flags=BF16_CPU) == "fp16"
+    _fake_gpus(monkeypatch, 1, bf16=True)
+    assert backbone_precision("auto", "auto", cpu_flags=AVX2_ONLY) == "bf16"
+    assert backbone_precision("32", "gpu", cpu_flags=BF16_CPU) == "fp32"
 
 
 def test_fp16_without_cuda_and_unknown_precision_are_refused(monkeypatch):

@@ -34,6 +34,8 @@ from offroadseg.data.datasets import IMAGENET_MEAN, IMAGENET_STD, resize_image
 from offroadseg.devices import pick_device
 from offroadseg.errors import ConfigError, close_matches
 from offroadseg.inference.sliding import ForwardFn, sliding_logits
+from offroadseg.machine import cpu_pass_precision
+from offroadseg.models.precision import frozen_pass
 from offroadseg.taxonomy import Taxonomy
 
 __all__ = [
@@ -164,11 +166,16 @@ class TTAConfig:
         return [(s, f) for s in scales for f in flips]
 
 
-def torch_forward(model: torch.nn.Module, device: torch.device) -> ForwardFn:
-    """A forward function running ``model`` on ``device`` in inference mode (fp32 logits)."""
+def torch_forward(model: torch.nn.Module, device: torch.device, precision: str = "fp32") -> ForwardFn:
+    """A forward function running ``model`` on ``device`` in inference mode (fp32 logits).
+
+    ``precision``: of the backbone (``fp32`` | ``bf16`` | ``fp16``; see
+    :func:`offroadseg.models.precision.frozen_pass`, which leaves ``model`` itself untouched).
+    """
+    model, amp = frozen_pass(model, precision, device.type)
 
     def forward(images: Tensor) -> Tensor:
-        with torch.inference_mode():
+        with torch.inference_mode(), amp:
             return model(images.to(device, non_blocking=True)).float()
 
     return forward
@@ -188,6 +195,7 @@ class Predictor:
         mean, std: per-channel normalisation of ``[0, 1]`` RGB.
         fixed_size: the only input size ``forward`` accepts (a static ONNX model), or None.
         runtime: a short name for reports (``pytorch``, ``onnxruntime``).
+        precision: of the backbone in ``forward`` (``fp32`` | ``bf16`` | ``fp16``), for reports.
         exclude: class ids that get no pixel (see :func:`parse_excluded_classes`).
     """
 
@@ -206,6 +214,7 @@ class Predictor:
         fixed_size: tuple[int, int] | None = None,
         runtime: str = "pytorch",
         exclude: Sequence[int] = (),
+        precision: str = "fp32",
     ) -> None:
         self.forward = forward
         self.taxonomy = taxonomy
@@ -218,6 +227,7 @@ class Predictor:
         self.std = np.asarray(std, dtype=np.float32)
         self.fixed_size = fixed_size
         self.runtime = runtime
+        self.precision = precision
         self.exclude = tuple(int(i) for i in exclude)
         if fixed_size is not None and any(s != 1.0 for s, _ in self.tta.views):
             raise ConfigError(
@@ -248,8 +258,10 @@ class Predictor:
             tta = TTAConfig.from_eval(ev)
         dev = pick_device(device)
         model = loaded.model.to(dev).eval()
+        # bf16 on a CPU that has it natively when the config's train.precision is auto; fp32 on CUDA
+        precision = cpu_pass_precision(loaded.config.train.precision) if dev.type == "cpu" else "fp32"
         return cls(
-            torch_forward(model, dev),
+            torch_forward(model, dev, precision),
             taxonomy=loaded.taxonomy,
             image_size=loaded.config.data.image_size,
             patch_size=model.patch_size,
@@ -257,6 +269,7 @@ class Predictor:
             device=dev,
             batch_size=batch_size or ev.batch_size,
             exclude=exclude,
+            precision=precision,
         )
 
     # ---- building blocks -------------------------------------------------------------------

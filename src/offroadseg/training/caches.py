@@ -43,7 +43,7 @@ from offroadseg.training.features import (
     feature_key,
     open_feature_store,
 )
-from offroadseg.training.hardware import resolve_precision
+from offroadseg.training.hardware import backbone_precision
 
 __all__ = [
     "CacheReport",
@@ -51,6 +51,7 @@ __all__ = [
     "feature_cache_blockers",
     "feature_datasets",
     "open_frame_store",
+    "pass_precision",
     "stored_blocks",
 ]
 
@@ -62,6 +63,7 @@ class CacheReport:
     decoded: bool = False  # the decoded-data cache is in use
     features: bool = False  # the frozen-feature cache is in use
     views: int = 1  # cached views per training image
+    precision: str | None = None  # of the backbone pass that built the feature store (fp32 | bf16 | fp16)
     messages: list[str] = field(default_factory=list)  # for a person: turned off, rebuilt, ...
     stores: list[dict] = field(default_factory=list)  # kind, split, path, built, build_s, bytes
     build_s: float = 0.0  # seconds spent building (0 when everything was reused)
@@ -110,14 +112,10 @@ def _build_device(cfg: Config) -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if device.type == "cuda" else device
 
 
-def _autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """The backbone's autocast dtype while building the cache: the one training would use."""
-    precision = resolve_precision(cfg.train.precision, "gpu" if device.type == "cuda" else "cpu")
-    if precision == "bf16-mixed":
-        return torch.bfloat16
-    if precision == "16-mixed":
-        return torch.float16
-    return None
+def pass_precision(cfg: Config, device: torch.device) -> str:
+    """The backbone pass's precision while building the store: training's on a GPU; on a CPU bf16 where
+    it is native and ``train.precision`` is auto (:func:`~offroadseg.training.hardware.backbone_precision`)."""
+    return backbone_precision(cfg.train.precision, "gpu" if device.type == "cuda" else "cpu")
 
 
 def _store_row(kind: str, split: str, obj) -> dict:
@@ -128,6 +126,7 @@ def _store_row(kind: str, split: str, obj) -> dict:
         "built": bool(getattr(obj, "built", False)),
         "build_s": float(getattr(obj, "build_s", 0.0)),
         "bytes": int(obj.nbytes),
+        "precision": obj.meta.get("precision", "fp32") if kind == "features" else None,
     }
 
 
@@ -254,7 +253,7 @@ def open_frame_store(
 
     Reused when one with the same frames, training size, frozen backbone part, ``train_blocks``,
     views and seed exists under ``data.cache.dir``; else built on the run's device
-    (``train.accelerator``), in the precision training would use. Draws no random numbers
+    (``train.accelerator``), in :func:`pass_precision` (part of the store's key and metadata). Draws no random numbers
     from the caller's generators.
 
     Args:
@@ -309,6 +308,7 @@ def _open_frames(cfg, module, frames, loader, taxonomy: Taxonomy, *, workers: in
     transform = build_train_transform(aug_no_flip, ignore_index=taxonomy.ignore_index) if views > 1 else None
     b = cfg.model.backbone
     blocks = stored_blocks(cfg, module)
+    precision = pass_precision(cfg, device)
     key = feature_key(
         frames,
         taxonomy=taxonomy.to_dict(),
@@ -323,6 +323,7 @@ def _open_frames(cfg, module, frames, loader, taxonomy: Taxonomy, *, workers: in
         augment=dataclasses.asdict(aug_no_flip),
         seed=cfg.train.seed,
         full_res=full_res,
+        precision=precision,
     )
     # A batch that fits: a ViT forward in inference mode holds only one block's activations.
     batch = 16 if device.type == "cuda" else max(1, cfg.eval.batch_size)
@@ -341,7 +342,7 @@ def _open_frames(cfg, module, frames, loader, taxonomy: Taxonomy, *, workers: in
             seed=cfg.train.seed,
             full_res=full_res,
             device=device,
-            autocast_dtype=_autocast_dtype(cfg, device),
+            precision=precision,
             batch_size=batch,
             workers=workers,
             progress=progress,
@@ -432,6 +433,7 @@ def _attach_features(cfg, dm, module, report, *, bar) -> None:
     report.features = True
     report.decoded = bool(cfg.data.cache.decoded)  # the store was computed from the decoded cache
     report.views = store.views
+    report.precision = str(store.store.meta.get("precision", "fp32"))
     if store.decoded is not None:
         report.stores.append(_store_row("decoded", "train+val", store.decoded))
     report.stores.append(_store_row("features", "train+val", store.store))

@@ -36,7 +36,6 @@ difference measured is 1.2e-4 (k=1) and 7.8e-5 (k=2) (the test asserts <= 1e-3).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +57,7 @@ from offroadseg.data.cache import (
 )
 from offroadseg.data.datasets import Sample, normalize
 from offroadseg.errors import ConfigError, DataError
+from offroadseg.models.precision import frozen_pass
 from offroadseg.models.segmentor import Segmentor
 from offroadseg.models.weights.digest import state_digest
 
@@ -114,11 +114,16 @@ def feature_key(
     augment: dict | None,
     seed: int,
     full_res: bool,
+    precision: str = "fp32",
 ) -> str:
     """What a frame store depends on: the frames, the resize, the stored hidden states and their weights,
-    the views; not the head's layers nor ``train_blocks`` (a store serves every config it covers)."""
+    the views, the precision of the backbone pass; not the head's layers nor ``train_blocks`` (a store
+    serves every config it covers). An fp32 pass adds no field, so stores keyed before the field existed
+    (fp32 on the CPU) stay valid; a bf16- or fp16-built store has a key of its own."""
+    extra = {} if precision == "fp32" else {"precision": precision}
     return hash_key(
         {
+            **extra,
             "kind": "frames",
             "files": file_fingerprints(samples),
             "order": [str(Path(s.image).resolve()) for s in samples],
@@ -233,7 +238,7 @@ def open_feature_store(
     seed: int = 0,
     full_res: bool = False,
     device: str | torch.device = "cpu",
-    autocast_dtype: torch.dtype | None = None,
+    precision: str = "fp32",
     batch_size: int = 4,
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
@@ -248,7 +253,8 @@ def open_feature_store(
         key: from :func:`feature_key`; the store lives in ``<root>/features/<key>``.
         blocks: the hidden-state indices to store (``0..L``).
         transform: the augmentation pipeline of views ``1..V-1`` (hflip excluded).
-        autocast_dtype: bf16/fp16 autocast for the backbone (None: full precision).
+        precision: of the backbone pass, ``fp32`` | ``bf16`` | ``fp16`` (see
+            :func:`offroadseg.models.precision.frozen_pass`); part of ``key``, recorded in the metadata.
         batch_size: images per backbone call.
         progress: called with ``(done views, total views)`` while building.
     """
@@ -285,15 +291,11 @@ def open_feature_store(
             pin_memory=torch.device(device).type == "cuda",
         )
         dev = torch.device(device)
-        amp = (
-            torch.autocast(dev.type, dtype=autocast_dtype)
-            if autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
+        runner, amp = frozen_pass(model, precision, dev.type)
         done = 0
         with torch.inference_mode(), amp:
             for batch_rows, images, raw, masks, fulls in jobs:
-                hidden = model.forward_hidden(images.to(dev, non_blocking=True), blocks)
+                hidden = runner.forward_hidden(images.to(dev, non_blocking=True), blocks)
                 span = slice(batch_rows[0], batch_rows[-1] + 1)
                 for h, tokens in hidden.items():
                     arrays[f"hidden{h}"][span] = tokens.to(torch.float16).cpu().numpy()
@@ -313,6 +315,7 @@ def open_feature_store(
             "blocks": blocks,
             "prefix_tokens": backbone.num_prefix_tokens,
             "pad_mode": model.pad_mode,
+            "precision": precision,
         }
 
     was_training = model.training

@@ -2,7 +2,8 @@
 
 One home for the questions "does this config run on this machine, and how fast":
 ``train.precision: auto`` picks bf16 autocast where the GPU has bf16 units, fp16 autocast
-on older CUDA GPUs and fp32 on CPU; ``train.devices`` beyond the GPUs that exist is refused
+on older CUDA GPUs and fp32 on CPU; the frozen backbone pass (feature-store build) follows training
+on a GPU and runs in bf16 on a CPU with native bf16 (``backbone_precision``); ``train.devices`` beyond the GPUs that exist is refused
 before any work; TF32 is enabled for the fp32 matmuls that stay outside autocast.
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 import torch
 
 from offroadseg.errors import ConfigError
+from offroadseg.machine import cpu_pass_precision
 
-__all__ = ["PRECISIONS", "check_devices", "enable_tf32", "on_cuda", "resolve_precision"]
+__all__ = ["PRECISIONS", "backbone_precision", "check_devices", "enable_tf32", "on_cuda", "resolve_precision"]
 
 # Config spelling -> Lightning's. "auto" and its alias "amp" are resolved by the hardware.
 PRECISIONS = {
@@ -62,6 +64,27 @@ def resolve_precision(precision: str, accelerator: str) -> str:
             "train.precision=16 (fp16 autocast) needs a CUDA GPU; fix: use train.precision=auto, bf16 or 32 on CPU"
         )
     return value
+
+
+def backbone_precision(
+    precision: str, accelerator: str, *, cpu_flags: set[str] | list[str] | None = None
+) -> str:
+    """The frozen backbone pass's precision (``fp32`` | ``bf16`` | ``fp16``) for ``train.precision``.
+
+    On CUDA the one training uses (:func:`resolve_precision`). On the CPU, where training under
+    ``auto`` stays fp32, the frozen pass runs in bf16 when the CPU computes bf16 natively
+    (AVX512-BF16 / AMX-BF16; :func:`offroadseg.machine.cpu_pass_precision`); the feature store keeps
+    fp16 either way.
+
+    Args:
+        cpu_flags: the CPU's flags (default: this machine's; tests pass an AVX2-only or a bf16 CPU).
+    """
+    if on_cuda(accelerator):
+        return {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(
+            resolve_precision(precision, accelerator), "fp32"
+        )
+    resolve_precision(precision, accelerator)  # the same clear error for a bad value
+    return cpu_pass_precision(precision, cpu_flags)
 
 
 def _requested_count(devices) -> int | None:
