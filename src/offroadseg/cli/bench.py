@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from offroadseg.cli.common import register_commands
 
-BENCH_MODULES = ("bench_train", "bench_infer", "bench_ycor", "bench_adapt")
+BENCH_MODULES = ("bench_train", "bench_infer", "bench_ycor", "bench_adapt", "bench_cache")
 
 
 def machine_header() -> dict:
@@ -19,7 +19,7 @@ def machine_header() -> dict:
 
 def register(sub) -> None:
     parser = sub.add_parser(
-        "bench", help="benchmarks: train | infer | ycor | adapt (ratios against a same-run baseline)"
+        "bench", help="benchmarks: train | infer | ycor | adapt | cache (ratios against a same-run baseline)"
     )
     bench_sub = parser.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     register_commands(bench_sub, BENCH_MODULES)
