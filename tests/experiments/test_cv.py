@@ -65,7 +65,14 @@ def test_summary_known_answer() -> None:
 
 
 def _argv(root: Path, tmp_path: Path, *extra: str) -> list[str]:
-    argv = ["cv", str(REPO / "configs" / "ycor.yaml"), f"data.root={root}", *TINY, "train.epochs=1"]
+    argv = [
+        "cv",
+        str(REPO / "configs" / "ycor.yaml"),
+        f"data.root={root}",
+        *TINY,
+        "train.epochs=1",
+        "model.backbone.train_blocks=1",
+    ]
     return argv + ["--work-dir", str(tmp_path / "runs"), *extra]
 
 
@@ -117,7 +124,10 @@ def test_cv_scores_with_the_configs_tta(tmp_path: Path) -> None:
     from offroadseg.experiments.cv import cross_validate
 
     root = make_ycor_like(tmp_path / "ycor", n_train=3, n_val=1, frame_ids=IDS[:4])
-    cfg = load_config(REPO / "configs" / "ycor.yaml", [f"data.root={root}", *TINY, "train.epochs=1"])
+    cfg = load_config(
+        REPO / "configs" / "ycor.yaml",
+        [f"data.root={root}", *TINY, "train.epochs=1", "model.backbone.train_blocks=1"],
+    )
     assert cfg.eval.tta == "flip"
     seen = []
     res = cross_validate(

@@ -40,7 +40,14 @@ def ycor(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _argv(root: Path, tmp: Path, *extra: str, trials: int = 3, study: str = "s") -> list[str]:
     (tmp / "space.yaml").write_text(SPACE)
-    argv = ["tune", str(REPO / "configs" / "ycor.yaml"), f"data.root={root}", *TINY, "train.epochs=1"]
+    argv = [
+        "tune",
+        str(REPO / "configs" / "ycor.yaml"),
+        f"data.root={root}",
+        *TINY,
+        "train.epochs=1",
+        "model.backbone.train_blocks=1",
+    ]
     argv += ["eval.tta=none", f"data.cache.dir={tmp / 'cache'}", "--space", str(tmp / "space.yaml")]
     argv += ["--trials", str(trials), "--folds", "2", "--storage", f"sqlite:///{tmp / 'tune.db'}"]
     return argv + ["--study", study, "--work-dir", str(tmp / "runs"), *extra]
@@ -154,7 +161,7 @@ def test_a_trial_behind_after_its_first_fold_is_pruned(ycor: Path, tmp_path: Pat
     from offroadseg.experiments.tune import TuneOptions, run_tune
 
     base = read_config_dict(REPO / "configs" / "ycor.yaml")
-    for text in [f"data.root={ycor}", *TINY]:
+    for text in [f"data.root={ycor}", *TINY, "model.backbone.train_blocks=1"]:
         set_dotted(base, *parse_override(text))
     params = parse_space({"train.lr": {"choice": [0.3, 0.2, 0.1, 0.4]}})
     ran: list[tuple[float, int]] = []
