@@ -56,13 +56,10 @@ def split_positionals(items: list[str]) -> tuple[list[str], list[str]]:
     return [i for i in items if "=" not in i], [i for i in items if "=" in i]
 
 
-def cv_markdown(res: dict, *, val: dict[str, float | None] | None = None) -> str:
-    """The CV table (one row per config) as markdown; ``val`` adds a single-split column."""
+def cv_markdown(res: dict) -> str:
+    """The CV table (one row per config) as markdown."""
     head = "| config | checkpoint | TTA | CV mIoU (mean ± std) | min | max |"
     rule = "|---|---|---|---|---|---|"
-    if val is not None:
-        head += " 70-frame val |"
-        rule += "---|"
     head += " train / fold | cache build |"
     rule += "---|---|"
     lines = [head, rule]
@@ -71,8 +68,6 @@ def cv_markdown(res: dict, *, val: dict[str, float | None] | None = None) -> str
             f"| {c['name']} | {c['checkpoint']} | {c['tta']} | {mean_std(c)} | {fmt(c.get('miou_min'))} "
             f"| {fmt(c.get('miou_max'))} |"
         )
-        if val is not None:
-            row += f" {fmt(val.get(c['name']))} |"
         row += f" {seconds(c.get('train_s_mean'))} | {seconds(c.get('cache_build_s'))} |"
         lines.append(row)
     return "\n".join(lines) + "\n"
@@ -111,7 +106,7 @@ def _config_gaps(res: dict) -> str:
     return f"{'/'.join(str(g) for g in gaps)} (data.group_gap)"
 
 
-def print_cv(res: dict, *, val: dict[str, float | None] | None = None) -> str:
+def print_cv(res: dict) -> str:
     """Print the tables for a person; returns the markdown written with --markdown."""
     gap = res["gap"] if res["gap"] is not None else _config_gaps(res)
     print(
@@ -120,7 +115,7 @@ def print_cv(res: dict, *, val: dict[str, float | None] | None = None) -> str:
     )
     for c in res["configs"]:
         print(f"  {c['name']}: scored with the {c.get('scored_with', c['checkpoint'] + ' checkpoint')}")
-    table = cv_markdown(res, val=val)
+    table = cv_markdown(res)
     per_class = per_class_markdown(res)
     print("\n" + table)
     if per_class:
