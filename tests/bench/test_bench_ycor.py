@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from toydata import CLASSES, TINY, make_ycor_like
 
 from offroadseg.cli import main
 from offroadseg.errors import OffroadsegError
@@ -26,64 +26,6 @@ YCOR_CONFIGS = (
     "ycor_adapt",
     "ycor_combo",
 )
-CLASSES = [
-    ("background/void", (255, 255, 255)),
-    ("smooth_trail", (178, 176, 153)),
-    ("traversable_grass", (128, 255, 0)),
-    ("rough_trail", (156, 76, 30)),
-    ("puddle", (255, 0, 128)),
-    ("obstacle", (255, 0, 0)),
-    ("non_traversable_low_vegetation", (0, 160, 0)),
-    ("high_vegetation", (40, 80, 0)),
-    ("sky", (1, 88, 255)),
-]
-TINY = [
-    "model.backbone.name=dinov2_test",
-    "model.backbone.weights=random",
-    "model.backbone.layers=2",  # the test arch has 2 blocks (the ycor configs read up to block 11)
-    "data.cache.blocks=auto",  # the configs name ViT-S hidden states shared by the CV rows
-    "data.num_workers=0",
-    "data.image_size=[28, 42]",
-    "run.progress=false",
-    "train.batch_size=2",
-]
-
-
-def make_ycor_like(
-    root: Path,
-    n_train: int = 4,
-    n_val: int = 2,
-    size: tuple[int, int] = (34, 64),
-    frame_ids: list[int] | None = None,
-) -> Path:
-    """A YCOR-like set: images/*.jpg, palette-index labels/*.png, split.tsv, classes.tsv.
-
-    ``frame_ids``: the frames' trailing ids (default ``0 .. n_train + n_val - 1``, one gap group).
-    """
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    h, w = size
-    palette = [c for _, rgb in CLASSES for c in rgb]
-    lines = []
-    for i in range(n_train + n_val):
-        name = f"iid{(frame_ids[i] if frame_ids else i):06d}"
-        ids = np.full((h, w), 8, dtype=np.uint8)  # sky on top
-        ids[h // 3 :] = rng.integers(1, 8)  # one ground class below
-        ids[h // 3 :, : w // 4] = 7  # trees on the left
-        ids[-4:, -6:] = 4 + i % 2  # a puddle or an obstacle
-        ids[0, 0] = 0  # a void pixel
-        colors = np.array([rgb for _, rgb in CLASSES], dtype=np.uint8)
-        image = colors[ids].astype(np.int16) + rng.integers(-20, 20, (h, w, 3))
-        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / "images" / f"{name}.jpg", quality=90)
-        label = Image.fromarray(ids, mode="P")
-        label.putpalette(palette)
-        label.save(root / "labels" / f"{name}.png")
-        lines.append(f"{name}\t{'train' if i < n_train else 'val'}")
-    (root / "split.tsv").write_text("\n".join(lines) + "\n")
-    rows = ["id\tname\tR\tG\tB"] + [f"{i}\t{n}\t{r}\t{g}\t{b}" for i, (n, (r, g, b)) in enumerate(CLASSES)]
-    (root / "classes.tsv").write_text("\n".join(rows) + "\n")
-    return root
 
 
 def test_bench_ycor_on_a_ycor_like_set(tmp_path: Path, capsys) -> None:

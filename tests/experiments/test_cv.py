@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from toydata import TINY, make_ycor_like
 
 from offroadseg.cli import main
 from offroadseg.errors import ConfigError
@@ -16,12 +16,6 @@ from offroadseg.experiments.cv import summarize_folds
 from offroadseg.metrics import scores_from_confusion
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "_bench_ycor_helpers", REPO / "tests" / "bench" / "test_bench_ycor.py"
-)
-_helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_helpers)
-make_ycor_like, TINY = _helpers.make_ycor_like, _helpers.TINY
 
 IDS = [0, 1, 10, 11, 20, 21]  # three gap-5 groups of two neighbouring frames
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -13,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from toydata import TINY, make_ycor_like
 
 from offroadseg.cli import main
 from offroadseg.errors import ConfigError
@@ -22,12 +22,6 @@ from offroadseg.experiments.tune import fold_objective, space_store_blocks
 optuna = pytest.importorskip("optuna")
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "_bench_ycor_helpers", REPO / "tests" / "bench" / "test_bench_ycor.py"
-)
-_helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_helpers)
-make_ycor_like, TINY = _helpers.make_ycor_like, _helpers.TINY
 
 IDS = [0, 1, 10, 11, 20, 21]  # three gap-5 groups of two frames
 SPACE = "train.lr: {float: [1.0e-4, 1.0e-2], log: true}\nmodel.head.name: {choice: [linear, conv]}\n"
