@@ -33,9 +33,8 @@ import json
 import os
 import shutil
 import time
-import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,20 +43,33 @@ import yaml
 from torch import Tensor, nn
 
 from offroadseg.atomic import atomic_write_text
-from offroadseg.config import Config, dump_config, parse_override
-from offroadseg.data.datasets import list_samples, load_ids, normalize, resize_image, resize_mask
+from offroadseg.config import Config, dump_config
 from offroadseg.data.io import IMAGE_SUFFIXES, read_image, read_label
-from offroadseg.errors import ConfigError, DataError, OffroadsegError, close_matches
+from offroadseg.errors import ConfigError, DataError, OffroadsegError
+from offroadseg.experiments.adapt_frames import (
+    Frames,
+    TargetView,
+    _batches,
+    encode_frames,
+    frame_logits,
+    frame_probs,
+    load_source_frames,
+    load_target_frames,
+    view_target,
+)
+from offroadseg.experiments.adapt_settings import (
+    METHODS,
+    AdaptSettings,
+    parse_settings,
+)
 from offroadseg.experiments.pseudo import (
     class_thresholds,
-    confidence_stats,
     detect_collapse,
     pixel_shares,
     pseudo_label_loss,
     pseudo_labels,
 )
 from offroadseg.inference.checkpoint import LoadedModel, load_checkpoint, save_inference_checkpoint
-from offroadseg.inference.video import is_video
 from offroadseg.metrics import confusion_matrix, json_ready, scores_from_confusion
 from offroadseg.models.segmentor import Segmentor
 
@@ -73,290 +85,6 @@ __all__ = [
     "parse_settings",
     "reestimate_bn",
 ]
-
-METHODS = ("self", "bn")
-
-
-@dataclass
-class AdaptSettings:
-    """What ``offroadseg adapt`` does; each field is a ``key=value`` on its command line."""
-
-    method: str = "self"  # self (mean-teacher self-training) | bn (batch-norm statistics on the target)
-    rounds: int = 3  # pseudo-label rounds (thresholds recomputed, health checked after each)
-    steps: int = 50  # optimizer steps per round
-    batch_size: int = 4  # source frames and target frames per step (each)
-    lr: float = 1e-4  # AdamW learning rate of the trained parameters
-    weight_decay: float = 1e-4
-    ema_decay: float = 0.99  # teacher = EMA of the student, per step
-    keep: float = 0.5  # share of each class's predicted target pixels kept as pseudo-labels
-    cap: float = 0.95  # a class threshold never exceeds this
-    target_weight: float = 1.0  # weight of the target loss beside the source loss
-    flip: bool = True  # flip consistency (teacher averages both orientations, student sees either)
-    max_source: int = 0  # source frames used (0: the whole training split)
-    seed: int = 0
-    gallery: int = 4  # target frames shown before | after in the report
-    min_share: float = 0.01  # collapse guard: a class counts as present from this pixel share
-    vanish_ratio: float = 0.1  # collapse guard: share after < ratio x share before = vanished
-    swallow_share: float = 0.9  # collapse guard: one class taking this share of the target swallows it
-
-    def check(self) -> None:
-        def fail(key: str, need: str, example: str) -> None:
-            raise ConfigError(f"adapt: {key}={getattr(self, key)!r} {need}; fix: e.g. {key}={example}")
-
-        if self.method not in METHODS:
-            raise ConfigError(
-                f"adapt: --method {self.method!r} is not valid{close_matches(self.method, METHODS)}; "
-                f"choose one of: {', '.join(METHODS)}"
-            )
-        for key in ("rounds", "steps", "batch_size"):
-            if getattr(self, key) < 1:
-                fail(key, "must be at least 1", "1")
-        if self.lr <= 0:
-            fail("lr", "must be > 0", "1e-4")
-        for key in ("ema_decay", "vanish_ratio"):
-            if not 0.0 < getattr(self, key) < 1.0:
-                fail(key, "must lie in (0, 1)", "0.99" if key == "ema_decay" else "0.1")
-        for key in ("keep", "cap", "swallow_share"):
-            if not 0.0 < getattr(self, key) <= 1.0:
-                fail(key, "must lie in (0, 1]", "0.5")
-        for key in ("target_weight", "weight_decay", "min_share", "max_source", "gallery"):
-            if getattr(self, key) < 0:
-                fail(key, "must be >= 0", "0")
-
-
-def parse_settings(items: Sequence[str], **given: typing.Any) -> AdaptSettings:
-    """``["rounds=2", "adapt.keep=0.3"]`` (plus keyword values, e.g. from flags) -> checked settings.
-
-    Raises:
-        ConfigError: an unknown key (close ones named) or a value of the wrong type or range.
-    """
-    hints = typing.get_type_hints(AdaptSettings)
-    values: dict[str, typing.Any] = {k: v for k, v in given.items() if v is not None}
-    for text in items:
-        key, value = parse_override(text)
-        key = key.removeprefix("adapt.")
-        if key not in hints:
-            raise ConfigError(
-                f"adapt: unknown setting {key!r}{close_matches(key, list(hints))}; valid: {', '.join(hints)}"
-            )
-        values[key] = _coerce(key, value, hints[key])
-    settings = AdaptSettings(**values)
-    settings.check()
-    return settings
-
-
-def _coerce(key: str, value: typing.Any, hint: type) -> typing.Any:
-    try:
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if hint is int and (isinstance(value, bool) or float(value) != int(float(value))):
-            raise ValueError
-        return hint(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"adapt: {key}={value!r} is not a valid {hint.__name__}; fix: e.g. {key}={AdaptSettings().__dict__[key]}"
-        ) from None
-
-
-# ---- frames ----------------------------------------------------------------------------------------
-@dataclass
-class Frames:
-    """Frames at the model's training size and what the frozen backbone computed for them.
-
-    Attributes:
-        names: one per frame.
-        images: uint8 ``[N, H, W, 3]``.
-        masks: uint8 train ids ``[N, H, W]`` (source) or None (target).
-        paths: the image file of each frame (None for a video frame).
-        tokens: fp16 ``[N, P + h*w, C]`` entering the first trained block, or None when no block trains.
-        early: fp16 ``[N, h*w, C]`` per returned block before it.
-    """
-
-    names: list[str]
-    images: np.ndarray
-    masks: np.ndarray | None = None
-    paths: list[Path | None] = field(default_factory=list)
-    tokens: Tensor | None = None
-    early: list[Tensor] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-def _read_video_frames(path: Path, every: int) -> list[tuple[str, np.ndarray]]:
-    import cv2
-
-    capture = cv2.VideoCapture(str(path))
-    frames: list[tuple[str, np.ndarray]] = []
-    try:
-        index = 0
-        ok, frame = capture.read() if capture.isOpened() else (False, None)
-        while ok and frame is not None:
-            if index % every == 0:
-                frames.append((f"{path.stem}_{index:06d}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
-            index += 1
-            ok, frame = capture.read()
-    finally:
-        capture.release()
-    if not frames:
-        raise DataError(
-            f"video {path} could not be read (no frame decoded: not a video, damaged, or a codec this OpenCV "
-            f"lacks); fix: re-encode it, e.g. ffmpeg -i {path.name} -c:v libx264 out.mp4"
-        )
-    return frames
-
-
-def load_target_frames(specs: Sequence[str], size: Sequence[int], *, every: int = 1) -> Frames:
-    """Target frames from image files, folders, glob patterns and videos (every ``every``-th frame),
-    resized to ``size`` as ``predict`` resizes them.
-
-    Raises:
-        DataError: an input that does not exist, an unreadable image or video, or no image at all.
-    """
-    from offroadseg.inference.outputs import collect_inputs
-
-    if every < 1:
-        raise ConfigError(f"--every {every}: must be >= 1; fix: e.g. --every 10")
-    size = (int(size[0]), int(size[1]))
-    videos = [Path(s) for s in specs if is_video(s) and Path(s).is_file()]
-    others = [s for s in specs if not (is_video(s) and Path(s).is_file())]
-    names, images, paths = [], [], []
-    for path in collect_inputs(others) if others else []:
-        names.append(path.stem)
-        images.append(resize_image(read_image(path), size))
-        paths.append(path)
-    for video in videos:
-        for name, rgb in _read_video_frames(video, every):
-            names.append(name)
-            images.append(resize_image(rgb, size))
-            paths.append(None)
-    if not images:
-        raise DataError(
-            f"no readable target image in {', '.join(specs)}; fix: give image files, folders, glob patterns "
-            f"({', '.join(IMAGE_SUFFIXES)}) or videos"
-        )
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise DataError(f"two target frames share the name {dup!r}; fix: give them distinct file names")
-    return Frames(names, np.stack(images), paths=paths)
-
-
-def load_source_frames(cfg: Config, taxonomy, checkpoint: Path, *, max_frames: int, seed: int) -> Frames:
-    """The checkpoint's own training split at its training size, with its labels.
-
-    Raises:
-        ConfigError: the source data cannot be read here (with how to pass ``--data``).
-    """
-    data = cfg.data
-    try:
-        samples = list_samples(data, data.train_split)
-    except DataError as exc:
-        raise ConfigError(
-            f"the source data of {checkpoint} (data.root={data.root}, split {data.train_split!r}) cannot be "
-            f"read here ({exc}); fix: pass its training data with --data SOURCE_ROOT"
-        ) from None
-    if max_frames and len(samples) > max_frames:
-        pick = np.random.default_rng(seed).choice(len(samples), size=max_frames, replace=False)
-        samples = [samples[i] for i in sorted(pick)]
-    size = (int(data.image_size[0]), int(data.image_size[1]))
-    images, masks = [], []
-    for s in samples:
-        images.append(resize_image(read_image(s.image), size))
-        masks.append(resize_mask(load_ids(s, taxonomy, unknown=data.unknown_values), size))
-    return Frames([s.name for s in samples], np.stack(images), np.stack(masks), [s.image for s in samples])
-
-
-# ---- the frozen part, once per frame ---------------------------------------------------------------
-def encode_frames(model: Segmentor, frames: Frames, *, device: torch.device, batch_size: int = 4) -> None:
-    """Run the frozen part of the backbone once per frame; keep its outputs (fp16, on the CPU)."""
-    backbone = model.backbone
-    needs = backbone.cache_needs()
-    tokens, early = [], []
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(frames), batch_size):
-            x = torch.stack([normalize(im) for im in frames.images[start : start + batch_size]]).to(device)
-            t, e = backbone.split_cached(model.forward_hidden(x, needs))
-            if t is not None:
-                tokens.append(t.to(torch.float16).cpu())
-            early.append([m.to(torch.float16).cpu() for m in e])
-    frames.tokens = torch.cat(tokens) if tokens else None
-    frames.early = [torch.cat([batch[i] for batch in early]) for i in range(len(early[0]))] if early else []
-
-
-def _flip_grid(x: Tensor, grid: tuple[int, int], prefix: int) -> Tensor:
-    """Flip ``[B, P + h*w, C]`` tokens along the grid's width, the P prefix tokens kept in place."""
-    b, _, c = x.shape
-    h, w = grid
-    patches = x[:, prefix:].reshape(b, h, w, c).flip(2).reshape(b, h * w, c)
-    return torch.cat([x[:, :prefix], patches], dim=1) if prefix else patches
-
-
-def frame_logits(
-    model: Segmentor, frames: Frames, index: Sequence[int], flip: bool, *, device: torch.device
-) -> Tensor:
-    """Logits ``[B, K, H, W]`` of frames ``index`` from their stored features, in the frames' own
-    orientation (with ``flip`` the model sees the mirrored frame and its logits are mirrored back)."""
-    size = tuple(int(s) for s in frames.images.shape[1:3])
-    padded = model.padded_size(*size)
-    grid = (padded[0] // model.patch_size, padded[1] // model.patch_size)
-    idx = torch.as_tensor(list(index))
-    tokens = frames.tokens[idx].to(device).float() if frames.tokens is not None else None
-    early = [e[idx].to(device).float() for e in frames.early]
-    if flip:
-        prefix = model.backbone.num_prefix_tokens
-        tokens = _flip_grid(tokens, grid, prefix) if tokens is not None else None
-        early = [_flip_grid(e, grid, 0) for e in early]
-    features = model.features_from_cache(tokens, early, size)
-    image = None
-    if model.uses_image:
-        image = torch.stack([normalize(frames.images[i]) for i in index]).to(device)
-    if not flip:
-        return model.forward_head(features, size, image=image)
-    # the mirrored padded grid: logits at the padded size, mirrored back, then the padding cut off
-    return model.forward_head(features, padded, image=image).flip(-1)[..., : size[0], : size[1]]
-
-
-def frame_probs(
-    model: Segmentor, frames: Frames, index: Sequence[int], *, flip: bool, device: torch.device
-) -> Tensor:
-    """Softmax probabilities ``[B, K, H, W]``, averaged over both orientations with ``flip``."""
-    with torch.no_grad():
-        probs = frame_logits(model, frames, index, False, device=device).float().softmax(1)
-        if flip:
-            probs = (probs + frame_logits(model, frames, index, True, device=device).float().softmax(1)) / 2
-    return probs
-
-
-def _batches(n: int, size: int) -> list[list[int]]:
-    return [list(range(i, min(n, i + size))) for i in range(0, n, size)]
-
-
-@dataclass
-class TargetView:
-    """One model's label-free view of the target: argmax ``[N, H, W]`` uint8, confidence and entropy."""
-
-    pred: np.ndarray
-    confidence: float
-    entropy: float
-
-    def shares(self, k: int) -> np.ndarray:
-        return pixel_shares(self.pred, k)
-
-
-def view_target(
-    model: Segmentor, frames: Frames, *, flip: bool, device: torch.device, batch_size: int
-) -> TargetView:
-    model.eval()
-    preds, conf, ent = [], 0.0, 0.0
-    for index in _batches(len(frames), batch_size):
-        probs = frame_probs(model, frames, index, flip=flip, device=device)
-        c, e = confidence_stats(probs)
-        conf, ent = conf + c * len(index), ent + e * len(index)
-        preds.append(probs.argmax(1).to(torch.uint8).cpu().numpy())
-    return TargetView(np.concatenate(preds), conf / len(frames), ent / len(frames))
 
 
 def round_thresholds(
