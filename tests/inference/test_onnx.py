@@ -142,6 +142,9 @@ def reg_loaded(toy_root, tmp_path_factory):
                 "backbone": {"name": "dinov2_test_reg", "weights": "random"},
                 "head": {"name": "ppm", "channels": 16},
             },
+            # fp32 on every CPU: the PyTorch side is compared with the fp32 ONNX graph (the bf16 pass
+            # that `auto` picks on a CPU with native bf16 is tested in test_predictor_precision.py)
+            "train": {"precision": "32"},
         }
     )
     taxonomy = load_taxonomy("duality")

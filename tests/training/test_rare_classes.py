@@ -77,7 +77,7 @@ def test_feature_cache_training_draws_the_rare_frame_more_often(rare_root: Path,
 
 
 def test_negative_threshold_is_refused(rare_root: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="data.repeat_factor_threshold=-0.1 must be >= 0"):
+    with pytest.raises(ConfigError, match="data.repeat_factor_threshold=-0.1 must be a finite number >= 0"):
         SegDataModule(_cfg(rare_root, tmp_path, ["data.repeat_factor_threshold=-0.1"]))
 
 
