@@ -78,9 +78,7 @@ def _fmt(v: Any) -> str:
 
 
 def _params_text(params: dict) -> str:
-    return ", ".join(
-        f"{k.split('.')[-1] if k.count('.') else k}={_fmt(v)}" for k, v in sorted(params.items())
-    )
+    return ", ".join(f"{k.removeprefix('model.')}={_fmt(v)}" for k, v in sorted(params.items()))
 
 
 def leaderboard_markdown(rows: Sequence[dict], *, top: int | None = None, classes: Sequence[str] = ()) -> str:
