@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from offroadseg.cli.common import add_set_option, fmt
+from offroadseg.cli.common import add_set_option, elapsed_lines, fmt
 
 EXIT_COLLAPSED = 3
 
@@ -23,8 +23,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     settings = parse_settings([t for t in args.items if "=" in t] + args.overrides, method=args.method)
     start = time.perf_counter()
 
-    def say(message: str) -> None:
-        print(f"[{time.perf_counter() - start:6.0f} s] {message}", flush=True)
+    say = elapsed_lines(start)
 
     print(f"adapt: {args.checkpoint} -> {args.out} ({settings.method}, {len(targets)} target input(s))")
     res = adapt(

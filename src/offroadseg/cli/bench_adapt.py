@@ -7,7 +7,7 @@ import argparse
 import time
 
 from offroadseg.cli.bench import machine_header
-from offroadseg.cli.common import add_set_option, fmt, write_json
+from offroadseg.cli.common import add_set_option, elapsed_lines, fmt, write_json
 
 
 def markdown(res: dict) -> str:
@@ -35,8 +35,7 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     overrides = [i for i in items if i not in settings]
     start = time.perf_counter()
 
-    def say(message: str) -> None:
-        print(f"[{time.perf_counter() - start:6.0f} s] {message}", flush=True)
+    say = elapsed_lines(start)
 
     print(f"bench adapt: pairs {', '.join(f'{a}->{b}' for a, b in pairs)}; runs under {args.work_dir}")
     res = bench_adapt(

@@ -29,6 +29,16 @@ def add_set_option(p: argparse.ArgumentParser, *, help_text: str = "dotted overr
     )
 
 
+def elapsed_lines(start: float):
+    """A ``say(message)`` that prints ``[  N s] message``, N the seconds since ``start`` (perf_counter)."""
+    import time
+
+    def say(message: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f} s] {message}", flush=True)
+
+    return say
+
+
 def fmt(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from offroadseg.cli.common import fmt, progress, write_json
+from offroadseg.cli.common import elapsed_lines, fmt, progress, write_json
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -13,8 +13,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
 
-    def stage(message: str) -> None:
-        print(f"[{time.perf_counter() - start:6.0f} s] {message}", flush=True)
+    stage = elapsed_lines(start)
 
     result = run_demo(
         args.out,
