@@ -157,6 +157,17 @@ def test_train_evaluate_score_roundtrip(capsys, data, tmp_path):
     assert sum(map(sum, sc["confusion_matrix"])) == 3 * 56 * 84
 
 
+def test_train_on_train_plus_val_says_val_is_not_held_out(capsys, data, tmp_path):
+    cfg = _config(tmp_path, data)
+    code, out, _ = _run(capsys, "train", cfg, "data.train_split=train+val", "--json", tmp_path / "t.json")
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert code == 0 and result["val_held_out"] is False
+    assert "not held out" in out and "validation (NOT held out):" in out
+    code, out, _ = _run(capsys, "train", cfg, "--json", tmp_path / "h.json")
+    assert code == 0 and json.loads((tmp_path / "h.json").read_text())["val_held_out"] is True
+    assert "not held out" not in out.lower()
+
+
 def test_subprocess_error_has_no_traceback(data, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "offroadseg", "train", str(tmp_path / "missing.yaml")],

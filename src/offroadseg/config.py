@@ -58,7 +58,7 @@ class DataConfig:
     ignore_values: list[int] = field(default_factory=list)  # raw values scored as ignore (void)
     unknown_values: str = "error"  # error | ignore: label values not in the taxonomy
     image_size: list[int] = field(default_factory=lambda: [266, 476])  # [H, W] fed to the network
-    train_split: str = "train"
+    train_split: str = "train"  # "train+val": the union (a final model on every labelled frame)
     val_split: str = "val"
     test_split: str = "test"
     # generic layout: <root>/<image_dir>/<name><image suffix>, <root>/<label_dir>/<name><label_suffix>,

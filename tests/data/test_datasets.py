@@ -5,7 +5,14 @@ import pytest
 from PIL import Image
 
 from offroadseg.config import DataConfig
-from offroadseg.data.datasets import SegmentationDataset, collate, list_samples, resize_mask, taxonomy_for
+from offroadseg.data.datasets import (
+    SegmentationDataset,
+    collate,
+    list_samples,
+    resize_mask,
+    taxonomy_for,
+    val_in_train,
+)
 from offroadseg.data.io import write_png
 from offroadseg.errors import DataError
 
@@ -109,3 +116,24 @@ def test_ycor_loads_from_config_without_conversion(shared_data):
     item = ds[0]
     assert item["full_mask"].shape == (544, 1024)
     assert set(item["full_mask"].unique().tolist()) <= set(range(8)) | {255}
+
+
+def test_a_split_union_lists_both_splits_once(toy_root):
+    cfg = DataConfig(root=str(toy_root), layout="duality")
+    train, val = list_samples(cfg, "train"), list_samples(cfg, "val")
+    both = list_samples(cfg, "train+val")
+    assert [s.image for s in both] == [s.image for s in train + val]
+    assert val_in_train(DataConfig(train_split="train+val")) and not val_in_train(DataConfig())
+    with pytest.raises(DataError, match="empty part"):
+        list_samples(cfg, "train+")
+
+
+def test_a_split_union_refuses_two_images_of_one_name(toy_root, tmp_path):
+    root = _copy(toy_root, tmp_path)
+    cfg = DataConfig(root=str(root), layout="duality")
+    name = list_samples(cfg, "val")[0].name
+    src = list_samples(cfg, "train")[0]
+    shutil.copy(src.image, src.image.with_name(name + src.image.suffix))
+    shutil.copy(src.label, src.label.with_name(name + src.label.suffix))
+    with pytest.raises(DataError, match=f"two images are named '{name}'"):
+        list_samples(cfg, "train+val")

@@ -154,3 +154,28 @@ def test_duality_layout_is_refused(toy_root: Path, tmp_path: Path, capsys) -> No
 
     with pytest.raises(ConfigError, match="cross-validation needs data.layout=generic"):
         plan_folds(toy_config(toy_root, tmp_path / "r"), 2)
+
+
+def test_a_base_that_trains_on_train_plus_val_never_trains_on_a_folds_held_out_frames(tmp_path: Path) -> None:
+    from offroadseg.config import config_from_dict
+    from offroadseg.data.datasets import list_samples
+    from offroadseg.experiments.cv import fold_config, plan_folds
+
+    root = make_ycor_like(tmp_path / "ycor", n_train=4, n_val=2, frame_ids=[0, 10, 20, 30, 40, 50])
+    cfg = config_from_dict(
+        {
+            "data": {
+                "root": str(root),
+                "layout": "generic",
+                "split_file": "split.tsv",
+                "taxonomy": str(root / "classes.tsv"),
+                "train_split": "train+val",
+            }
+        }
+    )
+    folds = plan_folds(cfg, 3)
+    for i, fold in enumerate(folds):
+        out = fold_config(cfg, fold, tmp_path / f"fold{i}")
+        trained = {s.name for s in list_samples(out.data, out.data.train_split)}
+        scored = {s.name for s in list_samples(out.data, out.data.val_split)}
+        assert trained == set(fold.train) and scored == set(fold.val) and not trained & scored

@@ -20,6 +20,7 @@ from offroadseg.cli.predict import add_ensemble_argument, add_exclude_argument, 
 # ---- train ------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from offroadseg.config import load_config
+    from offroadseg.data.datasets import val_in_train
     from offroadseg.training.run import train
 
     cfg = load_config(args.config, args.overrides)
@@ -27,6 +28,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.train.epochs = args.epochs
     _announce_weights(cfg.model.backbone.weights)
     print(f"offroadseg {__version__}: training {args.config} -> {cfg.run.dir}")
+    held_out = not val_in_train(cfg.data)
+    if not held_out:
+        print(
+            f"note: data.train_split={cfg.data.train_split} trains on the {cfg.data.val_split} frames too: the "
+            f"validation figures below are on training frames, not held out (choose recipes with `offroadseg "
+            f"cv` or `tune`; train on train+val only for the final model)"
+        )
     start = time.perf_counter()
     result = train(cfg, resume=args.resume, force=args.force, progress=progress if cfg.run.progress else None)
     if result.best_checkpoint is None and result.history == []:
@@ -36,7 +44,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     for message in (result.caches or {}).get("messages", []):
         print(f"cache: {message}")
     if result.val_scores:
-        print_scores(result.val_scores, header="validation (best epoch, dataset-level):")
+        header = "validation (best epoch, dataset-level):" if held_out else "validation (NOT held out):"
+        print_scores(result.val_scores, header=header)
     last = result.history[-1] if result.history else {}
     print(f"  reference batch-mean IoU (comparison only): {fmt(last.get('val_batch_mean_iou'))}")
     print(f"best checkpoint: {result.best_checkpoint}")
@@ -50,6 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "model_checkpoint": str(result.model_checkpoint) if result.model_checkpoint else None,
             "best_val_miou": result.best_val_miou,
             "val": result.val_scores,
+            "val_held_out": held_out,
             "history": result.history,
             "seconds": took,
             "world_size": result.world_size,

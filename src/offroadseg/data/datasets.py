@@ -101,13 +101,41 @@ def split_assignments(cfg: DataConfig) -> dict[str, str] | None:
     return None if path is None else _read_split_file(path)
 
 
+def split_parts(split: str) -> list[str]:
+    """``"train+val"`` -> ``["train", "val"]``: a split name joined by ``+`` is the union of its parts
+    (``data.train_split: train+val`` trains the final model on every labelled frame)."""
+    parts = [p.strip() for p in str(split).split("+")]
+    if any(not p for p in parts):
+        raise DataError(f"split {split!r} has an empty part; fix: name splits joined by '+', e.g. train+val")
+    return parts
+
+
+def val_in_train(cfg: DataConfig) -> bool:
+    """True when the validation split is also trained on (``train_split: train+val``): its figures are
+    then not held out."""
+    return cfg.val_split in split_parts(cfg.train_split) or cfg.val_split == cfg.train_split
+
+
 def list_samples(cfg: DataConfig, split: str, *, require_labels: bool = True) -> list[Sample]:
-    """The samples of one split, each image paired with its mask by name.
+    """The samples of one split, each image paired with its mask by name; ``a+b`` is the union of the
+    splits ``a`` and ``b`` (:func:`split_parts`).
 
     Raises:
-        DataError: the split folder is missing or empty, or an image has no mask
-            (when ``require_labels``).
+        DataError: the split folder is missing or empty, an image has no mask (when
+            ``require_labels``), or two splits of a union hold different images of one name.
     """
+    parts = split_parts(split)
+    if len(parts) > 1:
+        seen: dict[str, Sample] = {}
+        for part in parts:
+            for sample in list_samples(cfg, part, require_labels=require_labels):
+                other = seen.setdefault(sample.name, sample)
+                if other.image != sample.image:
+                    raise DataError(
+                        f"split {split!r}: two images are named {sample.name!r} ({other.image} and "
+                        f"{sample.image}); fix: rename one, or train on one split"
+                    )
+        return list(seen.values())
     root = Path(cfg.root)
     if not root.is_dir():
         raise DataError(f"data root {root} does not exist; fix: set data.root=<folder with the dataset>")

@@ -68,10 +68,11 @@ def fold_config(cfg: Config, fold: Fold, run_dir: str | Path) -> Config:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     split_path = (run_dir / "cv_split.tsv").resolve()
-    atomic_write_text(
-        split_path, split_file_text(fold, train_split=cfg.data.train_split, val_split=cfg.data.val_split)
-    )
+    # the fold's own split names: a base that trains on a union (train_split: train+val) must train on
+    # the fold's training frames only, never on its held-out ones
+    atomic_write_text(split_path, split_file_text(fold, train_split="train", val_split="val"))
     out = config_from_dict(cfg.to_dict())
+    out.data.train_split, out.data.val_split = "train", "val"
     out.data.split_file = str(split_path)
     out.run.dir = str(run_dir)
     return out
