@@ -21,7 +21,7 @@ import yaml
 from offroadseg.atomic import atomic_save, atomic_write_text
 from offroadseg.experiments.space import decode_choice
 
-__all__ = ["leaderboard_rows", "write_outputs", "best_recipe_text"]
+__all__ = ["best_recipe_text", "leaderboard_rows", "same_folds_delta", "write_outputs"]
 
 
 def _state(trial) -> str:
@@ -32,13 +32,36 @@ def _state(trial) -> str:
     name = trial.state.name.lower()
     if name == "pruned" and trial.user_attrs.get("pruned_after_folds"):
         return f"pruned after {trial.user_attrs['pruned_after_folds']} fold(s)"
+    done = len(trial.user_attrs.get("fold_rows") or [])
+    if name == "fail" and done:
+        return f"fail after {done} fold(s)"
     return name
+
+
+def _fold_scores(trial) -> dict[int, float]:
+    return {
+        int(f["fold"]): float(f["objective"])
+        for f in trial.user_attrs.get("fold_rows") or []
+        if f.get("objective") is not None and f.get("fold") is not None
+    }
+
+
+def same_folds_delta(scores: dict[int, float], leader: dict[int, float]) -> float | None:
+    """A trial's mean over the folds it ran minus the leader's mean over those same folds: how a pruned or
+    unfinished trial compares with the best complete one (a 1-fold mean against a 5-fold mean does not)."""
+    shared = sorted(set(scores) & set(leader))
+    if not shared:
+        return None
+    return float(np.mean([scores[k] for k in shared]) - np.mean([leader[k] for k in shared]))
 
 
 def leaderboard_rows(study) -> list[dict]:
     """One row per trial, best first: complete trials by CV mean, then pruned by their running mean."""
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+    leader = max(complete, key=lambda t: t.value) if complete else None
+    for t in trials:
         folds = t.user_attrs.get("fold_rows") or []
         values = [f["objective"] for f in folds if f.get("objective") is not None]
         per_class: dict[str, list[float]] = {}
@@ -57,7 +80,17 @@ def leaderboard_rows(study) -> list[dict]:
                 "fold_values": values,
                 "per_class_mean_iou": {k: float(np.mean(v)) for k, v in per_class.items()},
                 "cost_min": (t.user_attrs.get("cost_s") or 0.0) / 60.0,
-                "params": {k: decode_choice(v) for k, v in t.params.items()},
+                # a waiting trial has no params yet: its queued (enqueued) values
+                "params": {
+                    k: decode_choice(v)
+                    for k, v in (t.params or t.system_attrs.get("fixed_params") or {}).items()
+                },
+                "leader": leader.number if leader is not None else None,
+                "vs_leader_same_folds": (
+                    same_folds_delta(_fold_scores(t), _fold_scores(leader))
+                    if leader is not None and t.number != leader.number
+                    else None
+                ),
                 "retry_of": t.user_attrs.get("retry_of"),
                 "infeasible": t.user_attrs.get("infeasible"),
             }
@@ -81,20 +114,33 @@ def _params_text(params: dict) -> str:
     return ", ".join(f"{k.removeprefix('model.')}={_fmt(v)}" for k, v in sorted(params.items()))
 
 
+def _params_cell(row: dict, lead: dict | None) -> str:
+    """The leader's params in full; every other trial's as its differences from the leader's."""
+    if lead is None or row is lead:
+        return _params_text(row["params"])
+    diff = {k: v for k, v in row["params"].items() if lead["params"].get(k) != v}
+    return f"as #{lead['trial']} but " + _params_text(diff) if diff else f"as #{lead['trial']}"
+
+
 def leaderboard_markdown(rows: Sequence[dict], *, top: int | None = None, classes: Sequence[str] = ()) -> str:
-    head = "| # | trial | state | CV mIoU (mean ± std) | folds | cost (min) | params |"
-    rule = "|---|---|---|---|---|---|---|"
+    leader = next((r["leader"] for r in rows if r.get("leader") is not None), None)
+    versus = f"vs #{leader}, same folds" if leader is not None else "vs best, same folds"
+    head = f"| # | trial | state | CV mIoU (mean ± std) | folds | {versus} | cost (min) | params |"
+    rule = "|---|---|---|---|---|---|---|---|"
     if classes:
         head += "".join(f" {c} |" for c in classes)
         rule += "---|" * len(classes)
     lines = [head, rule]
+    lead = next((r for r in rows if leader is not None and r["trial"] == leader), None)
     for i, r in enumerate(rows[:top] if top else rows, 1):
         score = "n/a" if r["cv_mean"] is None else f"{r['cv_mean']:.4f}"
         if r["cv_std"] is not None:
             score += f" ± {r['cv_std']:.4f}"
+        delta = r.get("vs_leader_same_folds")
+        delta_text = "n/a" if delta is None else f"{100 * delta:+.1f} pt"
         line = (
-            f"| {i} | {r['trial']} | {r['state']} | {score} | {r['folds_run']} | {r['cost_min']:.1f} "
-            f"| {_params_text(r['params'])} |"
+            f"| {i} | {r['trial']} | {r['state']} | {score} | {r['folds_run']} | {delta_text} | {r['cost_min']:.1f} "
+            f"| {_params_cell(r, lead)} |"
         )
         line += "".join(f" {_fmt(r['per_class_mean_iou'].get(c))} |" for c in classes)
         lines.append(line)
@@ -113,6 +159,7 @@ def leaderboard_csv(rows: Sequence[dict]) -> str:
             "cv_mean",
             "cv_std",
             "folds_run",
+            "vs_leader_same_folds",
             "cost_min",
             *keys,
             *[f"iou_{c}" for c in classes],
@@ -120,7 +167,8 @@ def leaderboard_csv(rows: Sequence[dict]) -> str:
     )
     for r in rows:
         w.writerow(
-            [r["trial"], r["state"], r["cv_mean"], r["cv_std"], r["folds_run"], round(r["cost_min"], 2)]
+            [r["trial"], r["state"], r["cv_mean"], r["cv_std"], r["folds_run"]]
+            + [r.get("vs_leader_same_folds"), round(r["cost_min"], 2)]
             + [
                 json.dumps(r["params"].get(k)) if isinstance(r["params"].get(k), list) else r["params"].get(k)
                 for k in keys
@@ -202,7 +250,7 @@ def write_outputs(
         "complete": len(complete),
         "pruned": sum(r["state"].startswith("pruned") for r in rows),
         "infeasible": sum(r["state"] == "infeasible" for r in rows),
-        "failed": sum(r["state"] == "fail" for r in rows),
+        "failed": sum(r["state"].startswith("fail") for r in rows),
         "running": sum(r["state"] == "running" for r in rows),
         "study_minutes": sum(r["cost_min"] for r in rows),
         "best": complete[0] if complete else None,
