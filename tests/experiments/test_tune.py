@@ -222,6 +222,11 @@ def test_three_trials_leaderboard_plots_best_recipe_and_ensemble(ycor: Path, tmp
         and cfg.model.head.name == top["params"]["model.head.name"]
     )
     assert cfg.data.root == str(ycor) and cfg.model.backbone.name == "dinov2_test"
+    # each scored trial is a config file too (the finalists' unpruned re-run: `cv` on these files)
+    assert sorted(res["trial_configs"]) == sorted(str(r["trial"]) for r in rows)
+    for r in rows:
+        trial_cfg = load_config(res["trial_configs"][str(r["trial"])])
+        assert trial_cfg.train.lr == pytest.approx(r["params"]["train.lr"])
     # run again: the study is already at N, nothing more runs
     assert main(_argv(ycor, tmp_path)) == 0
     assert len(_trials(tmp_path)) == 3

@@ -282,6 +282,19 @@ def write_outputs(
             ),
         )
         payload["best_config"] = str(out / "best.yaml")
+    # every trial that scored a fold, as a config file: the unpruned 5-fold re-run of the finalists is
+    # `offroadseg cv <these files> --folds K` (the same folds: cv and tune plan them alike)
+    payload["trial_configs"] = {}
+    for r in rows:
+        if r["folds_run"] == 0:
+            continue
+        path = out / "trials" / f"trial-{r['trial']:04d}.yaml"
+        path.parent.mkdir(exist_ok=True)
+        note = f"offroadseg tune: trial {r['trial']} of study {study.study_name} ({r['state']}).\n{command}"
+        atomic_write_text(
+            path, best_recipe_text(base_config, path, {**(overrides or {}), **r["params"]}, note=note)
+        )
+        payload["trial_configs"][r["trial"]] = str(path)
     text = json.dumps(payload, indent=2, default=str)
     atomic_write_text(out / "leaderboard.json", text)
     if json_path:
