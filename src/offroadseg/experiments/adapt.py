@@ -13,7 +13,9 @@ Method ``self`` (self-training with a mean teacher, as in DACS / DAFormer, thres
 4. each step mixes a labelled source batch (the checkpoint's own training split, its own loss)
    with a target batch whose pseudo-labels are the teacher's flip-averaged prediction where it
    clears its class's threshold (the rest ignored): flip consistency, since the student sees a
-   random flip of the frame the teacher labelled in both orientations;
+   random flip of the frame the teacher labelled in both orientations; with ``classmix`` the target
+   frame first gets half the classes of the source frame pasted on it, on the token grid
+   (:mod:`~offroadseg.experiments.classmix`);
 5. after each round the label-free health figures are computed; when a class collapses
    (:func:`~offroadseg.experiments.pseudo.detect_collapse`) adaptation stops and the last healthy
    round's teacher is written (the unadapted model when the first round collapsed).
@@ -62,6 +64,7 @@ from offroadseg.experiments.adapt_settings import (
     AdaptSettings,
     parse_settings,
 )
+from offroadseg.experiments.classmix import classmix_logits
 from offroadseg.experiments.pseudo import (
     class_thresholds,
     detect_collapse,
@@ -199,10 +202,15 @@ def _train_round(
             thresholds,
             ignore_index=ignore_index,
         )
-        logits = _mixed_flip_logits(
-            student, target, t_idx, _flip_draws(rng, len(t_idx), settings.flip), device
-        )
-        t_loss = pseudo_label_loss(logits.float(), labels, ignore_index=ignore_index)
+        flips = _flip_draws(rng, len(t_idx), settings.flip)
+        if settings.classmix:  # source classes pasted onto the target frames (experiments/classmix.py)
+            logits, mixed = classmix_logits(
+                student, source, s_idx, target, t_idx, labels, flips, rng,
+                ignore_index=ignore_index, device=device,
+            )  # fmt: skip
+        else:
+            logits, mixed = _mixed_flip_logits(student, target, t_idx, flips, device), labels
+        t_loss = pseudo_label_loss(logits.float(), mixed, ignore_index=ignore_index)
         loss = s_loss + settings.target_weight * t_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -161,20 +161,42 @@ def frame_logits(
 ) -> Tensor:
     """Logits ``[B, K, H, W]`` of frames ``index`` from their stored features, in the frames' own
     orientation (with ``flip`` the model sees the mirrored frame and its logits are mirrored back)."""
-    size = tuple(int(s) for s in frames.images.shape[1:3])
-    padded = model.padded_size(*size)
-    grid = (padded[0] // model.patch_size, padded[1] // model.patch_size)
     idx = torch.as_tensor(list(index))
     tokens = frames.tokens[idx].to(device).float() if frames.tokens is not None else None
     early = [e[idx].to(device).float() for e in frames.early]
+    image = None
+    if model.uses_image:
+        image = torch.stack([normalize(frames.images[i]) for i in index]).to(device)
+    size = tuple(int(s) for s in frames.images.shape[1:3])
+    return features_logits(model, tokens, early, size, flip, image=image)
+
+
+def token_grid(model: Segmentor, size: tuple[int, int]) -> tuple[int, int]:
+    """The patch grid ``(h, w)`` of frames of ``size`` (padded to patch multiples)."""
+    padded = model.padded_size(*size)
+    return padded[0] // model.patch_size, padded[1] // model.patch_size
+
+
+def features_logits(
+    model: Segmentor,
+    tokens: Tensor | None,
+    early: list[Tensor],
+    size: tuple[int, int],
+    flip: bool,
+    *,
+    image: Tensor | None = None,
+) -> Tensor:
+    """Logits ``[B, K, H, W]`` from stored features (``tokens`` ``[B, P + h*w, C]`` or None, ``early``
+    ``[B, h*w, C]`` each, float, on the device) of frames of ``size``; with ``flip`` the model sees the
+    mirrored token grid and its logits are mirrored back. ``image``: the normalised frames, for a head
+    that reads the image."""
+    grid = token_grid(model, size)
+    padded = (grid[0] * model.patch_size, grid[1] * model.patch_size)
     if flip:
         prefix = model.backbone.num_prefix_tokens
         tokens = _flip_grid(tokens, grid, prefix) if tokens is not None else None
         early = [_flip_grid(e, grid, 0) for e in early]
     features = model.features_from_cache(tokens, early, size)
-    image = None
-    if model.uses_image:
-        image = torch.stack([normalize(frames.images[i]) for i in index]).to(device)
     if not flip:
         return model.forward_head(features, size, image=image)
     # the mirrored padded grid: logits at the padded size, mirrored back, then the padding cut off

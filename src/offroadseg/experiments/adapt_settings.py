@@ -27,6 +27,7 @@ class AdaptSettings:
     cap: float = 0.95  # a class threshold never exceeds this
     target_weight: float = 1.0  # weight of the target loss beside the source loss
     flip: bool = True  # flip consistency (teacher averages both orientations, student sees either)
+    classmix: bool = False  # paste half the classes of a source frame onto each target frame (token grid)
     max_source: int = 0  # source frames used (0: the whole training split)
     seed: int = 0
     gallery: int = 4  # target frames shown before | after in the report
