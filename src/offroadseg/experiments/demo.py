@@ -1,5 +1,6 @@
 """The built-in demo: synthetic desert scenes -> train on frozen DINOv2-S -> predict an unseen
-biome -> one HTML report. Runs on a laptop CPU with no network.
+biome -> (with ``adapt``) adapt to that biome's test images, their labels withheld -> one HTML
+report. Runs on a laptop CPU with no network.
 
 This module only orchestrates the layers below it (data, training, inference, reporting);
 the CLI prints its progress.
@@ -32,6 +33,7 @@ class DemoResult:
     majority_val_miou: float
     majority_class: str
     seconds: dict[str, float]
+    adapted: dict | None = None  # the adaptation step's figures (None: not run), see _adapt_figures
 
 
 def demo_config(out: Path, overrides: list[str] | None = None) -> Config:
@@ -66,6 +68,8 @@ def run_demo(
     n_test: int = 20,
     seed: int = 0,
     overrides: list[str] | None = None,
+    adapt: bool = False,
+    adapt_settings: list[str] | None = None,
     stage: Callable[[str], None] | None = None,
     progress: Callable[[str], Callable[[int, int], None]] | None = None,
 ) -> DemoResult:
@@ -74,11 +78,15 @@ def run_demo(
     Args:
         out: output folder (data, run, predictions, report.html); earlier demo output there is replaced.
         overrides: ``key=value`` changes to the demo preset.
+        adapt: after predicting, adapt the model to the test images (``offroadseg adapt``; their labels
+            are withheld from adaptation and only score the model before and after).
+        adapt_settings: ``key=value`` adaptation settings (``docs/adapt.md``), e.g. ``rounds=2``.
         stage: called with a one-line description as each stage starts.
         progress: ``progress(name)`` returns a ``(done, total)`` callback for a long stage.
     """
     import time
 
+    from offroadseg.experiments.adapt import parse_settings
     from offroadseg.inference.checkpoint import load_checkpoint
     from offroadseg.inference.outputs import OutputWriter, predict_files
     from offroadseg.inference.predictor import Predictor
@@ -90,9 +98,13 @@ def run_demo(
     bar = progress or (lambda _name: None)
     seconds: dict[str, float] = {}
     cfg = demo_config(out, overrides)
+    settings = parse_settings(list(adapt_settings or [])) if adapt else None
+    n_stages = 5 if adapt else 4
 
     t = time.perf_counter()
-    say(f"1/4 generating {n_train}/{n_val}/{n_test} synthetic scenes (train/val: desert, test: scrubland)")
+    say(
+        f"1/{n_stages} generating {n_train}/{n_val}/{n_test} synthetic scenes (train/val: desert, test: scrubland)"
+    )
     synth = write_synthetic_dataset(
         out / "data",
         n_train=n_train,
@@ -107,13 +119,13 @@ def run_demo(
 
     t = time.perf_counter()
     say(
-        f"2/4 training {cfg.model.head.name} head on frozen {cfg.model.backbone.name} ({cfg.model.backbone.weights})"
+        f"2/{n_stages} training {cfg.model.head.name} head on frozen {cfg.model.backbone.name} ({cfg.model.backbone.weights})"
     )
     result = train(cfg)
     seconds["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say(f"3/4 predicting the {n_test} test images of an unseen biome ({synth.biomes['test']})")
+    say(f"3/{n_stages} predicting the {n_test} test images of an unseen biome ({synth.biomes['test']})")
     loaded = load_checkpoint(result.best_checkpoint)
     predictor = Predictor.from_loaded(loaded, device=accelerator_device(cfg.train.accelerator))
     test_images = sorted((out / "data" / "test" / "Color_Images").iterdir())
@@ -128,8 +140,15 @@ def run_demo(
     )
     seconds["predict"] = time.perf_counter() - t
 
+    adapted, sections, adapt_figures = None, None, {}
+    if settings is not None:
+        t = time.perf_counter()
+        say(f"4/5 adapting to the {n_test} test images of {synth.biomes['test']} (their labels withheld)")
+        adapted, sections, adapt_figures = _adapt_step(out, result.best_checkpoint, settings, cfg, say=say)
+        seconds["adapt"] = time.perf_counter() - t
+
     t = time.perf_counter()
-    say("4/4 writing the report")
+    say(f"{n_stages}/{n_stages} writing the report")
     gallery = _gallery(out / "predictions", test_images, loaded.taxonomy, k=4)
     run_dir = result.run_dir
     val_miou = result.best_val_miou
@@ -158,6 +177,7 @@ def run_demo(
             "Per-class IoU (val)": run_dir / "per_class_iou.png",
             "Confusion matrix (val, row-normalised)": run_dir / "confusion_matrix.png",
             "Learning-rate schedule": run_dir / "lr_schedule.png",
+            **adapt_figures,
         },
         gallery=[GalleryItem(**g) for g in gallery],
         notes=[
@@ -171,9 +191,98 @@ def run_demo(
             f"--data {out / 'data'} (needs pip install 'offroadseg[app]'; README, 'See a model work').",
         ],
         colors=loaded.taxonomy.colors,
+        sections=sections,
     )
     seconds["report"] = time.perf_counter() - t
-    return DemoResult(report, run_dir, val_miou, test_miou, majority_miou, majority_name, seconds)
+    return DemoResult(report, run_dir, val_miou, test_miou, majority_miou, majority_name, seconds, adapted)
+
+
+def _adapt_step(out: Path, checkpoint, settings, cfg: Config, *, say) -> tuple[dict, dict, dict]:
+    """Adapt ``checkpoint`` to the test images (labels withheld; they only score before and after).
+
+    Returns:
+        (figures for the result and the JSON, the report's section, the report's figures).
+    """
+    from offroadseg.experiments.adapt import adapt
+
+    test = out / "data" / "test"
+    res = adapt(
+        checkpoint,
+        [str(test / "Color_Images")],
+        out / "adapted",
+        settings=settings,
+        gt_dir=test / "Segmentation",
+        device=accelerator_device(cfg.train.accelerator),
+        overwrite=True,
+        say=lambda m: say(f"  adapt: {m}"),
+    )
+    figures = _adapt_figures(res)
+    return figures, adapt_section(figures), {
+        "Adaptation: pixel share per class on the test images, before / after, beside the source labels":
+            res.run_dir / "class_shares.png",
+        "Adaptation rounds (label-free)": res.run_dir / "adapt_rounds.png",
+    }  # fmt: skip
+
+
+def _adapt_figures(res) -> dict:
+    s = res.summary
+    last = s["history"][-1] if s["history"] else {}
+    return {
+        "test_miou_before": s["gt"]["before"]["miou"],
+        "test_miou_after": s["gt"]["after"]["miou"],
+        "gt_frames": s["gt"]["frames"],
+        "confidence": [s["before"]["confidence"], s["after"]["confidence"]],
+        "entropy": [s["before"]["entropy"], s["after"]["entropy"]],
+        "kept_share": last.get("kept_share"),
+        "agreement": last.get("agreement"),
+        "rounds": len(s["history"]),
+        "shipped_round": res.shipped_round,
+        "collapsed": list(res.collapsed),
+        "settings": s["settings"],
+        "report": str(res.report),
+        "checkpoint": str(res.checkpoint),
+        "seconds": s["seconds"]["total"],
+    }
+
+
+def adapt_section(a: dict) -> dict[str, dict[str, str]]:
+    """The report's "Adaptation" table, from :func:`_adapt_figures`' figures."""
+    before, after = a["test_miou_before"], a["test_miou_after"]
+    gain = "n/a" if before is None or after is None else f"{100 * (after - before):+.1f} points"
+    st = a["settings"]
+    method = (
+        f"self-training, {st['rounds']} rounds x {st['steps']} steps, keep {st['keep']}, "
+        f"classmix {'on' if st['classmix'] else 'off'}"
+        if st["method"] == "self"
+        else "batch-norm statistics re-estimated"
+    )
+    health = (
+        f"confidence {a['confidence'][0]:.3f} -> {a['confidence'][1]:.3f}, entropy {a['entropy'][0]:.3f} -> "
+        f"{a['entropy'][1]:.3f}"
+    )
+    if a["kept_share"] is not None:
+        health += f"; last round: {a['kept_share']:.0%} of target pixels pseudo-labelled"
+    if a["agreement"] is not None:
+        health += f", teacher-student agreement {a['agreement']:.1%}"
+    if a["collapsed"]:
+        kept = f"round {a['shipped_round']}'s model" if a["shipped_round"] else "the UNADAPTED model"
+        verdict = f"COLLAPSED and stopped ({'; '.join(a['collapsed'])}); the checkpoint holds {kept}"
+    else:
+        verdict = f"no collapse; the checkpoint holds round {a['shipped_round']} of {a['rounds']}"
+    return {
+        "Adaptation to the unseen biome (its test images; labels withheld)": {
+            "method": method,
+            "test mIoU, unadapted model": _pct(before),
+            "test mIoU, adapted model": f"{_pct(after)} ({gain})",
+            "how to read it": f"both scored on the same {a['gt_frames']} test images with their labels; "
+            "adaptation saw these images but never their labels (transductive: the images it is scored on "
+            "are the ones it adapted to)",
+            "health (label-free)": health,
+            "collapse guard": verdict,
+            "adapted checkpoint": a["checkpoint"],
+            "health report": a["report"],
+        }
+    }
 
 
 def _pct(x: float | None) -> str:

@@ -167,11 +167,11 @@ def _score_cell(value: Any) -> str:
     return '<td class="absent">absent</td>' if v is None else f'<td class="num">{v:.4f}</td>'
 
 
-def _summary_html(summary: Mapping[str, Any]) -> str:
-    if not summary:
+def _table_html(title: str, rows: Mapping[str, Any]) -> str:
+    if not rows:
         return ""
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_format_value(v))}</td></tr>" for k, v in summary.items())
-    return f"<h2>Summary</h2><table>{rows}</table>"
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_format_value(v))}</td></tr>" for k, v in rows.items())
+    return f"<h2>{_e(title)}</h2><table>{body}</table>"
 
 
 def _per_class_html(
@@ -346,6 +346,7 @@ def write_report(
     gallery: Sequence[GalleryItem] | None = None,
     notes: Sequence[str] | None = None,
     colors: np.ndarray | None = None,
+    sections: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write a self-contained HTML run report, atomically.
 
@@ -363,6 +364,7 @@ def write_report(
         notes: free-text lines listed at the end.
         colors: optional uint8 ``[K, 3]`` class colours, shown as swatches in the
             per-class table (same order as the scores' classes).
+        sections: title -> key/value pairs, each a titled table shown after the summary.
 
     Returns:
         The path written.
@@ -371,7 +373,8 @@ def write_report(
     body = "".join(
         [
             f"<h1>{_e(title)}</h1>",
-            _summary_html(summary),
+            _table_html("Summary", summary),
+            *(_table_html(title, rows) for title, rows in (sections or {}).items()),
             _per_class_html(scores, test_scores, colors),
             _history_html(history),
             _figures_html(figures),
