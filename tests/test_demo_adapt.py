@@ -41,6 +41,9 @@ def test_demo_with_adapt_reports_before_and_after(tmp_path, capsys):
         "health (label-free)",
         "collapse guard",
         "Adaptation rounds (label-free)",
+        "test IoU per class, unadapted -&gt; adapted",
+        f"offroadseg app {out / 'run' / 'checkpoints' / 'best.ckpt'} {out / 'adapted' / 'checkpoints' / 'last.ckpt'} "
+        f"--data {out / 'data'} --split test",
     ):
         assert needle in html, needle
     assert (out / "adapted" / "checkpoints" / "last.ckpt").is_file()
@@ -68,6 +71,11 @@ def _figures(**changes) -> dict:
         "settings": {"method": "self", "rounds": 3, "steps": 50, "keep": 0.5, "classmix": False},
         "report": "r.html",
         "checkpoint": "c.ckpt",
+        "per_class_iou": [
+            {"Trees": 0.5531, "Rocks": None, "Sky": 0.9},
+            {"Trees": 0.5811, "Rocks": 0.1, "Sky": 0.8996},
+        ],
+        "app_command": "offroadseg app a.ckpt b.ckpt --data d --split test",
     }
     return {**base, **changes}
 
@@ -82,6 +90,7 @@ def test_adapt_section_known_answers():
     )
     assert rows["collapse guard"] == "no collapse; the checkpoint holds round 3 of 3"
     assert "classmix off" in rows["method"]
+    assert rows["test IoU per class, unadapted -> adapted"] == "Trees 0.553 -> 0.581; Sky 0.900 -> 0.900"
     (rows,) = adapt_section(
         _figures(collapsed=["class 'Trees' vanished"], shipped_round=0, test_miou_after=0.4318)
     ).values()

@@ -53,6 +53,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if a["collapsed"]:
             print(f"  WARNING: adaptation collapsed and was stopped: {'; '.join(a['collapsed'])}")
         print(f"  adaptation health report: {a['report']}")
+        print(f"  compare unadapted (A) and adapted (B) in a browser: {a['app_command']}")
     print(f"report: {result.report.resolve()}")
     print(
         f"try it in a browser: offroadseg app {result.run_dir / 'checkpoints' / 'best.ckpt'} --data {args.out}/data"
