@@ -132,6 +132,12 @@ def test_classmix_logits_equal_the_model_on_the_mixed_tokens(ppm_checkpoint, ada
         )  # fmt: skip
         assert torch.allclose(logits, frame_logits(model, target, [1, 0], False, device=cpu), atol=1e-5)
         assert torch.equal(labels, pseudo)
+        # fewer source frames than target frames: the source frames are reused in turn
+        _, labels = classmix_logits(
+            model, source, [1], target, [0, 1], pseudo, [False, False], Fixed(True),
+            ignore_index=IGNORE, device=cpu,
+        )  # fmt: skip
+        assert torch.equal(labels, torch.from_numpy(masks[[1, 1]]).long())
 
 
 def test_adapt_with_classmix_trains_and_records_the_setting(ppm_checkpoint, adapt_toy_root, tmp_path):

@@ -94,8 +94,9 @@ def classmix_logits(
     device: torch.device,
 ) -> tuple[Tensor, Tensor]:
     """The student's logits on the mixed frames (source frame ``s_idx[j]`` pasted onto target frame
-    ``t_idx[j]``, seen mirrored where ``flips[j]``) and their labels (source labels where pasted, the
+    ``t_idx[j]``, the source frames reused in turn when fewer, seen mirrored where ``flips[j]``) and their labels (source labels where pasted, the
     target's pseudo-labels ``target_labels`` ``[B, H, W]`` elsewhere), both in the frames' orientation."""
+    s_idx = [s_idx[j % len(s_idx)] for j in range(len(t_idx))]  # fewer source frames: reuse them
     size = tuple(int(s) for s in target.images.shape[1:3])
     grid, patch = token_grid(model, size), model.patch_size
     masks = torch.from_numpy(
