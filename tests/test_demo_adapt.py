@@ -97,3 +97,10 @@ def test_adapt_section_known_answers():
     assert rows["test mIoU, adapted model"] == "0.432 (+0.0 points)"
     assert rows["collapse guard"].startswith("COLLAPSED and stopped (class 'Trees' vanished)")
     assert "the UNADAPTED model" in rows["collapse guard"]
+
+
+def test_bad_adapt_setting_fails_before_anything_runs(tmp_path, capsys):
+    rc = main(["demo", "--adapt", "--out", str(tmp_path / "d"), *TINY, "adapt.round=1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "'round'" in err and "rounds" in err
+    assert not (tmp_path / "d").exists()
