@@ -180,6 +180,52 @@ def test_a_trial_behind_after_its_first_fold_is_pruned(ycor: Path, tmp_path: Pat
     assert trial_events[-1]["best"] == {"trial": 3, "value": pytest.approx(0.4)}
 
 
+def test_a_retried_trial_keeps_the_folds_its_predecessor_finished(ycor: Path, tmp_path: Path) -> None:
+    """A trial stopped in fold 2 is retried from fold 2: fold 1's row is reused, not re-run."""
+    from offroadseg.config import parse_override, read_config_dict, set_dotted
+    from offroadseg.experiments.tune import TuneOptions, run_tune
+
+    base = read_config_dict(REPO / "configs" / "ycor.yaml")
+    for text in [f"data.root={ycor}", *TINY, "model.backbone.train_blocks=1"]:
+        set_dotted(base, *parse_override(text))
+    params = parse_space({"train.lr": {"choice": [0.3, 0.2]}})
+    ran: list[int] = []
+
+    def stopped_in_fold_2(cfg, fold, k, run_dir, *, keep_checkpoints):
+        if fold.index == 1:
+            raise KeyboardInterrupt  # the worker stops mid-trial
+        ran.append(fold.index + 1)
+        return {
+            "fold": fold.index + 1,
+            "miou": 0.25 + fold.index,
+            "per_class_iou": {"a": 0.25},
+            "total_s": 60.0,
+        }
+
+    def fold(cfg, fold, k, run_dir, *, keep_checkpoints):
+        ran.append(fold.index + 1)
+        return {"fold": fold.index + 1, "miou": 0.5, "per_class_iou": {"a": 0.5}}
+
+    opts = TuneOptions(
+        trials=1, folds=3, storage=f"sqlite:///{tmp_path / 'tune.db'}", study="r", work_dir=str(tmp_path)
+    )
+    opts.enqueue = [{"train.lr": 0.3}]
+    with pytest.raises(KeyboardInterrupt):
+        run_tune(base, params, opts, run_fold=stopped_in_fold_2)
+    assert ran == [1]
+    assert [t.state.name for t in _trials(tmp_path, "r")] == ["FAIL"]
+    ran.clear()
+    events: list[dict] = []
+    run_tune(base, params, opts, on_event=events.append, run_fold=fold)
+    assert ran == [2, 3]  # fold 1 came from the stopped trial
+    trials = _trials(tmp_path, "r")
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == 0)
+    assert retry.state.name == "COMPLETE" and retry.value == pytest.approx((0.25 + 0.5 + 0.5) / 3)
+    rows = retry.user_attrs["fold_rows"]
+    assert [r.get("reused_from") for r in rows] == [0, None, None] and retry.user_attrs["cost_s"] >= 60.0
+    assert [e.get("reused_from") for e in events if e["kind"] == "fold"] == [0, None, None]
+
+
 @pytest.mark.slow
 def test_three_trials_leaderboard_plots_best_recipe_and_ensemble(ycor: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "board.json"

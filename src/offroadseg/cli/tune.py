@@ -40,6 +40,7 @@ def _event_line(event: dict) -> str | None:
         return (
             f"  trial #{event['trial']} fold {event['fold']}/{event['folds']} (rung {event['fold']}): "
             f"mIoU {fmt(event['value'])}, running mean {fmt(event['running'])}"
+            + (f" (kept from trial #{event['reused_from']})" if event.get("reused_from") is not None else "")
         )
     if kind == "trial":
         best = event["best"]

@@ -288,7 +288,7 @@ def write_outputs(
     for r in rows:
         if r["folds_run"] == 0:
             continue
-        path = out / "trials" / f"trial-{r['trial']:04d}.yaml"
+        path = out / "configs" / f"trial-{r['trial']:04d}.yaml"
         path.parent.mkdir(exist_ok=True)
         note = f"offroadseg tune: trial {r['trial']} of study {study.study_name} ({r['state']}).\n{command}"
         atomic_write_text(

@@ -23,13 +23,10 @@ keep every finished trial and continue to N.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 import socket
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +35,7 @@ from typing import Any
 from offroadseg.config import Config, config_from_dict
 from offroadseg.errors import ConfigError, OffroadsegError
 from offroadseg.experiments.space import Param, apply_params, decode_choice, encode_choice
+from offroadseg.experiments.tune_store import counted, fingerprint, finished_folds, open_study, recover_trials
 from offroadseg.models.archs import ARCHS
 from offroadseg.models.backbone import hidden_states_needed, resolve_layers
 
@@ -49,11 +47,6 @@ __all__ = [
     "space_store_blocks",
     "trial_config",
 ]
-
-OBJECTIVE = "grouped-CV mean mIoU"
-HEARTBEAT_S = 30
-GRACE_S = 120
-MAX_RETRIES = 2
 
 
 @dataclass
@@ -132,186 +125,6 @@ def trial_config(base: dict, values: dict[str, Any], store_blocks: dict, run_dir
     return cfg
 
 
-def _fingerprint(base: dict, params: Sequence[Param], folds: int, exclude: Sequence[str]) -> dict:
-    space = {p.key: p.to_dict() for p in params}
-    return {"config": base, "space": space, "folds": folds, "exclude": sorted(exclude)}
-
-
-def _same(key: str, saved: Any, current: Any) -> bool:
-    """Fingerprint parts agree; configs are compared resolved, so a file rewritten as ``base:`` + a diff
-    (or with defaults spelled out) is the same config."""
-    if key == "config":
-        try:
-            return _canon(config_from_dict(saved or {}).to_dict()) == _canon(
-                config_from_dict(current).to_dict()
-            )
-        except ConfigError:
-            return False
-    return _canon(saved) == _canon(current)
-
-
-def _canon(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)
-
-
-def open_study(storage_url: str, name: str, *, fingerprint: dict | None, seed: int = 0, pruner: str = "sha"):
-    """Open (or create) a study; a study of the same name made for another config/space is refused."""
-    import optuna  # noqa: PLC0415
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = _storage(storage_url)
-    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=8)
-    if pruner == "sha":
-        pruner_obj = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    elif pruner == "hyperband":
-        pruner_obj = optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
-    elif pruner == "none":
-        pruner_obj = optuna.pruners.NopPruner()
-    else:
-        raise ConfigError(f"--pruner {pruner!r} is not one of sha, hyperband, none")
-    study = optuna.create_study(
-        storage=storage,
-        study_name=name,
-        direction="maximize",
-        sampler=sampler,
-        pruner=pruner_obj,
-        load_if_exists=True,
-    )
-    if fingerprint is not None:
-        saved = study.user_attrs.get("fingerprint")
-        if saved is None:
-            study.set_user_attr("fingerprint", json.loads(_canon(fingerprint)))
-            study.set_user_attr("objective", OBJECTIVE)
-        else:
-            diff = [
-                k
-                for k in ("config", "space", "folds", "exclude")
-                if not _same(k, saved.get(k), fingerprint[k])
-            ]
-            if diff:
-                raise ConfigError(
-                    f"study {name!r} in {storage_url} was made with another {' and '.join(diff)}; its trials "
-                    f"would not compare; fix: pass a new --study NAME (the existing study is kept as it is)"
-                )
-    return study
-
-
-def _storage(url: str):
-    import optuna  # noqa: PLC0415
-
-    if "://" not in url:
-        raise ConfigError(
-            f"--storage {url!r} is not a database URL; fix: sqlite:///runs/tune.db (one machine) or "
-            f"postgresql://user:password@host/db (several machines)"
-        )
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :])
-        if str(path) not in ("", ":memory:"):
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(f"--storage {url}: cannot create {path.parent}: {exc.strerror}") from None
-    for attempt in range(10):
-        try:
-            with _creation_lock(url), warnings.catch_warnings():
-                warnings.simplefilter(
-                    "ignore", optuna.exceptions.ExperimentalWarning
-                )  # heartbeat: stable in use
-                return optuna.storages.RDBStorage(
-                    url,
-                    heartbeat_interval=HEARTBEAT_S,
-                    grace_period=GRACE_S,
-                    engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-                )
-        except ModuleNotFoundError as exc:
-            raise ConfigError(
-                f"--storage {url}: the database driver {exc.name!r} is not installed; fix: pip install "
-                f"{'psycopg2-binary' if 'postgres' in url else exc.name}"
-            ) from None
-        except Exception as exc:  # noqa: BLE001 - SQLAlchemy's many URL / connection errors
-            # two workers creating a new database at once: one sees the other's tables mid-creation
-            racing = any(m in str(exc) for m in ("already exists", "UNIQUE constraint", "duplicate key"))
-            if racing and attempt < 9:
-                time.sleep(0.2 + 0.3 * attempt)
-                continue
-            raise ConfigError(
-                f"--storage {url}: cannot open the database ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
-            ) from None
-    raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def _creation_lock(url: str):
-    """One process at a time creates a local SQLite study database (its tables and version row)."""
-    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
-        yield
-        return
-    import fcntl  # noqa: PLC0415 (POSIX; a lock file beside the database)
-
-    lock = Path(url[len("sqlite:///") :] + ".lock")
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recover_trials(study) -> list[int]:
-    """Fail the trials whose worker is gone and queue their values again; returns the failed numbers.
-
-    A running trial is dead when it ran on this host and its process is gone, or (any host) when
-    its heartbeat is older than the grace period. A failed trial is queued again once (up to
-    ``MAX_RETRIES`` times along one chain of retries); surplus and finished trials never are.
-    """
-    import optuna  # noqa: PLC0415
-    from optuna.trial import TrialState  # noqa: PLC0415
-
-    storage = study._storage
-    host = socket.gethostname()
-    failed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid, on = t.user_attrs.get("pid"), t.user_attrs.get("host")
-        if on == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
-            try:
-                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-                failed.append(t.number)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    for t in trials:
-        if t.state != TrialState.FAIL or t.number in retried or t.user_attrs.get("surplus"):
-            continue
-        depth = int(t.user_attrs.get("retry_depth", 0))
-        if depth >= MAX_RETRIES or not t.params:
-            continue
-        study.enqueue_trial(
-            dict(t.params), user_attrs={"retry_of": t.number, "retry_depth": depth + 1}, skip_if_exists=False
-        )
-    return failed
-
-
-def counted(trial) -> bool:
-    """A trial that counts toward N: complete, or pruned (infeasible included), never a surplus one."""
-    from optuna.trial import TrialState  # noqa: PLC0415
-
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and not trial.user_attrs.get("surplus")
-
-
 def _suggest(trial, params: Sequence[Param]) -> dict[str, Any]:
     values = {}
     for p in params:
@@ -372,7 +185,7 @@ def run_tune(
     study = open_study(
         opts.storage,
         opts.study,
-        fingerprint=_fingerprint(base, params, opts.folds, opts.exclude),
+        fingerprint=fingerprint(base, params, opts.folds, opts.exclude),
         seed=opts.seed,
         pruner=opts.pruner,
     )
@@ -422,9 +235,19 @@ def run_tune(
             raise optuna.TrialPruned(f"infeasible: {exc}") from None
         rows: list[dict] = []
         scores: list[float] = []
+        reused = finished_folds(study, trial)  # a retry keeps the folds its predecessor finished
+        reused_s = 0.0
         for fold in folds:
+            done = reused.get(fold.index + 1)
+            if done is not None and (
+                not opts.keep_checkpoints or Path(str(done.get("model_checkpoint"))).is_file()
+            ):
+                row, value = {**done, "reused_from": trial.user_attrs["retry_of"]}, done["objective"]
+                reused_s += float(done.get("total_s") or 0.0)
+            else:
+                row, value = None, None
             try:
-                row = run_fold(
+                row = row or run_fold(
                     cfg,
                     fold,
                     opts.folds,
@@ -434,13 +257,13 @@ def run_tune(
             except ConfigError as exc:  # a combination the model refuses (e.g. LoRA on cached blocks)
                 trial.set_user_attr("infeasible", str(exc))
                 raise optuna.TrialPruned(f"infeasible: {exc}") from None
-            value = fold_objective(row, opts.exclude)
+            value = fold_objective(row, opts.exclude) if value is None else value
             if value is None or math.isnan(value):
                 raise OffroadsegError(f"trial {trial.number} fold {fold.index + 1}: no class scored")
             scores.append(value)
             rows.append(_slim(row, value))
             trial.set_user_attr("fold_rows", rows)
-            trial.set_user_attr("cost_s", time.perf_counter() - t0)
+            trial.set_user_attr("cost_s", time.perf_counter() - t0 + reused_s)
             running = sum(scores) / len(scores)
             trial.report(running, step=len(scores))
             emit(
@@ -452,6 +275,7 @@ def run_tune(
                     "value": value,
                     "running": running,
                     "values": values,
+                    "reused_from": row.get("reused_from"),
                 }
             )
             if len(scores) < len(folds) and trial.should_prune():
@@ -541,6 +365,7 @@ def _slim(row: dict, value: float) -> dict:
         "total_s": row.get("total_s"),
         "scored_with": row.get("scored_with"),
         "model_checkpoint": row.get("model_checkpoint"),
+        **({"reused_from": row["reused_from"]} if row.get("reused_from") is not None else {}),
     }
 
 

@@ -1,0 +1,226 @@
+"""Where a ``tune`` study lives: its database, its fingerprint, and the recovery of dead workers' trials.
+
+A study remembers the base config, the space, the folds and the excluded classes it was made with (its
+fingerprint); opening it with another is refused, so trials always compare. Workers record host, process
+id and a heartbeat on each running trial: a trial whose worker is gone is failed and its values queued
+again (:func:`recover_trials`), carrying the folds it finished (``retry_of``) so the retry reuses them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from offroadseg.config import config_from_dict
+from offroadseg.errors import ConfigError
+from offroadseg.experiments.space import Param
+
+__all__ = ["OBJECTIVE", "counted", "finished_folds", "fingerprint", "open_study", "recover_trials"]
+
+OBJECTIVE = "grouped-CV mean mIoU"
+HEARTBEAT_S = 30
+GRACE_S = 120
+MAX_RETRIES = 2
+
+
+def fingerprint(base: dict, params: Sequence[Param], folds: int, exclude: Sequence[str]) -> dict:
+    space = {p.key: p.to_dict() for p in params}
+    return {"config": base, "space": space, "folds": folds, "exclude": sorted(exclude)}
+
+
+def _same(key: str, saved: Any, current: Any) -> bool:
+    """Fingerprint parts agree; configs are compared resolved, so a file rewritten as ``base:`` + a diff
+    (or with defaults spelled out) is the same config."""
+    if key == "config":
+        try:
+            return _canon(config_from_dict(saved or {}).to_dict()) == _canon(
+                config_from_dict(current).to_dict()
+            )
+        except ConfigError:
+            return False
+    return _canon(saved) == _canon(current)
+
+
+def _canon(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def open_study(storage_url: str, name: str, *, fingerprint: dict | None, seed: int = 0, pruner: str = "sha"):
+    """Open (or create) a study; a study of the same name made for another config/space is refused."""
+    import optuna  # noqa: PLC0415
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _storage(storage_url)
+    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=8)
+    if pruner == "sha":
+        pruner_obj = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    elif pruner == "hyperband":
+        pruner_obj = optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+    elif pruner == "none":
+        pruner_obj = optuna.pruners.NopPruner()
+    else:
+        raise ConfigError(f"--pruner {pruner!r} is not one of sha, hyperband, none")
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner_obj,
+        load_if_exists=True,
+    )
+    if fingerprint is not None:
+        saved = study.user_attrs.get("fingerprint")
+        if saved is None:
+            study.set_user_attr("fingerprint", json.loads(_canon(fingerprint)))
+            study.set_user_attr("objective", OBJECTIVE)
+        else:
+            diff = [
+                k
+                for k in ("config", "space", "folds", "exclude")
+                if not _same(k, saved.get(k), fingerprint[k])
+            ]
+            if diff:
+                raise ConfigError(
+                    f"study {name!r} in {storage_url} was made with another {' and '.join(diff)}; its trials "
+                    f"would not compare; fix: pass a new --study NAME (the existing study is kept as it is)"
+                )
+    return study
+
+
+def _storage(url: str):
+    import optuna  # noqa: PLC0415
+
+    if "://" not in url:
+        raise ConfigError(
+            f"--storage {url!r} is not a database URL; fix: sqlite:///runs/tune.db (one machine) or "
+            f"postgresql://user:password@host/db (several machines)"
+        )
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        if str(path) not in ("", ":memory:"):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"--storage {url}: cannot create {path.parent}: {exc.strerror}") from None
+    for attempt in range(10):
+        try:
+            with _creation_lock(url), warnings.catch_warnings():
+                warnings.simplefilter(
+                    "ignore", optuna.exceptions.ExperimentalWarning
+                )  # heartbeat: stable in use
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+                )
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"--storage {url}: the database driver {exc.name!r} is not installed; fix: pip install "
+                f"{'psycopg2-binary' if 'postgres' in url else exc.name}"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy's many URL / connection errors
+            # two workers creating a new database at once: one sees the other's tables mid-creation
+            racing = any(m in str(exc) for m in ("already exists", "UNIQUE constraint", "duplicate key"))
+            if racing and attempt < 9:
+                time.sleep(0.2 + 0.3 * attempt)
+                continue
+            raise ConfigError(
+                f"--storage {url}: cannot open the database ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+            ) from None
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str):
+    """One process at a time creates a local SQLite study database (its tables and version row)."""
+    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        yield
+        return
+    import fcntl  # noqa: PLC0415 (POSIX; a lock file beside the database)
+
+    lock = Path(url[len("sqlite:///") :] + ".lock")
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_trials(study) -> list[int]:
+    """Fail the trials whose worker is gone and queue their values again; returns the failed numbers.
+
+    A running trial is dead when it ran on this host and its process is gone, or (any host) when
+    its heartbeat is older than the grace period. A failed trial is queued again once (up to
+    ``MAX_RETRIES`` times along one chain of retries); surplus and finished trials never are.
+    """
+    import optuna  # noqa: PLC0415
+    from optuna.trial import TrialState  # noqa: PLC0415
+
+    storage = study._storage
+    host = socket.gethostname()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid, on = t.user_attrs.get("pid"), t.user_attrs.get("host")
+        if on == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+            try:
+                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+                failed.append(t.number)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        if t.state != TrialState.FAIL or t.number in retried or t.user_attrs.get("surplus"):
+            continue
+        depth = int(t.user_attrs.get("retry_depth", 0))
+        if depth >= MAX_RETRIES or not t.params:
+            continue
+        study.enqueue_trial(
+            dict(t.params), user_attrs={"retry_of": t.number, "retry_depth": depth + 1}, skip_if_exists=False
+        )
+    return failed
+
+
+def counted(trial) -> bool:
+    """A trial that counts toward N: complete, or pruned (infeasible included), never a surplus one."""
+    from optuna.trial import TrialState  # noqa: PLC0415
+
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and not trial.user_attrs.get("surplus")
+
+
+def finished_folds(study, trial) -> dict[int, dict]:
+    """The folds a retried trial's failed predecessor finished, ``{fold number: its fold row}``.
+
+    A retry has the same values on the same folds (the fingerprint holds the base, the space and the
+    folds), so a fold its predecessor finished (trained, scored and stored) is reused, not re-run: a study
+    stopped mid-trial loses at most the fold that was running. Follows a chain of retries.
+    """
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    origin = by_number.get(trial.user_attrs.get("retry_of"))
+    if origin is None or dict(origin.params) != dict(trial.params):
+        return {}
+    return {
+        int(r["fold"]): r for r in origin.user_attrs.get("fold_rows") or [] if r.get("objective") is not None
+    }
