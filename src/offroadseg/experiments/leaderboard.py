@@ -56,7 +56,8 @@ def same_folds_delta(scores: dict[int, float], leader: dict[int, float]) -> floa
 
 
 def leaderboard_rows(study) -> list[dict]:
-    """One row per trial, best first: complete trials by CV mean, then pruned by their running mean."""
+    """One row per trial, best first: complete trials by CV mean, then the others by their difference from
+    the best complete trial on the folds both ran (by their running mean while none is complete)."""
     rows = []
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
@@ -97,7 +98,11 @@ def leaderboard_rows(study) -> list[dict]:
         )
 
     def key(r: dict) -> tuple:
-        return (not r["complete"], -(r["cv_mean"] if r["cv_mean"] is not None else -math.inf), r["trial"])
+        # complete trials by CV mean; the others by how they compare with the leader on the same folds
+        score = r["cv_mean"] if r["complete"] else r["vs_leader_same_folds"]
+        if score is None and not r["complete"] and leader is None:
+            score = r["cv_mean"]
+        return (not r["complete"], -(score if score is not None else -math.inf), r["trial"])
 
     return sorted(rows, key=key)
 
