@@ -14,22 +14,24 @@ def _num(x: float | None, spec: str) -> str:
 def format_table(report: dict) -> str:
     """The results as a Markdown table (also readable in a terminal)."""
     lines = [
-        "| mode | median ms | p90 ms | images/s | vs eager fp32 | max abs logit diff | argmax agreement | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| mode | median ms | p90 ms | images/s | vs eager fp32 | max abs logit diff | argmax agreement "
+        "| mIoU | mIoU change | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["results"]:
         if not r["ok"]:
-            lines.append(f"| {r['mode']} | - | - | - | - | - | - | skipped: {r['note']} |")
+            lines.append(f"| {r['mode']} | - | - | - | - | - | - | - | - | skipped: {r['note']} |")
             continue
         note = r["note"]
         if r["setup_s"] is not None:
             note = (note + "; " if note else "") + f"setup {r['setup_s']:.1f} s"
         ratio = "1.00x (baseline)" if r["mode"] == "eager_fp32" else f"{r['ratio']:.2f}x"
-        agree = r.get("agreement")
+        agree, miou, change = r.get("agreement"), r.get("miou"), r.get("miou_change")
         lines.append(
             f"| {r['mode']} | {_num(r['median_ms'], '.1f')} | {_num(r['p90_ms'], '.1f')} | "
             f"{_num(r['images_per_s'], '.2f')} | {ratio} | {_num(r['max_abs_diff'], '.1e')} | "
-            f"{'-' if agree is None else f'{100 * agree:.2f}%'} | {note} |"
+            f"{'-' if agree is None else f'{100 * agree:.2f}%'} | {_num(miou, '.4f')} | "
+            f"{'-' if change is None else f'{100 * change:+.2f} pt'} | {note} |"
         )
     return "\n".join(lines)
 
@@ -54,6 +56,8 @@ def cmd_bench_infer(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         modes=modes,
         threads=args.threads,
+        agreement_data=args.agreement_data,
+        agreement_frames_n=args.agreement_frames,
         progress=lambda mode: print(f"  timing {mode} ...", flush=True),
     )
     m, inp, s = report["machine"], report["input"], report["settings"]
@@ -62,6 +66,12 @@ def cmd_bench_infer(args: argparse.Namespace) -> int:
         f"{report['model']['backbone']} + {report['model']['head']} head, input {inp['batch_size']}x3x"
         f"{inp['height']}x{inp['width']}, {s['iters']} timed runs after {s['warmup']} warm-up, "
         f"{s['threads']} torch threads, on {m['gpu'] or 'the CPU'} (onnxruntime {m.get('onnxruntime', '-')})"
+    )
+    data = report.get("agreement_data")
+    print(
+        f"agreement and mIoU on {data['note']} (calibration frames disjoint from them unless said)"
+        if data
+        else "agreement on one random input (pass --agreement-data DIR for real frames)"
     )
     print(format_table(report))
     best = report["best"]
@@ -72,7 +82,7 @@ def cmd_bench_infer(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add ``infer`` to the ``bench`` subcommand parser."""
-    p = sub.add_parser("infer", help="inference latency/throughput: PyTorch modes and ONNX Runtime")
+    p = sub.add_parser("infer", help="inference latency/throughput: PyTorch modes, ONNX Runtime and OpenVINO")
     p.add_argument(
         "model", metavar="CHECKPOINT|CONFIG", help="a .ckpt, or a .yaml config (model built untrained)"
     )
@@ -91,6 +101,22 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--no-compile", action="store_true", help="skip torch.compile (slow to compile on small CPUs)"
+    )
+    p.add_argument(
+        "--agreement-data",
+        dest="agreement_data",
+        default=None,
+        metavar="DIR",
+        help="a dataset root (images/ + labels/) or an image folder: time on real frames and measure each "
+        "mode's argmax agreement with eager fp32 (with masks in the model's taxonomy also mIoU); int8 modes "
+        "calibrate on other frames of it",
+    )
+    p.add_argument(
+        "--agreement-frames",
+        dest="agreement_frames",
+        type=int,
+        default=20,
+        help="frames to measure agreement on (default 20)",
     )
     p.add_argument("--json", help="also write the results as JSON to this file")
     p.set_defaults(func=cmd_bench_infer)

@@ -32,7 +32,7 @@ __all__ = ["QUANT_MODES", "QuantCheck", "compare_models", "quantize_onnx"]
 QUANT_MODES = ("dynamic", "static")
 
 
-def _calibration_reader(model_path: Path, images: Sequence[Path], input_name: str):
+def _calibration_reader(model_path: Path, images: Sequence[Path | np.ndarray], input_name: str):
     from onnxruntime.quantization import CalibrationDataReader
 
     from offroadseg.inference.onnx import load_onnx_predictor
@@ -41,16 +41,21 @@ def _calibration_reader(model_path: Path, images: Sequence[Path], input_name: st
     size = predictor.image_size
 
     class Reader(CalibrationDataReader):
-        """One preprocessed image per call, as ``predict`` feeds the model (resized, normalised)."""
+        """One preprocessed image per call, as ``predict`` feeds the model (resized, normalised).
+
+        An array is taken as already preprocessed (float32 ``[1, 3, H, W]`` at the model's size).
+        """
 
         def __init__(self) -> None:
-            self._paths = iter(images)
+            self._items = iter(images)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            path = next(self._paths, None)
-            if path is None:
+            item = next(self._items, None)
+            if item is None:
                 return None
-            image = resize_image(read_image(path), size)
+            if isinstance(item, np.ndarray):
+                return {input_name: np.ascontiguousarray(item, dtype=np.float32)}
+            image = resize_image(read_image(item), size)
             return {input_name: predictor.normalize([image]).numpy()}
 
     return Reader()
@@ -61,7 +66,7 @@ def quantize_onnx(
     dst: str | Path,
     *,
     mode: str = "dynamic",
-    calibration: Sequence[str | Path] = (),
+    calibration: Sequence[str | Path | np.ndarray] = (),
 ) -> dict[str, Any]:
     """Write an int8 copy of an exported fp32 ONNX model (metadata kept, ``precision`` set).
 
@@ -69,7 +74,8 @@ def quantize_onnx(
         src: an fp32 ``.onnx`` written by :func:`~offroadseg.inference.onnx.export_onnx`.
         dst: the int8 ``.onnx`` to write (atomically).
         mode: ``static`` (needs ``calibration``) or ``dynamic``.
-        calibration: image files for static calibration (a few dozen typical frames suffice).
+        calibration: image files for static calibration (a few dozen typical frames suffice), or
+            inputs already preprocessed (float32 ``[1, 3, H, W]`` arrays at the model's size).
 
     Returns:
         The new file's offroadseg metadata.
@@ -118,7 +124,11 @@ def quantize_onnx(
                     quantize_static(
                         str(prepared),
                         str(tmp),
-                        _calibration_reader(src, [Path(p) for p in calibration], meta["input"]),
+                        _calibration_reader(
+                            src,
+                            [c if isinstance(c, np.ndarray) else Path(c) for c in calibration],
+                            meta["input"],
+                        ),
                         quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8,
