@@ -1,4 +1,4 @@
-"""``offroadseg export``: a checkpoint as an ONNX file (fp32 or int8), or as a checkpoint to ship."""
+"""``offroadseg export``: a checkpoint as an ONNX file (fp32 or int8), an OpenVINO IR, or a checkpoint to ship."""
 
 from __future__ import annotations
 
@@ -11,23 +11,37 @@ from offroadseg.cli.common import fmt, progress
 from offroadseg.cli.predict import add_ensemble_argument, add_exclude_argument
 from offroadseg.errors import ConfigError, OffroadsegError
 
-FORMATS = ("onnx", "ckpt")
+FORMATS = ("onnx", "ckpt", "openvino")
 
 
 def _check_args(args: argparse.Namespace, out: Path) -> None:
     if args.format not in FORMATS:
         raise ConfigError(f"--format {args.format!r} is not supported; fix: use one of {', '.join(FORMATS)}")
-    if args.quantize and args.format != "onnx":
+    if args.format == "openvino" and out.suffix.lower() != ".xml":
+        raise ConfigError(
+            f"--out {out}: an OpenVINO IR is a .xml file (its weights go to a .bin beside it); "
+            f"fix: --out {out.with_suffix('.xml')}"
+        )
+    if args.format == "openvino" and (args.check or args.check_gt):
+        raise ConfigError(
+            "--check/--check-gt compare ONNX files; fix: measure OpenVINO with 'offroadseg bench infer "
+            "--agreement-data DIR --modes openvino_int8'"
+        )
+    if args.format == "openvino" and args.quantize and not args.calibration:
+        raise ConfigError(
+            "--format openvino --quantize int8 calibrates on images; fix: add --calibration IMAGES"
+        )
+    if args.quantize and args.format not in ("onnx", "openvino"):
         raise ConfigError(
             f"--quantize {args.quantize} needs --format onnx (a .{args.format} cannot be quantized); "
             f"fix: export with --format onnx --quantize {args.quantize}"
         )
-    if getattr(args, "exclude_classes", None) and args.format != "onnx":
+    if getattr(args, "exclude_classes", None) and args.format == "ckpt":
         raise ConfigError(
             "--exclude-classes is applied inside an ONNX graph; a checkpoint keeps every class "
             "(pass --exclude-classes to predict/evaluate instead); fix: --format onnx"
         )
-    if args.ensemble and args.format != "onnx":
+    if args.ensemble and args.format == "ckpt":
         raise ConfigError(
             f"--ensemble is written as one ONNX graph; a .{args.format} holds one model; fix: --format onnx"
         )
@@ -37,7 +51,9 @@ def _check_args(args: argparse.Namespace, out: Path) -> None:
         raise ConfigError(
             "--calibration/--check/--check-gt go with --quantize int8; fix: add --quantize int8"
         )
-    if out.exists() and not args.overwrite:
+    if (
+        out.exists() or (args.format == "openvino" and out.with_suffix(".bin").exists())
+    ) and not args.overwrite:
         raise OffroadsegError(f"{out} already exists; fix: pass --overwrite or choose another --out")
 
 
@@ -46,6 +62,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_args(args, out)
+    if args.format == "openvino":
+        from offroadseg.inference.openvino import require_openvino
+
+        require_openvino("--format openvino")  # before the export work: one line naming the extra
     members = load_members(args.checkpoint, args)
     loaded = members[0]
     exclude = excluded_from_args(args, loaded.taxonomy)
@@ -63,6 +83,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {what}) in {time.perf_counter() - start:.1f} s"
         )
         return 0
+    if args.format == "openvino":
+        return _export_openvino(args, members, out, start, exclude)
     if args.quantize:
         return _export_int8(args, members, out, start, exclude)
     meta = _export_fp32(args, members, out, exclude)
@@ -82,6 +104,38 @@ def _export_fp32(args: argparse.Namespace, members: list, out: Path, exclude: tu
         opset=args.opset,
         exclude=exclude,
     )
+
+
+def _export_openvino(
+    args: argparse.Namespace, members: list, out: Path, start: float, exclude: tuple[int, ...]
+) -> int:
+    """The ONNX graph converted to an OpenVINO IR (.xml + .bin); int8 by NNCF on --calibration images."""
+    from offroadseg.inference.engines import prepare_inputs
+    from offroadseg.inference.openvino import onnx_to_openvino, quantize_openvino, write_openvino_ir
+    from offroadseg.inference.outputs import collect_inputs
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".offroadseg-export-", dir=out.parent) as work:
+        onnx_path = Path(work) / "model.onnx"
+        meta = _export_fp32(args, members, onnx_path, exclude)
+        model = onnx_to_openvino(onnx_path)
+        precision = "fp32"
+        if args.quantize:
+            from offroadseg.data.io import read_image
+
+            size = tuple(meta["image_size"])
+            images = [read_image(p) for p in collect_inputs(args.calibration)]
+            model = quantize_openvino(model, [x.numpy() for x in prepare_inputs(images, size)])
+            precision = f"int8 (NNCF, calibrated on {len(images)} images)"
+        write_openvino_ir(model, out)
+    h, w = meta["image_size"]
+    size_mb = (out.stat().st_size + out.with_suffix(".bin").stat().st_size) / 1e6
+    print(
+        f"wrote {out} and {out.with_suffix('.bin').name} ({size_mb:.1f} MB, OpenVINO IR, {precision}, "
+        f"{'dynamic' if meta['dynamic'] else 'fixed'} {h}x{w}, {len(meta['taxonomy']['classes'])} classes) "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
 
 
 def _report_onnx(out: Path, meta: dict, start: float) -> None:
@@ -159,15 +213,16 @@ def register(sub) -> None:
     """Add ``export`` to the subcommand parser."""
     p = sub.add_parser(
         "export",
-        help="export a checkpoint to ONNX (fp32 or int8) or to a checkpoint to ship",
+        help="export a checkpoint to ONNX (fp32 or int8), OpenVINO IR, or a checkpoint to ship",
         description="--format onnx: a graph with the taxonomy and input size inside (--quantize int8 "
         "for CPUs; --ensemble: several checkpoints in one graph, their probabilities averaged). --format ckpt: an inference checkpoint, with --embed-backbone self-contained for "
-        "machines without the backbone's weights source.",
+        "machines without the backbone's weights source. --format openvino: an OpenVINO IR (.xml + .bin) "
+        "converted from the ONNX graph (needs the openvino extra; --quantize int8 with --calibration: NNCF).",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     add_ensemble_argument(p)
-    p.add_argument("--format", default="onnx", help="onnx | ckpt")
-    p.add_argument("--out", required=True, help="the .onnx / .ckpt file to write")
+    p.add_argument("--format", default="onnx", help="onnx | ckpt | openvino")
+    p.add_argument("--out", required=True, help="the .onnx / .ckpt / .xml (OpenVINO) file to write")
     p.add_argument(
         "--height", type=int, default=None, help="input height (default: the config's data.image_size)"
     )
