@@ -2,7 +2,8 @@
 
 ``fixtures/ycor_resolved.json`` holds ``load_config(old).to_dict()`` of every ``configs/ycor*.yaml``
 as it was at commit 021934a, when each was a 32-36-line copy (generated once, from ``git show``).
-A recipe changed on purpose (configs/ycor.yaml re-chosen by ``offroadseg tune``) updates its entry.
+A recipe changed on purpose (configs/ycor.yaml re-chosen by ``offroadseg tune``; every recipe's
+``train.precision`` 32 -> auto on 2026-12-05, measured in docs/benchmarks.md) updates its entry.
 """
 
 import json
