@@ -12,18 +12,16 @@ Every engine is a forward function (normalised float32 ``[B, 3, H, W]`` -> float
   precision; ``openvino_int8``: NNCF post-training quantization calibrated on frames.
 
 :func:`choose_engine` keeps the fastest engine whose argmax agrees with eager fp32 on at least
-:data:`MIN_AGREEMENT` of the pixels, and eager itself unless another is clearly faster, so ``auto``
-never picks an engine slower than eager on the frames it timed.
+:data:`MIN_AGREEMENT` of the pixels, and eager itself unless another is clearly faster, so its choice
+is never slower than eager on the frames timed (the rule ``predict --engine auto`` is to use; that flag is
+not wired yet).
 """
 
 from __future__ import annotations
 
-import statistics
-import tempfile
-import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +33,6 @@ from offroadseg.errors import ConfigError, ModelError
 from offroadseg.machine import cpu_info
 
 __all__ = [
-    "AUTO_CANDIDATES",
     "ENGINES",
     "MIN_AGREEMENT",
     "EngineTrial",
@@ -43,11 +40,7 @@ __all__ = [
     "argmax_agreement",
     "build_forward",
     "choose_engine",
-    "engine_predictor",
     "prepare_inputs",
-    "split_frames",
-    "trials_record",
-    "try_engines",
 ]
 
 ENGINES = (
@@ -60,8 +53,6 @@ ENGINES = (
     "openvino_bf16",
     "openvino_int8",
 )
-# What ``auto`` tries (dynamic int8 is left out: slower and less faithful than static where measured).
-AUTO_CANDIDATES = tuple(e for e in ENGINES if e != "onnxruntime_int8_dynamic")
 MIN_AGREEMENT = 0.995
 # Another engine replaces eager only when its median is at least this much lower (timing noise).
 MARGIN = 0.03
@@ -227,123 +218,3 @@ def build_forward(
     if engine == "openvino_int8":
         model = quantize_openvino(model, calib)
     return OpenVinoRunner(model, precision="bf16" if engine == "openvino_bf16" else "fp32", threads=threads)
-
-
-def _time_forward(forward: Forward, inputs: Sequence[Tensor], *, repeats: int) -> tuple[float, list[Tensor]]:
-    """Median ms per input over ``repeats`` passes after one warm-up pass, and the logits."""
-    outputs = [forward(x).float().cpu() for x in inputs[:1]]  # warm-up (and the first frame's logits)
-    outputs += [forward(x).float().cpu() for x in inputs[1:]]
-    times = []
-    for _ in range(max(1, repeats)):
-        for x in inputs:
-            start = time.perf_counter()
-            forward(x)
-            times.append(1000.0 * (time.perf_counter() - start))
-    return statistics.median(times), outputs
-
-
-def try_engines(
-    loaded,
-    engines: Sequence[str],
-    *,
-    size: tuple[int, int],
-    calibration: Sequence[Tensor],
-    check: Sequence[Tensor],
-    device: torch.device | str = "cpu",
-    threads: int | None = None,
-    repeats: int = 2,
-    builder: Callable[..., Forward] = build_forward,
-    progress: Callable[[str], None] | None = None,
-) -> tuple[list[EngineTrial], dict[str, Forward]]:
-    """Build and time each engine on ``check`` inputs, with its argmax agreement against ``eager``.
-
-    ``eager`` is always tried first (the reference). An engine that cannot be built is a trial with
-    no time and the reason in its note.
-
-    Returns:
-        The trials, and the built forward functions by engine name.
-    """
-    names = ["eager"] + [e for e in engines if e != "eager"]
-    trials: list[EngineTrial] = []
-    forwards: dict[str, Forward] = {}
-    reference: list[Tensor] | None = None
-    with tempfile.TemporaryDirectory(prefix="offroadseg-engines-") as work:
-        for name in names:
-            if progress:
-                progress(name)
-            start = time.perf_counter()
-            try:
-                forward = builder(
-                    name,
-                    loaded,
-                    size=size,
-                    workdir=work,
-                    calibration=calibration,
-                    device=device,
-                    threads=threads,
-                )
-            except EngineUnavailable as exc:
-                trials.append(EngineTrial(name, note=f"skipped: {exc}"))
-                continue
-            except Exception as exc:  # noqa: BLE001 - an engine that fails to build is reported, not fatal
-                if name == "eager":
-                    raise
-                trials.append(EngineTrial(name, note=f"failed: {type(exc).__name__}: {str(exc)[:160]}"))
-                continue
-            setup = time.perf_counter() - start
-            ms, outputs = _time_forward(forward, check, repeats=repeats)
-            agreement = 1.0 if reference is None else argmax_agreement(outputs, reference)
-            reference = outputs if reference is None else reference
-            trials.append(EngineTrial(name, ms=ms, agreement=agreement, setup_s=setup))
-            forwards[name] = forward
-    return trials, forwards
-
-
-def split_frames(frames: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor], str]:
-    """Calibration and check frames, disjoint when there are two or more (even / odd positions)."""
-    frames = list(frames)
-    if len(frames) < 2:
-        return frames, frames, "one frame: calibrated and checked on the same frame"
-    return (
-        frames[0::2],
-        frames[1::2],
-        f"calibrated on {len(frames[0::2])} frames, checked on {len(frames[1::2])} others",
-    )
-
-
-def trials_record(trials: Sequence[EngineTrial]) -> list[dict]:
-    """The trials as JSON-ready dicts."""
-    return [asdict(t) for t in trials]
-
-
-def engine_predictor(
-    loaded,
-    forward: Forward,
-    engine: str,
-    *,
-    tta,
-    device: torch.device | str = "cpu",
-    batch_size: int | None = None,
-    exclude: Sequence[int] = (),
-):
-    """A :class:`Predictor` running ``forward`` (built by :func:`build_forward` at the model's size).
-
-    The exported engines take only the training size, so multi-scale TTA is refused for them.
-    """
-    from offroadseg.inference.predictor import Predictor
-
-    size = tuple(loaded.config.data.image_size)
-    torch_engine = engine in ("eager", "bf16")
-    return Predictor(
-        forward,
-        taxonomy=loaded.taxonomy,
-        image_size=size,
-        patch_size=loaded.model.patch_size,
-        tta=tta,
-        device=device if torch_engine else "cpu",
-        batch_size=batch_size or loaded.config.eval.batch_size,
-        fixed_size=None if torch_engine else size,
-        runtime="pytorch" if torch_engine else engine,
-        exclude=exclude,
-        precision="bf16" if engine in ("bf16", "openvino_bf16") else ("int8" if "int8" in engine else "fp32"),
-    )
