@@ -96,3 +96,24 @@ def test_overrides_only_apply_to_configs(tmp_path):
     ckpt.write_text("")
     with pytest.raises(ConfigError, match="YAML"):
         load_bench_model(ckpt, ["model.backbone.weights=random"])
+
+
+def test_agreement_miou_is_scored_at_the_masks_size() -> None:
+    """Known answer: logits at half the mask's size, upsampled, match it exactly; frames without a mask
+    are left out; no mask at all is no figure."""
+    import torch
+
+    from offroadseg.experiments.bench.infer import _miou
+    from offroadseg.taxonomy import load_taxonomy
+
+    tax = load_taxonomy("duality")
+    small = torch.zeros(1, tax.num_classes, 2, 4)
+    small[0, 1, :, :2] = 5.0  # left half class 1
+    small[0, 2, :, 2:] = 5.0  # right half class 2
+    mask = torch.ones(4, 8, dtype=torch.int64)
+    mask[:, 4:] = 2
+    assert _miou([small, small], [mask, None], tax) == 1.0
+    wrong = mask.clone()
+    wrong[:, :4] = 2  # class 1 never labelled: IoU(1) 0 counted (predicted), IoU(2) 0.5
+    assert _miou([small], [wrong], tax) == 0.25
+    assert _miou([small], [None], tax) is None

@@ -237,9 +237,7 @@ def _truth(frames: AgreementFrames, taxonomy) -> tuple[list[torch.Tensor | None]
 
 def _miou(logits: list[torch.Tensor], truth: list[torch.Tensor | None], taxonomy) -> float | None:
     """Dataset-level mIoU of the logits' argmax, upsampled to each mask's size."""
-    import torch.nn.functional as F
-
-    from offroadseg.metrics import confusion_matrix, scores_from_confusion
+    from offroadseg.metrics import confusion_matrix, full_resolution_predictions, scores_from_confusion
 
     k = taxonomy.num_classes
     cm = torch.zeros(k, k, dtype=torch.int64)
@@ -247,8 +245,8 @@ def _miou(logits: list[torch.Tensor], truth: list[torch.Tensor | None], taxonomy
     for out, ids in zip(logits, truth, strict=True):
         if ids is None:
             continue
-        up = F.interpolate(out.float(), size=tuple(ids.shape), mode="bilinear", align_corners=False)
-        cm += confusion_matrix(up.argmax(1)[0], ids, k, ignore_index=taxonomy.ignore_index)
+        (pred,), (target,) = full_resolution_predictions(out.float(), {"full_mask": [ids]})
+        cm += confusion_matrix(pred, target, k, ignore_index=taxonomy.ignore_index)
         scored += 1
     return float(scores_from_confusion(cm).miou) if scored else None
 
