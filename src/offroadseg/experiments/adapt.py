@@ -57,6 +57,7 @@ from offroadseg.experiments.adapt_frames import (
     frame_probs,
     load_source_frames,
     load_target_frames,
+    per_flip_logits,
     view_target,
 )
 from offroadseg.experiments.adapt_settings import (
@@ -157,14 +158,9 @@ def _mixed_flip_logits(
     model: Segmentor, frames: Frames, index: list[int], flips: list[bool], device: torch.device
 ) -> Tensor:
     """Logits of frames ``index`` (in that order), each seen mirrored or not as ``flips`` says."""
-    out: list[Tensor | None] = [None] * len(index)
-    for flip in (False, True):
-        where = [j for j, f in enumerate(flips) if f == flip]
-        if where:
-            logits = frame_logits(model, frames, [index[j] for j in where], flip, device=device)
-            for row, j in enumerate(where):
-                out[j] = logits[row]
-    return torch.stack(out)  # type: ignore[arg-type]
+    return per_flip_logits(
+        flips, lambda where, flip: frame_logits(model, frames, [index[j] for j in where], flip, device=device)
+    )
 
 
 def _flip_draws(rng: np.random.Generator, n: int, flip: bool) -> list[bool]:

@@ -3,7 +3,7 @@ features, and the logits / probabilities / views computed from them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,3 +241,16 @@ def view_target(
         conf, ent = conf + c * len(index), ent + e * len(index)
         preds.append(probs.argmax(1).to(torch.uint8).cpu().numpy())
     return TargetView(np.concatenate(preds), conf / len(frames), ent / len(frames))
+
+
+def per_flip_logits(flips: Sequence[bool], logits_of: Callable[[list[int], bool], Tensor]) -> Tensor:
+    """Logits of a batch whose frames are each seen mirrored or not (``flips[j]``): one call of
+    ``logits_of(positions, flip)`` per orientation, the rows put back in batch order."""
+    out: list[Tensor | None] = [None] * len(flips)
+    for flip in (False, True):
+        where = [j for j, f in enumerate(flips) if f == flip]
+        if where:
+            logits = logits_of(where, flip)
+            for row, j in enumerate(where):
+                out[j] = logits[row]
+    return torch.stack(out)  # type: ignore[arg-type]

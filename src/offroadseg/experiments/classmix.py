@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from offroadseg.data.datasets import normalize
-from offroadseg.experiments.adapt_frames import Frames, features_logits, token_grid
+from offroadseg.experiments.adapt_frames import Frames, features_logits, per_flip_logits, token_grid
 from offroadseg.models.segmentor import Segmentor
 
 __all__ = ["choose_classes", "classmix_logits", "mix_labels", "mix_tokens", "patch_mask", "pixel_mask"]
@@ -123,23 +123,21 @@ def classmix_logits(
         s_img = torch.stack([normalize(source.images[i]) for i in s_idx])
         t_img = torch.stack([normalize(target.images[i]) for i in t_idx])
         image = torch.where(pixels, s_img, t_img).to(device)
-    out: list[Tensor | None] = [None] * len(t_idx)
-    for flip in (False, True):
-        where = [j for j, f in enumerate(flips) if f == flip]
-        if where:
-            sel = torch.as_tensor(where)
-            logits = features_logits(
-                model,
-                tokens[sel.to(device)] if tokens is not None else None,
-                [e[sel.to(device)] for e in early],
-                size,
-                flip,
-                image=image[sel.to(device)] if image is not None else None,
-            )
-            for row, j in enumerate(where):
-                out[j] = logits[row]
+
+    def logits_of(where: list[int], flip: bool) -> Tensor:
+        sel = torch.as_tensor(where, device=device)
+        return features_logits(
+            model,
+            tokens[sel] if tokens is not None else None,
+            [e[sel] for e in early],
+            size,
+            flip,
+            image=image[sel] if image is not None else None,
+        )
+
+    logits = per_flip_logits(flips, logits_of)
     labels = mix_labels(
         torch.from_numpy(source.masks[list(s_idx)]).long().to(device), target_labels.to(device), masks,
         patch=patch,
     )  # fmt: skip
-    return torch.stack(out), labels  # type: ignore[arg-type]
+    return logits, labels
