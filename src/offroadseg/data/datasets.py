@@ -111,9 +111,9 @@ def split_parts(split: str) -> list[str]:
 
 
 def val_in_train(cfg: DataConfig) -> bool:
-    """True when the validation split is also trained on (``train_split: train+val``): its figures are
-    then not held out."""
-    return cfg.val_split in split_parts(cfg.train_split) or cfg.val_split == cfg.train_split
+    """True when the validation split shares a split with the training one (``train_split: train+val``):
+    its figures are then not held out."""
+    return bool(set(split_parts(cfg.val_split)) & set(split_parts(cfg.train_split)))
 
 
 def list_samples(cfg: DataConfig, split: str, *, require_labels: bool = True) -> list[Sample]:

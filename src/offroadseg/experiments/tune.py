@@ -245,19 +245,18 @@ def run_tune(
                 row, value = {**done, "reused_from": trial.user_attrs["retry_of"]}, done["objective"]
                 reused_s += float(done.get("total_s") or 0.0)
             else:
-                row, value = None, None
-            try:
-                row = row or run_fold(
-                    cfg,
-                    fold,
-                    opts.folds,
-                    run_root / f"fold{fold.index + 1}",
-                    keep_checkpoints=opts.keep_checkpoints,
-                )
-            except ConfigError as exc:  # a combination the model refuses (e.g. LoRA on cached blocks)
-                trial.set_user_attr("infeasible", str(exc))
-                raise optuna.TrialPruned(f"infeasible: {exc}") from None
-            value = fold_objective(row, opts.exclude) if value is None else value
+                try:
+                    row = run_fold(
+                        cfg,
+                        fold,
+                        opts.folds,
+                        run_root / f"fold{fold.index + 1}",
+                        keep_checkpoints=opts.keep_checkpoints,
+                    )
+                except ConfigError as exc:  # a combination the model refuses (e.g. LoRA on cached blocks)
+                    trial.set_user_attr("infeasible", str(exc))
+                    raise optuna.TrialPruned(f"infeasible: {exc}") from None
+                value = fold_objective(row, opts.exclude)
             if value is None or math.isnan(value):
                 raise OffroadsegError(f"trial {trial.number} fold {fold.index + 1}: no class scored")
             scores.append(value)
