@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from offroadseg.errors import ConfigError
 from offroadseg.inference.engines import EngineTrial, argmax_agreement, choose_engine
 
 
@@ -40,3 +41,78 @@ def test_choose_the_fastest_faithful_engine_never_a_slower_one() -> None:
     assert choose_engine([eager, EngineTrial("openvino", note="not installed")]).engine == "eager"
     with pytest.raises(ValueError, match="baseline"):
         choose_engine([faithful])
+
+
+def _const_forward(classes: list[list[int]], ms: float = 0.0):
+    """A forward returning logits whose argmax is ``classes`` whatever the input (sleeps ``ms``)."""
+    import time
+
+    logits = _logits(classes)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if ms:
+            time.sleep(ms / 1000.0)
+        return logits
+
+    return forward
+
+
+def test_try_engines_times_each_and_measures_agreement_against_eager() -> None:
+    from offroadseg.inference.engines import EngineUnavailable, try_engines
+
+    built: list[str] = []
+
+    def builder(name, loaded, **kwargs):
+        built.append(name)
+        if name == "openvino":
+            raise EngineUnavailable("engine openvino needs OpenVINO")
+        if name == "onnxruntime":
+            raise RuntimeError("export broke")
+        if name == "bf16":
+            return _const_forward([[0, 1], [2, 0]])  # one pixel of four differs from eager
+        return _const_forward([[0, 1], [2, 2]])
+
+    x = [torch.zeros(1, 3, 2, 2)] * 2
+    trials, forwards = try_engines(
+        None, ["bf16", "openvino", "onnxruntime"], size=(2, 2), calibration=x, check=x, builder=builder
+    )
+    assert built == ["eager", "bf16", "openvino", "onnxruntime"]  # eager first, as the reference
+    by = {t.engine: t for t in trials}
+    assert by["eager"].agreement == 1.0 and by["bf16"].agreement == pytest.approx(0.75)
+    assert by["openvino"].ms is None and by["openvino"].note.startswith("skipped: engine openvino needs")
+    assert by["onnxruntime"].ms is None and "RuntimeError: export broke" in by["onnxruntime"].note
+    assert set(forwards) == {"eager", "bf16"}
+    assert all(by[e].ms is not None and by[e].ms >= 0 for e in forwards)
+    with pytest.raises(ConfigError, match="unknown engine 'tensorrt'"):
+        try_engines(None, ["tensorrt"], size=(2, 2), calibration=x, check=x, builder=builder)
+
+
+def test_try_engines_timing_orders_engines_as_their_speed() -> None:
+    from offroadseg.inference.engines import try_engines
+
+    def builder(name, loaded, **kwargs):
+        return _const_forward([[0, 1]], ms={"eager": 20.0, "onnxruntime": 2.0}[name])
+
+    x = [torch.zeros(1, 3, 1, 2)] * 2
+    trials, _ = try_engines(None, ["onnxruntime"], size=(1, 2), calibration=x, check=x, builder=builder)
+    assert trials[0].ms > 15.0 and trials[1].ms < 10.0
+    assert choose_engine(trials).engine == "onnxruntime"
+
+
+def test_split_frames_keeps_calibration_and_check_disjoint() -> None:
+    from offroadseg.inference.engines import split_frames
+
+    frames = [torch.full((1,), float(i)) for i in range(5)]
+    calib, check, note = split_frames(frames)
+    assert [int(f) for f in calib] == [0, 2, 4] and [int(f) for f in check] == [1, 3]
+    assert "3 frames" in note and "2 others" in note
+    one, same, note = split_frames(frames[:1])
+    assert one == same and "same frame" in note
+
+
+def test_bf16_engine_refused_on_a_cpu_without_native_bf16(monkeypatch) -> None:
+    import offroadseg.inference.engines as engines
+
+    monkeypatch.setattr(engines, "cpu_info", lambda: {"native_bf16": False, "model": "Old CPU"})
+    with pytest.raises(engines.EngineUnavailable, match="Old CPU has none"):
+        engines.build_forward("bf16", None, size=(14, 14), workdir=".", device="cpu")

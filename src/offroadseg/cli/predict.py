@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -118,6 +119,8 @@ def describe_members(members: list) -> str:
 
 def load_predictor(model_path: str, args: argparse.Namespace):
     """A predictor for a ``.ckpt`` (PyTorch; with ``--ensemble``, several) or ``.onnx`` (ONNX Runtime)."""
+    if getattr(args, "engine", None):
+        return _engine_predictor(model_path, args)
     if Path(model_path).suffix.lower() == ".onnx" and not getattr(args, "ensemble", []):
         from offroadseg.inference.onnx import load_onnx_predictor, read_onnx_metadata
         from offroadseg.taxonomy import taxonomy_from_dict
@@ -141,6 +144,71 @@ def load_predictor(model_path: str, args: argparse.Namespace):
     else:
         predictor = EnsemblePredictor.from_checkpoints(members, **settings)
     return predictor, first.config.data.unknown_values
+
+
+def engine_frames(paths: list[Path], videos: list[str], n: int) -> list:
+    """Up to ``n`` input frames, evenly spread over the images (or the first video) for ``--engine``."""
+    import numpy as np
+
+    from offroadseg.data.io import read_image
+    from offroadseg.inference.video import read_video_frames
+
+    if n < 1:
+        raise ConfigError(f"--engine-frames {n}: must be >= 1; fix: e.g. --engine-frames 8")
+    if paths:
+        picks = dict.fromkeys(int(i) for i in np.linspace(0, len(paths) - 1, min(n, len(paths))).round())
+        return [read_image(paths[i]) for i in picks]
+    return [rgb for _, rgb in read_video_frames(Path(videos[0]), 10, limit=n)]
+
+
+def _engine_predictor(model_path: str, args: argparse.Namespace):
+    """The predictor of ``--engine NAME|auto`` for one checkpoint; the choice is printed and kept in
+    ``args.engine_choice`` (written to ``OUT/engine.json``)."""
+    from offroadseg.inference.checkpoint import load_checkpoint
+    from offroadseg.inference.engines import AUTO_CANDIDATES, select_engine
+
+    if Path(model_path).suffix.lower() == ".onnx" or getattr(args, "ensemble", []):
+        raise ConfigError(
+            f"--engine {args.engine} runs one .ckpt checkpoint, not {'an ensemble' if args.ensemble else model_path}; "
+            f"fix: give a .ckpt alone, or drop --engine"
+        )
+    loaded = load_checkpoint(model_path)
+    candidates = AUTO_CANDIDATES
+    if args.engine_candidates:
+        candidates = tuple(c.strip() for c in args.engine_candidates.split(",") if c.strip())
+    frames = engine_frames(args.engine_paths, args.engine_videos, args.engine_frames)
+    if args.engine == "auto":
+        print(f"engine auto: timing {', '.join(candidates)} on {len(frames)} input frames ...", flush=True)
+    predictor, choice = select_engine(
+        loaded,
+        args.engine,
+        frames,
+        candidates=candidates,
+        tta=tta_from_args(args, vars(loaded.config.eval)),
+        device=args.device,
+        batch_size=args.batch_size,
+        exclude=excluded_from_args(args, loaded.taxonomy),
+        progress=lambda name: print(f"  engine {name} ...", flush=True),
+    )
+    for t in choice.trials:
+        if t.ms is None:
+            print(f"  {t.engine}: {t.note}")
+        else:
+            print(f"  {t.engine}: {t.ms:.1f} ms/frame, argmax agreement with eager {100 * t.agreement:.2f}%")
+    why = f" ({choice.note})" if choice.note else ""
+    print(f"engine: {choice.engine}" + (f", chosen by auto{why}" if choice.requested == "auto" else ""))
+    args.engine_choice = choice
+    return predictor, loaded.config.data.unknown_values
+
+
+def _write_engine_choice(args: argparse.Namespace) -> None:
+    choice = getattr(args, "engine_choice", None)
+    if choice is None:
+        return
+    from offroadseg.atomic import atomic_write_text
+
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(args.out) / "engine.json", json.dumps(choice.record(), indent=2))
 
 
 def _predict_videos(
@@ -193,9 +261,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = collect_inputs(images, missing=missing) if images else []
     if missing and not paths and not videos:
         raise DataError(missing[0][1] if len(missing) == 1 else f"none of the inputs exist ({missing[0][1]})")
+    args.engine_paths, args.engine_videos = paths, videos
     predictor, unknown = load_predictor(args.model, args)
     for spec, reason in missing:
         print(f"skipped {spec}: {reason}", file=sys.stderr)
+    _write_engine_choice(args)
     alone = len(videos) == 1 and not paths and not missing
     failed_videos = _predict_videos(predictor, videos, args, alone=alone) if videos else []
     if videos and not paths:
@@ -283,6 +353,29 @@ def register(sub) -> None:
     add_exclude_argument(p)
     p.add_argument("--batch-size", type=int, default=1, help="images (or windows) per forward pass")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument(
+        "--engine",
+        default=None,
+        metavar="NAME",
+        help="run a .ckpt with another engine: auto (time the candidates on a few inputs, keep the fastest "
+        "whose argmax agrees with eager fp32 on >= 99.5%% of pixels; written to OUT/engine.json), eager, "
+        "bf16, onnxruntime, onnxruntime_int8, onnxruntime_int8_dynamic, openvino, openvino_bf16, "
+        "openvino_int8 (default: PyTorch at the checkpoint's precision)",
+    )
+    p.add_argument(
+        "--engine-frames",
+        dest="engine_frames",
+        type=int,
+        default=8,
+        help="input frames --engine auto times and checks on (half) and int8 calibrates on (half)",
+    )
+    p.add_argument(
+        "--engine-candidates",
+        dest="engine_candidates",
+        default=None,
+        metavar="NAME,...",
+        help="what --engine auto tries (default: eager,bf16,onnxruntime,openvino,openvino_bf16)",
+    )
     p.add_argument("--alpha", type=float, default=0.5, help="prediction opacity in overlay/ (0..1)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     p.add_argument(

@@ -19,7 +19,7 @@ from offroadseg.experiments.pseudo import (
     confidence_stats,
     pixel_shares,
 )
-from offroadseg.inference.video import is_video
+from offroadseg.inference.video import is_video, read_video_frames
 from offroadseg.models.segmentor import Segmentor
 
 
@@ -47,29 +47,6 @@ class Frames:
         return len(self.names)
 
 
-def _read_video_frames(path: Path, every: int) -> list[tuple[str, np.ndarray]]:
-    import cv2
-
-    capture = cv2.VideoCapture(str(path))
-    frames: list[tuple[str, np.ndarray]] = []
-    try:
-        index = 0
-        ok, frame = capture.read() if capture.isOpened() else (False, None)
-        while ok and frame is not None:
-            if index % every == 0:
-                frames.append((f"{path.stem}_{index:06d}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
-            index += 1
-            ok, frame = capture.read()
-    finally:
-        capture.release()
-    if not frames:
-        raise DataError(
-            f"video {path} could not be read (no frame decoded: not a video, damaged, or a codec this OpenCV "
-            f"lacks); fix: re-encode it, e.g. ffmpeg -i {path.name} -c:v libx264 out.mp4"
-        )
-    return frames
-
-
 def load_target_frames(specs: Sequence[str], size: Sequence[int], *, every: int = 1) -> Frames:
     """Target frames from image files, folders, glob patterns and videos (every ``every``-th frame),
     resized to ``size`` as ``predict`` resizes them.
@@ -90,7 +67,7 @@ def load_target_frames(specs: Sequence[str], size: Sequence[int], *, every: int 
         images.append(resize_image(read_image(path), size))
         paths.append(path)
     for video in videos:
-        for name, rgb in _read_video_frames(video, every):
+        for name, rgb in read_video_frames(video, every):
             names.append(name)
             images.append(resize_image(rgb, size))
             paths.append(None)

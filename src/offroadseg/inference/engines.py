@@ -11,17 +11,20 @@ Every engine is a forward function (normalised float32 ``[B, 3, H, W]`` -> float
 - ``openvino`` / ``openvino_bf16``: the ONNX graph converted to OpenVINO, f32 or bf16 inference
   precision; ``openvino_int8``: NNCF post-training quantization calibrated on frames.
 
-:func:`choose_engine` keeps the fastest engine whose argmax agrees with eager fp32 on at least
-:data:`MIN_AGREEMENT` of the pixels, and eager itself unless another is clearly faster, so its choice
-is never slower than eager on the frames timed (the rule ``predict --engine auto`` is to use; that flag is
-not wired yet).
+:func:`try_engines` builds and times each candidate on a few frames, with its argmax agreement
+against eager fp32; :func:`choose_engine` keeps the fastest engine whose argmax agrees with eager fp32 on
+at least :data:`MIN_AGREEMENT` of the pixels, and eager itself unless another is clearly faster, so
+``predict --engine auto`` never picks an engine slower than eager on the frames it timed.
 """
 
 from __future__ import annotations
 
+import statistics
+import tempfile
+import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,7 @@ from offroadseg.errors import ConfigError, ModelError
 from offroadseg.machine import cpu_info
 
 __all__ = [
+    "AUTO_CANDIDATES",
     "ENGINES",
     "MIN_AGREEMENT",
     "EngineTrial",
@@ -40,7 +44,12 @@ __all__ = [
     "argmax_agreement",
     "build_forward",
     "choose_engine",
+    "engine_predictor",
     "prepare_inputs",
+    "select_engine",
+    "split_frames",
+    "trials_record",
+    "try_engines",
 ]
 
 ENGINES = (
@@ -53,6 +62,11 @@ ENGINES = (
     "openvino_bf16",
     "openvino_int8",
 )
+# What ``auto`` tries: the engines that kept >= 99.5 % agreement where measured (docs/benchmarks.md,
+# "Inference engines on real frames"); the int8 engines are tried only when named (--engine-candidates).
+AUTO_CANDIDATES = ("eager", "bf16", "onnxruntime", "openvino", "openvino_bf16")
+# The engines that take any input size (PyTorch); the exported ones take only the size they were built at.
+ANY_SIZE = ("eager", "bf16")
 MIN_AGREEMENT = 0.995
 # Another engine replaces eager only when its median is at least this much lower (timing noise).
 MARGIN = 0.03
@@ -178,7 +192,12 @@ def build_forward(
         raise ConfigError(f"--engine {engine!r} is not one of auto, {', '.join(ENGINES)}")
     dev = torch.device(device)
     workdir = Path(workdir)
-    if engine in ("eager", "bf16"):
+    if engine == "bf16" and dev.type == "cpu" and not cpu_info()["native_bf16"]:
+        raise EngineUnavailable(
+            f"engine bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); this {cpu_info()['model']} "
+            f"has none (it would emulate bf16, slower than fp32); fix: use eager or onnxruntime"
+        )
+    if engine in ANY_SIZE:
         return torch_forward(loaded.model.to(dev).eval(), dev, "fp32" if engine == "eager" else "bf16")
     if engine in ("onnxruntime_int8", "openvino_int8") and not calibration:
         raise ConfigError(f"engine {engine} needs calibration frames; fix: give it a few typical images")
@@ -218,3 +237,218 @@ def build_forward(
     if engine == "openvino_int8":
         model = quantize_openvino(model, calib)
     return OpenVinoRunner(model, precision="bf16" if engine == "openvino_bf16" else "fp32", threads=threads)
+
+
+def _time_forward(forward: Forward, inputs: Sequence[Tensor], *, repeats: int) -> tuple[float, list[Tensor]]:
+    """Median ms per input over ``repeats`` timed passes (after one untimed pass), and the logits."""
+    outputs = [forward(x).float().cpu() for x in inputs]  # also the warm-up
+    times = []
+    for _ in range(max(1, repeats)):
+        for x in inputs:
+            start = time.perf_counter()
+            forward(x)
+            times.append(1000.0 * (time.perf_counter() - start))
+    return statistics.median(times), outputs
+
+
+def try_engines(
+    loaded,
+    engines: Sequence[str],
+    *,
+    size: tuple[int, int],
+    calibration: Sequence[Tensor],
+    check: Sequence[Tensor],
+    workdir: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    threads: int | None = None,
+    repeats: int = 2,
+    builder: Callable[..., Forward] = build_forward,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[EngineTrial], dict[str, Forward]]:
+    """Build and time each engine on the ``check`` inputs, with its argmax agreement against ``eager``.
+
+    ``eager`` is always tried first (the reference). An engine that cannot be built is a trial with
+    no time and the reason in its note.
+
+    Args:
+        workdir: where the exported files go (they must outlive the forwards of the exported engines;
+            default: a new temporary folder that is left for the process to use).
+
+    Returns:
+        The trials, and the built forward functions by engine name.
+    """
+    names = ["eager"] + [e for e in dict.fromkeys(engines) if e != "eager"]
+    unknown = [e for e in names if e not in ENGINES]
+    if unknown:
+        raise ConfigError(f"unknown engine {unknown[0]!r}; valid: {', '.join(ENGINES)}")
+    work = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="offroadseg-engines-"))
+    trials: list[EngineTrial] = []
+    forwards: dict[str, Forward] = {}
+    reference: list[Tensor] | None = None
+    for name in names:
+        if progress:
+            progress(name)
+        start = time.perf_counter()
+        try:
+            forward = builder(
+                name,
+                loaded,
+                size=size,
+                workdir=work,
+                calibration=calibration,
+                device=device,
+                threads=threads,
+            )
+        except EngineUnavailable as exc:
+            trials.append(EngineTrial(name, note=f"skipped: {exc}"))
+            continue
+        except Exception as exc:  # noqa: BLE001 - an engine that fails to build is reported, not fatal
+            if name == "eager":
+                raise
+            trials.append(EngineTrial(name, note=f"failed: {type(exc).__name__}: {str(exc)[:160]}"))
+            continue
+        setup = time.perf_counter() - start
+        ms, outputs = _time_forward(forward, check, repeats=repeats)
+        agreement = 1.0 if reference is None else argmax_agreement(outputs, reference)
+        reference = outputs if reference is None else reference
+        trials.append(EngineTrial(name, ms=ms, agreement=agreement, setup_s=setup))
+        forwards[name] = forward
+    return trials, forwards
+
+
+def split_frames(frames: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor], str]:
+    """Calibration and check frames, disjoint when there are two or more (even / odd positions)."""
+    frames = list(frames)
+    if len(frames) < 2:
+        return frames, frames, "one frame: calibrated and checked on the same frame"
+    calib, check = frames[0::2], frames[1::2]
+    return calib, check, f"int8 calibrated on {len(calib)} frames, timed and checked on {len(check)} others"
+
+
+def trials_record(trials: Sequence[EngineTrial]) -> list[dict]:
+    """The trials as JSON-ready dicts."""
+    return [asdict(t) for t in trials]
+
+
+def engine_predictor(
+    loaded,
+    forward: Forward,
+    engine: str,
+    *,
+    tta=None,
+    device: torch.device | str = "cpu",
+    batch_size: int | None = None,
+    exclude: Sequence[int] = (),
+):
+    """A :class:`Predictor` running ``forward`` (built by :func:`build_forward` at the model's size).
+
+    The exported engines take only the training size, so the predictor refuses multi-scale TTA for them.
+    """
+    from offroadseg.inference.predictor import Predictor, TTAConfig
+
+    size = (int(loaded.config.data.image_size[0]), int(loaded.config.data.image_size[1]))
+    torch_engine = engine in ANY_SIZE
+    return Predictor(
+        forward,
+        taxonomy=loaded.taxonomy,
+        image_size=size,
+        patch_size=loaded.model.patch_size,
+        tta=tta or TTAConfig.from_eval(loaded.config.eval),
+        device=device if torch_engine else "cpu",
+        batch_size=batch_size or loaded.config.eval.batch_size,
+        fixed_size=None if torch_engine else size,
+        runtime="pytorch" if torch_engine else engine,
+        exclude=exclude,
+        precision="bf16" if engine in ("bf16", "openvino_bf16") else ("int8" if "int8" in engine else "fp32"),
+    )
+
+
+@dataclass
+class EngineChoice:
+    """The engine a predictor runs, and how it was chosen (``trials`` empty when it was named)."""
+
+    engine: str
+    requested: str
+    trials: list[EngineTrial]
+    note: str = ""
+
+    def record(self) -> dict:
+        return {
+            "engine": self.engine,
+            "requested": self.requested,
+            "note": self.note,
+            "min_agreement": MIN_AGREEMENT,
+            "trials": trials_record(self.trials),
+        }
+
+
+def select_engine(
+    loaded,
+    engine: str,
+    frames: Sequence[np.ndarray],
+    *,
+    candidates: Sequence[str] = AUTO_CANDIDATES,
+    tta=None,
+    device: torch.device | str = "cpu",
+    batch_size: int | None = None,
+    exclude: Sequence[int] = (),
+    workdir: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+):
+    """A predictor running ``engine`` for ``loaded`` (``auto``: the one :func:`choose_engine` picks).
+
+    Args:
+        engine: ``auto`` or one of :data:`ENGINES`.
+        frames: uint8 RGB images typical of the inputs: ``auto`` times the candidates on half of them
+            and checks their agreement there, the int8 engines calibrate on the other half.
+        candidates: what ``auto`` tries (eager always).
+        tta: the predictor's TTA; multi-scale TTA leaves only the PyTorch engines (the exported ones
+            take one input size).
+        workdir: where exported files go (default: a temporary folder).
+
+    Returns:
+        ``(predictor, EngineChoice)``.
+
+    Raises:
+        ConfigError: an unknown engine, or auto on a GPU with exported candidates only.
+        EngineUnavailable: a named engine this machine or installation cannot run.
+    """
+    from offroadseg.devices import pick_device
+    from offroadseg.inference.predictor import TTAConfig
+
+    tta = tta or TTAConfig.from_eval(loaded.config.eval)
+    dev = pick_device(device)
+    size = (int(loaded.config.data.image_size[0]), int(loaded.config.data.image_size[1]))
+    valid = ("auto", *ENGINES)
+    if engine not in valid:
+        raise ConfigError(f"--engine {engine!r} is not one of {', '.join(valid)}")
+    bad = [c for c in candidates if c not in ENGINES]
+    if bad:
+        raise ConfigError(f"--engine-candidates: unknown engine {bad[0]!r}; valid: {', '.join(ENGINES)}")
+    work = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="offroadseg-engines-"))
+    inputs = prepare_inputs(frames, size)
+    calibration, check, split_note = split_frames(inputs)
+    settings = {"tta": tta, "device": dev, "batch_size": batch_size, "exclude": exclude}
+    if engine != "auto":
+        forward = build_forward(engine, loaded, size=size, workdir=work, calibration=calibration, device=dev)
+        return engine_predictor(loaded, forward, engine, **settings), EngineChoice(engine, engine, [])
+    multi_scale = any(s != 1.0 for s, _ in tta.views)
+    names = [c for c in candidates if c in ANY_SIZE or not multi_scale]
+    note = split_note + ("; multi-scale TTA: only the PyTorch engines" if multi_scale else "")
+    if dev.type != "cpu":
+        names, note = ["eager"], f"on {dev.type}: eager (the other engines are CPU engines)"
+    if not inputs:
+        raise ConfigError("--engine auto needs at least one readable image to time the engines on")
+    trials, forwards = try_engines(
+        loaded,
+        names,
+        size=size,
+        calibration=calibration,
+        check=check,
+        workdir=work,
+        device=dev,
+        progress=progress,
+    )
+    chosen = choose_engine(trials)
+    predictor = engine_predictor(loaded, forwards[chosen.engine], chosen.engine, **settings)
+    return predictor, EngineChoice(chosen.engine, "auto", trials, note)

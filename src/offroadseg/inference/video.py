@@ -15,11 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from offroadseg.data.io import write_png
 from offroadseg.errors import DataError, OffroadsegError
 from offroadseg.inference.outputs import overlay
 
-__all__ = ["VIDEO_SUFFIXES", "VideoSummary", "is_video", "predict_video"]
+__all__ = ["VIDEO_SUFFIXES", "VideoSummary", "is_video", "predict_video", "read_video_frames"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm")
 
@@ -27,6 +29,35 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm")
 def is_video(path: str | Path) -> bool:
     """Whether ``path`` names a video file by its suffix."""
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def read_video_frames(path: Path, every: int, *, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """Every ``every``-th frame of a video as ``(name, uint8 RGB)`` (at most ``limit`` of them);
+    names are ``<stem>_<frame index>``.
+
+    Raises:
+        DataError: no frame could be decoded.
+    """
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    frames: list[tuple[str, np.ndarray]] = []
+    try:
+        index = 0
+        ok, frame = capture.read() if capture.isOpened() else (False, None)
+        while ok and frame is not None and (limit is None or len(frames) < limit):
+            if index % every == 0:
+                frames.append((f"{path.stem}_{index:06d}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
+            index += 1
+            ok, frame = capture.read()
+    finally:
+        capture.release()
+    if not frames:
+        raise DataError(
+            f"video {path} could not be read (no frame decoded: not a video, damaged, or a codec this OpenCV "
+            f"lacks); fix: re-encode it, e.g. ffmpeg -i {path.name} -c:v libx264 out.mp4"
+        )
+    return frames
 
 
 @dataclass
