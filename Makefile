@@ -11,8 +11,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# CPU build from the local wheel cache first, so nothing pulls a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	# app: Gradio and Playwright, so the app's API and real-browser tests run rather than skip.
-	$(BIN)/pip install --quiet -e ".[dev,offline,onnx,app,lora,tune]"
+	# app: Gradio and Playwright, so the app's API and real-browser tests run rather than skip;
+	# openvino: OpenVINO + NNCF, so export --format openvino and the OpenVINO engines are tested.
+	$(BIN)/pip install --quiet -e ".[dev,offline,onnx,app,lora,tune,openvino]"
 	touch $(STAMP)
 
 demo: $(STAMP)

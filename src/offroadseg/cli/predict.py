@@ -99,7 +99,7 @@ def load_members(first: str, args: argparse.Namespace) -> list:
     from offroadseg.inference.ensemble import check_same_taxonomy
 
     paths = [first, *getattr(args, "ensemble", [])]
-    onnx = [p for p in paths if Path(p).suffix.lower() == ".onnx"]
+    onnx = [p for p in paths if Path(p).suffix.lower() in (".onnx", ".xml")]
     if onnx and len(paths) > 1:
         raise ConfigError(
             f"--ensemble combines .ckpt checkpoints, got {onnx[0]}; fix: export the ensemble into one "
@@ -118,9 +118,20 @@ def describe_members(members: list) -> str:
 
 
 def load_predictor(model_path: str, args: argparse.Namespace):
-    """A predictor for a ``.ckpt`` (PyTorch; with ``--ensemble``, several) or ``.onnx`` (ONNX Runtime)."""
+    """A predictor for a ``.ckpt`` (PyTorch; with ``--ensemble``, several), an ``.onnx`` (ONNX Runtime) or
+    an OpenVINO ``.xml`` (exported by ``export --format openvino``)."""
     if getattr(args, "engine", None):
         return _engine_predictor(model_path, args)
+    if Path(model_path).suffix.lower() == ".xml" and not getattr(args, "ensemble", []):
+        from offroadseg.inference.openvino import load_openvino_predictor, read_openvino_metadata
+        from offroadseg.taxonomy import taxonomy_from_dict
+
+        meta = read_openvino_metadata(model_path)[1]
+        tta = tta_from_args(args, meta.get("eval", {}))
+        exclude = excluded_from_args(args, taxonomy_from_dict(meta["taxonomy"]))
+        return load_openvino_predictor(
+            model_path, tta=tta, batch_size=args.batch_size, exclude=exclude
+        ), "error"
     if Path(model_path).suffix.lower() == ".onnx" and not getattr(args, "ensemble", []):
         from offroadseg.inference.onnx import load_onnx_predictor, read_onnx_metadata
         from offroadseg.taxonomy import taxonomy_from_dict
@@ -167,7 +178,7 @@ def _engine_predictor(model_path: str, args: argparse.Namespace):
     from offroadseg.inference.checkpoint import load_checkpoint
     from offroadseg.inference.engines import AUTO_CANDIDATES, select_engine
 
-    if Path(model_path).suffix.lower() == ".onnx" or getattr(args, "ensemble", []):
+    if Path(model_path).suffix.lower() in (".onnx", ".xml") or getattr(args, "ensemble", []):
         raise ConfigError(
             f"--engine {args.engine} runs one .ckpt checkpoint, not {'an ensemble' if args.ensemble else model_path}; "
             f"fix: give a .ckpt alone, or drop --engine"
@@ -336,7 +347,9 @@ def register(sub) -> None:
         "Exit status 1 when some input could not be read.",
     )
     p.add_argument(
-        "model", metavar="CHECKPOINT", help="a .ckpt written by 'offroadseg train', or an exported .onnx"
+        "model",
+        metavar="CHECKPOINT",
+        help="a .ckpt written by 'offroadseg train', an exported .onnx, or an exported OpenVINO .xml",
     )
     p.add_argument(
         "inputs",

@@ -25,6 +25,7 @@ __all__ = [
     "OV_PRECISIONS",
     "PIP_OPENVINO",
     "OpenVinoRunner",
+    "load_openvino_predictor",
     "onnx_to_openvino",
     "openvino_available",
     "quantize_openvino",
@@ -148,3 +149,64 @@ class OpenVinoRunner:
 
     def __call__(self, images: Tensor) -> Tensor:
         return torch.from_numpy(self.run(images.detach().cpu().numpy()))
+
+
+def read_openvino_metadata(xml_path: str | Path) -> tuple[Any, dict]:
+    """An IR written by ``export --format openvino`` and its offroadseg metadata (taxonomy, size, norm).
+
+    Raises:
+        ModelError: the file is not an OpenVINO IR or was not written by offroadseg.
+    """
+    ov = require_openvino(f"reading {xml_path}")
+    xml_path = Path(xml_path)
+    if not xml_path.is_file() or not xml_path.with_suffix(".bin").is_file():
+        raise ModelError(
+            f"{xml_path}: an OpenVINO model needs the .xml and its .bin beside it; fix: export again with "
+            f"offroadseg export CKPT --format openvino --out {xml_path.name}"
+        )
+    try:
+        model = ov.Core().read_model(str(xml_path))
+    except Exception as exc:  # noqa: BLE001 - OpenVINO's parse errors have no common type
+        last = [line.strip() for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
+        raise ModelError(
+            f"{xml_path} is not a readable OpenVINO IR ({last[0][:120]}); fix: export it with "
+            f"offroadseg export CKPT --format openvino"
+        ) from None
+    if not model.has_rt_info([META_KEY]):
+        raise ModelError(
+            f"{xml_path} has no offroadseg metadata (taxonomy, input size); fix: export it with "
+            f"offroadseg export CKPT --format openvino"
+        )
+    return model, json.loads(model.get_rt_info([META_KEY]).astype(str))
+
+
+def load_openvino_predictor(
+    path: str | Path,
+    *,
+    tta=None,
+    precision: str = "fp32",
+    batch_size: int = 4,
+    threads: int | None = None,
+    exclude: tuple[int, ...] = (),
+):
+    """A :class:`~offroadseg.inference.predictor.Predictor` running an exported OpenVINO IR on the CPU."""
+    from offroadseg.inference.predictor import Predictor, TTAConfig
+    from offroadseg.taxonomy import taxonomy_from_dict
+
+    model, meta = read_openvino_metadata(path)
+    size = (int(meta["image_size"][0]), int(meta["image_size"][1]))
+    return Predictor(
+        OpenVinoRunner(model, precision=precision, threads=threads),
+        taxonomy=taxonomy_from_dict(meta["taxonomy"]),
+        image_size=size,
+        patch_size=int(meta["patch_size"]),
+        tta=tta or TTAConfig.from_eval(meta.get("eval", {})),
+        device="cpu",
+        batch_size=batch_size,
+        mean=meta["mean"],
+        std=meta["std"],
+        fixed_size=None if meta.get("dynamic") else size,
+        runtime="openvino",
+        exclude=exclude,
+        precision=precision,
+    )
