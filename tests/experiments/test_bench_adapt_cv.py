@@ -13,7 +13,7 @@ from toydata import TINY, make_ycor_like
 import offroadseg.experiments.adapt as adapt_module
 import offroadseg.experiments.cv as cv_module
 from offroadseg.cli import main
-from offroadseg.errors import ConfigError
+from offroadseg.errors import ConfigError, OffroadsegError
 from offroadseg.experiments.bench.adapt_cv import markdown, parse_fold_list, select_folds, summarize
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,22 +51,49 @@ def ycor_root(tmp_path: Path) -> Path:
     return make_ycor_like(tmp_path / "ycor", n_train=4, n_val=2, frame_ids=IDS)
 
 
+class _Interrupted(OffroadsegError):
+    pass
+
+
 def test_records_per_fold_then_resumes(ycor_root, tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "bench"
     sources: list[set[str]] = []
-    real_source = adapt_module.load_source_frames
+    real_source, real_adapt = adapt_module.load_source_frames, adapt_module.adapt
 
     def spy_source(cfg, tax, checkpoint, **kw):
         frames = real_source(cfg, tax, checkpoint, **kw)
         sources.append(set(frames.names))
         return frames
 
+    def adapt_fails_on_fold2(checkpoint, *a, **kw):
+        if "fold2" in str(checkpoint):
+            raise _Interrupted("interrupted")
+        return real_adapt(checkpoint, *a, **kw)
+
     monkeypatch.setattr(adapt_module, "load_source_frames", spy_source)
-    assert _run(_argv(ycor_root, out, *ADAPT, "--only-folds", "1,2", "--json", str(tmp_path / "r.json"))) == 0
+    monkeypatch.setattr(adapt_module, "adapt", adapt_fails_on_fold2)
+    # fold 1 is recorded; fold 2 trains, then its adaptation is interrupted: no record for it
+    assert _run(_argv(ycor_root, out, *ADAPT, "--only-folds", "1,2")) == 2
+    assert [r["fold"] for r in json.loads((out / "adapt_cv.json").read_text())["records"]] == [1]
+    assert (out / "fold2" / "train_row.json").is_file()
+
+    # the rerun skips fold 1 and reuses fold 2's finished training: training again would fail
+    def no_training(*_a, **_k):
+        raise AssertionError("a finished training ran again")
+
+    monkeypatch.setattr(cv_module, "run_fold", no_training)
+    monkeypatch.setattr(adapt_module, "adapt", real_adapt)
+    capsys.readouterr()
+    assert _run(_argv(ycor_root, out, *ADAPT, "--only-folds", "2,1", "--json", str(tmp_path / "r.json"))) == 0
+    printed = capsys.readouterr().out
+    assert "fold 1/3: already recorded" in printed and "fold 2/3: reusing its finished training" in printed
+    assert "| 1/3 | 2 |" in printed and "| 2/3 | 2 |" in printed
     res = json.loads((out / "adapt_cv.json").read_text())
     assert json.loads((tmp_path / "r.json").read_text())["records"] == res["records"]
+    assert res["ran"] == [2] and res["skipped"] == [1]
     recs = res["records"]
-    assert [r["fold"] for r in recs] == [1, 2] and res["ran"] == [1, 2]
+    assert [r["fold"] for r in recs] == [1, 2] and [r["training_reused"] for r in recs] == [False, True]
+    assert len(sources) == 2
     for r, source in zip(recs, sources, strict=True):
         held_out = GROUPS[r["val_groups"][0]]
         # adapt's labelled source is exactly the fold's train frames: no held-out frame
@@ -80,18 +107,10 @@ def test_records_per_fold_then_resumes(ycor_root, tmp_path, monkeypatch, capsys)
     s = res["summary"]
     assert s["folds_done"] == 2 and not s["complete"]
     assert s["mean_gain_points"] == pytest.approx((recs[0]["gain_points"] + recs[1]["gain_points"]) / 2)
-    assert "| 1/3 | 2 |" in capsys.readouterr().out
 
-    # a rerun with the same --out skips the recorded folds: training them again would fail
-    def no_training(*_a, **_k):
-        raise AssertionError("a recorded fold was trained again")
-
-    monkeypatch.setattr(cv_module, "run_fold", no_training)
-    assert _run(_argv(ycor_root, out, *ADAPT, "--only-folds", "2,1")) == 0
-    again = json.loads((out / "adapt_cv.json").read_text())
-    assert again["records"] == recs and again["skipped"] == [2, 1] and again["ran"] == []
-    assert "already recorded" in capsys.readouterr().out
-    # another setup in the same --out is refused, nothing lost
+    # all recorded: nothing runs; another setup in the same --out is refused, nothing lost
+    assert _run(_argv(ycor_root, out, *ADAPT, "--only-folds", "1,2")) == 0
+    assert json.loads((out / "adapt_cv.json").read_text())["ran"] == []
     assert _run(_argv(ycor_root, out, "--adapt", "rounds=2", "--only-folds", "3")) == 2
     assert "another setup" in capsys.readouterr().err
     assert json.loads((out / "adapt_cv.json").read_text())["records"] == recs

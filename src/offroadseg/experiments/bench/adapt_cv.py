@@ -12,7 +12,8 @@ For each fold of the grouped folds ``offroadseg cv`` uses (:func:`~offroadseg.ex
 
 A record per fold (before, after, gain in points, seconds for training, adaptation and scoring, target
 frames, adaptation frames/min) is written atomically to ``<out>/adapt_cv.json`` after every fold; a
-rerun with the same ``out`` and the same setup skips the folds already recorded.
+rerun with the same ``out`` and the same setup skips the folds already recorded, and reuses the finished
+training of a fold whose adaptation or scoring was interrupted.
 
 The summary checks the issue's targets from the numbers: mean gain >= +2 points, no fold below -1
 point, and 1000 target frames adapted in <= 30 min (a linear extrapolation of the measured frames/min).
@@ -50,6 +51,7 @@ WORST_GAIN_FLOOR = -1.0  # points: no fold may lose more than this
 FRAMES_TARGET = 1000  # target frames ...
 MINUTES_TARGET = 30.0  # ... adapted within this many minutes (ViT-S, 2 cores)
 RESULT_NAME = "adapt_cv.json"  # the resumable record file inside --out
+TRAIN_ROW_NAME = "train_row.json"  # inside --out/fold<i>: a finished training, reused by a rerun
 SCORED_WITH = (
     "no TTA; predict's predictor at the mask's resolution, one confusion matrix over the held-out frames"
 )
@@ -144,21 +146,42 @@ def _score(checkpoints: dict[str, Path], samples, gt_dir: Path, device) -> dict:
     return scores
 
 
-def run_adapt_fold(
-    cfg: Config, fold, k: int, fold_dir: Path, settings, *, say: Callable[[str], None]
-) -> dict:
-    """Train, adapt and score one fold; returns its record."""
-    from offroadseg.devices import accelerator_device
-    from offroadseg.experiments.adapt import adapt
-    from offroadseg.experiments.cv import fold_config, run_fold
+def _train_fold(cfg: Config, fold, k: int, fold_dir: Path, setup: dict, say: Callable[[str], None]) -> dict:
+    """``run_fold``'s row, with ``wall_s``; a training finished by an earlier invocation of the same setup
+    (``fold_dir/train_row.json`` and its checkpoint) is reused (``reused``), so an interrupted adaptation
+    does not cost the training again."""
+    from offroadseg.experiments.cv import run_fold
+    from offroadseg.metrics import json_ready
 
-    n = fold.index + 1
+    n, path = fold.index + 1, fold_dir / TRAIN_ROW_NAME
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        row = saved.get("row") or {}
+        ckpt = row.get("model_checkpoint")
+        if saved.get("setup") == json_ready(setup) and ckpt and Path(ckpt).is_file():
+            say(f"fold {n}/{k}: reusing its finished training ({ckpt})")
+            return {**row, "reused": True}
     say(f"fold {n}/{k}: training on {len(fold.train)} frames ({len(fold.val)} held out)")
     t = time.perf_counter()
     row = run_fold(cfg, fold, k, fold_dir / "train", keep_checkpoints=True)
-    train_s = time.perf_counter() - t
+    row["wall_s"] = time.perf_counter() - t
     if not row["model_checkpoint"]:
         raise OffroadsegError(f"fold {n}: training wrote no checkpoint in {fold_dir / 'train'}")
+    atomic_write_text(path, json.dumps(json_ready({"setup": setup, "row": row}), indent=2))
+    return {**row, "reused": False}
+
+
+def run_adapt_fold(
+    cfg: Config, fold, k: int, fold_dir: Path, settings, *, setup: dict, say: Callable[[str], None]
+) -> dict:
+    """Train (or reuse the training of an interrupted invocation), adapt and score one fold; its record."""
+    from offroadseg.devices import accelerator_device
+    from offroadseg.experiments.adapt import adapt
+    from offroadseg.experiments.cv import fold_config
+
+    n = fold.index + 1
+    row = _train_fold(cfg, fold, k, fold_dir, setup, say)
+    train_s = row["wall_s"]
     checkpoint = Path(row["model_checkpoint"])
     samples = _held_out_samples(fold_config(cfg, fold, fold_dir / "train"), fold.val)
     source_frames = _check_source(checkpoint, fold)
@@ -202,6 +225,7 @@ def run_adapt_fold(
         "collapsed": list(res.collapsed),
         "shipped_round": res.shipped_round,
         "scored_with": SCORED_WITH,
+        "training_reused": row["reused"],
         "seconds": {
             "train": train_s,
             "cache_build": row["cache_build_s"],
@@ -249,7 +273,7 @@ def summarize(records: Sequence[dict], k: int) -> dict:
                 "met": None if worst is None else worst["gain_points"] >= WORST_GAIN_FLOOR,
             },
             "adapt_time": {
-                "target": f"{FRAMES_TARGET} target frames in <= {MINUTES_TARGET:.0f} min (linear extrapolation)",
+                "target": f"{FRAMES_TARGET} frames adapted in <= {MINUTES_TARGET:.0f} min (extrapolated)",
                 "value": minutes,
                 "met": None if minutes is None else minutes <= MINUTES_TARGET,
             },
@@ -374,12 +398,13 @@ def bench_adapt_cv(
     ran, skipped = [], [n for n in wanted if n in done]
     for n in skipped:
         say(f"fold {n}/{k}: already recorded in {path}; skipped")
+    write()  # the setup is pinned before the first fold runs: a fold's saved training belongs to it
     for n in wanted:
         if n in done:
             continue
-        records.append(run_adapt_fold(cfg, folds[n - 1], k, out / f"fold{n}", adapt_settings, say=say))
+        records.append(
+            run_adapt_fold(cfg, folds[n - 1], k, out / f"fold{n}", adapt_settings, setup=setup, say=say)
+        )
         ran.append(n)
-        write()
-    if not ran:
         write()
     return result
