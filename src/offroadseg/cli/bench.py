@@ -1,5 +1,6 @@
-"""``offroadseg bench train|infer|ycor|adapt|adapt-cv|cache``: speed and quality benchmarks, ratios against a
-baseline measured in the same run; every table and JSON starts with the machine (CPU flags, GEMM peaks, GPU)."""
+"""``offroadseg bench train|infer|ycor|adapt|adapt-cv|cache``: speed and quality benchmarks, ratios against
+a baseline measured in the same run; every table and JSON starts with the machine (CPU flags, GEMM peaks,
+GPU)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ def machine_header() -> dict:
 def register(sub) -> None:
     parser = sub.add_parser(
         "bench",
-        help="benchmarks: train | infer | ycor | adapt | adapt-cv | cache (ratios against a same-run baseline)",
+        help="benchmarks: train | infer | ycor | adapt | adapt-cv | cache (ratios against a same-run "
+        "baseline)",
     )
     bench_sub = parser.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     register_commands(bench_sub, BENCH_MODULES)

@@ -55,7 +55,8 @@ def register(bench_sub) -> None:
         "adapt-cv",
         help="grouped CV: each held-out fold's images are the adaptation target; mIoU before/after per fold",
         description="Per fold: train on its train frames, adapt to its held-out images (labels withheld), "
-        "score both models on its held-out masks. Resumable: a rerun with the same --out skips recorded folds.",
+        "score both models on its held-out masks. Resumable: a rerun with the same --out skips recorded "
+        "folds.",
     )
     p.add_argument(
         "items", nargs="+", metavar="CONFIG|KEY=VALUE", help="one config file, then dotted overrides"
