@@ -88,6 +88,7 @@ __all__ = [
     "load_target_frames",
     "parse_settings",
     "reestimate_bn",
+    "scores_on_gt",
 ]
 
 
@@ -250,7 +251,7 @@ def reestimate_bn(model: Segmentor, frames: Frames, settings: AdaptSettings, *, 
     return len(layers)
 
 
-def _scores_on_gt(models: dict[str, LoadedModel], target: Frames, gt_dir: Path, device: torch.device) -> dict:
+def scores_on_gt(models: dict[str, LoadedModel], target: Frames, gt_dir: Path, device: torch.device) -> dict:
     """mIoU of each model on the target frames that have a mask in ``gt_dir`` (matched by name), scored
     at the mask's own size through the same predictor ``predict`` uses."""
     from offroadseg.inference.predictor import Predictor
@@ -437,7 +438,7 @@ def adapt(
             original_loaded = LoadedModel(
                 original.cpu(), cfg, tax, checkpoint, hyper_parameters=loaded.hyper_parameters
             )
-            gt = _scores_on_gt({"before": original_loaded, "after": adapted}, target, Path(gt_dir), dev)
+            gt = scores_on_gt({"before": original_loaded, "after": adapted}, target, Path(gt_dir), dev)
         summary = {
             "checkpoint": str(checkpoint),
             "targets": list(targets),

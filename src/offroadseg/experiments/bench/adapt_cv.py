@@ -134,13 +134,13 @@ def _gt_folder(folder: Path, samples) -> Path:
 
 def _score(checkpoints: dict[str, Path], samples, gt_dir: Path, device) -> dict:
     """mIoU of each checkpoint on the held-out frames, all through adapt's ``--gt`` scorer."""
-    from offroadseg.experiments.adapt import _scores_on_gt
+    from offroadseg.experiments.adapt import scores_on_gt
     from offroadseg.experiments.adapt_frames import Frames
     from offroadseg.inference.checkpoint import load_checkpoint
 
     frames = Frames([s.name for s in samples], np.empty((0,)), paths=[Path(s.image) for s in samples])
     models = {label: load_checkpoint(path, device=device) for label, path in checkpoints.items()}
-    scores = _scores_on_gt(models, frames, gt_dir, device)
+    scores = scores_on_gt(models, frames, gt_dir, device)
     if scores["frames"] != len(samples):
         raise OffroadsegError(f"scored {scores['frames']} of {len(samples)} held-out frames ({gt_dir})")
     return scores
