@@ -31,6 +31,9 @@ def test_named_engine_matches_eager_and_records_the_engine(toy_checkpoint, input
     assert record["engine"] == "onnxruntime" and record["requested"] == "onnxruntime"
     assert record["trials"] == []  # named, not chosen
     assert "(onnxruntime, cpu" in capsys.readouterr().out  # the run line names the runtime
+    # engine.json belongs to the folder's results: a later run without --engine replaces it, not keeps it stale
+    assert main(["predict", str(toy_checkpoint), str(inputs), "--out", str(ort), "--overwrite"]) == 0
+    assert not (ort / "engine.json").exists() and _masks(ort)
 
 
 def test_auto_times_the_candidates_and_keeps_the_rule(toy_checkpoint, inputs, tmp_path, capsys):

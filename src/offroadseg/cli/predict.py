@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -120,28 +121,24 @@ def describe_members(members: list) -> str:
 def load_predictor(model_path: str, args: argparse.Namespace):
     """A predictor for a ``.ckpt`` (PyTorch; with ``--ensemble``, several), an ``.onnx`` (ONNX Runtime) or
     an OpenVINO ``.xml`` (exported by ``export --format openvino``)."""
-    if getattr(args, "engine", None):
-        return _engine_predictor(model_path, args)
-    if Path(model_path).suffix.lower() == ".xml" and not getattr(args, "ensemble", []):
-        from offroadseg.inference.openvino import load_openvino_predictor, read_openvino_metadata
+    suffix = Path(model_path).suffix.lower()
+    if suffix in (".onnx", ".xml") and not getattr(args, "ensemble", []):
         from offroadseg.taxonomy import taxonomy_from_dict
 
-        meta = read_openvino_metadata(model_path)[1]
-        tta = tta_from_args(args, meta.get("eval", {}))
-        exclude = excluded_from_args(args, taxonomy_from_dict(meta["taxonomy"]))
-        return load_openvino_predictor(
-            model_path, tta=tta, batch_size=args.batch_size, exclude=exclude
-        ), "error"
-    if Path(model_path).suffix.lower() == ".onnx" and not getattr(args, "ensemble", []):
-        from offroadseg.inference.onnx import load_onnx_predictor, read_onnx_metadata
-        from offroadseg.taxonomy import taxonomy_from_dict
+        if suffix == ".onnx":
+            from offroadseg.inference.onnx import load_onnx_predictor, read_onnx_metadata
 
-        meta = read_onnx_metadata(model_path)
+            meta = read_onnx_metadata(model_path)
+            load = functools.partial(load_onnx_predictor, device=args.device)
+        else:
+            from offroadseg.inference.openvino import load_openvino_predictor, read_openvino_metadata
+
+            ir = read_openvino_metadata(model_path)
+            meta = ir[1]
+            load = functools.partial(load_openvino_predictor, ir=ir)
         tta = tta_from_args(args, meta.get("eval", {}))
         exclude = excluded_from_args(args, taxonomy_from_dict(meta["taxonomy"]))
-        return load_onnx_predictor(
-            model_path, tta=tta, device=args.device, batch_size=args.batch_size, exclude=exclude
-        ), "error"
+        return load(model_path, tta=tta, batch_size=args.batch_size, exclude=exclude), "error"
     from offroadseg.inference.ensemble import EnsemblePredictor
     from offroadseg.inference.predictor import Predictor
 
@@ -159,22 +156,20 @@ def load_predictor(model_path: str, args: argparse.Namespace):
 
 def engine_frames(paths: list[Path], videos: list[str], n: int) -> list:
     """Up to ``n`` input frames, evenly spread over the images (or the first video) for ``--engine``."""
-    import numpy as np
-
     from offroadseg.data.io import read_image
+    from offroadseg.inference.engines import spread
     from offroadseg.inference.video import read_video_frames
 
     if n < 1:
         raise ConfigError(f"--engine-frames {n}: must be >= 1; fix: e.g. --engine-frames 8")
     if paths:
-        picks = dict.fromkeys(int(i) for i in np.linspace(0, len(paths) - 1, min(n, len(paths))).round())
-        return [read_image(paths[i]) for i in picks]
+        return [read_image(p) for p in spread(paths, n)]
     return [rgb for _, rgb in read_video_frames(Path(videos[0]), 10, limit=n)]
 
 
-def _engine_predictor(model_path: str, args: argparse.Namespace):
-    """The predictor of ``--engine NAME|auto`` for one checkpoint; the choice is printed and kept in
-    ``args.engine_choice`` (written to ``OUT/engine.json``)."""
+def _engine_predictor(model_path: str, args: argparse.Namespace, paths: list[Path], videos: list[str]):
+    """``(predictor, unknown, EngineChoice)`` of ``--engine NAME|auto`` for one checkpoint, the choice
+    printed; ``paths`` / ``videos`` are the inputs it times (auto) or calibrates (int8) on."""
     from offroadseg.inference.checkpoint import load_checkpoint
     from offroadseg.inference.engines import AUTO_CANDIDATES, select_engine
 
@@ -187,7 +182,8 @@ def _engine_predictor(model_path: str, args: argparse.Namespace):
     candidates = AUTO_CANDIDATES
     if args.engine_candidates:
         candidates = tuple(c.strip() for c in args.engine_candidates.split(",") if c.strip())
-    frames = engine_frames(args.engine_paths, args.engine_videos, args.engine_frames)
+    needs_frames = args.engine == "auto" or "int8" in args.engine
+    frames = engine_frames(paths, videos, args.engine_frames) if needs_frames else []
     if args.engine == "auto":
         print(f"engine auto: timing {', '.join(candidates)} on {len(frames)} input frames ...", flush=True)
     predictor, choice = select_engine(
@@ -208,18 +204,17 @@ def _engine_predictor(model_path: str, args: argparse.Namespace):
             print(f"  {t.engine}: {t.ms:.1f} ms/frame, argmax agreement with eager {100 * t.agreement:.2f}%")
     why = f" ({choice.note})" if choice.note else ""
     print(f"engine: {choice.engine}" + (f", chosen by auto{why}" if choice.requested == "auto" else ""))
-    args.engine_choice = choice
-    return predictor, loaded.config.data.unknown_values
+    return predictor, loaded.config.data.unknown_values, choice
 
 
-def _write_engine_choice(args: argparse.Namespace) -> None:
-    choice = getattr(args, "engine_choice", None)
+def _write_engine_choice(out: str, choice) -> None:
+    """``OUT/engine.json``: the engine that made this folder's masks, and how it was chosen."""
     if choice is None:
         return
     from offroadseg.atomic import atomic_write_text
 
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(args.out) / "engine.json", json.dumps(choice.record(), indent=2))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(out) / "engine.json", json.dumps(choice.record(), indent=2))
 
 
 def _predict_videos(
@@ -272,16 +267,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = collect_inputs(images, missing=missing) if images else []
     if missing and not paths and not videos:
         raise DataError(missing[0][1] if len(missing) == 1 else f"none of the inputs exist ({missing[0][1]})")
-    args.engine_paths, args.engine_videos = paths, videos
-    predictor, unknown = load_predictor(args.model, args)
+    choice = None
+    if args.engine:
+        predictor, unknown, choice = _engine_predictor(args.model, args, paths, videos)
+    else:
+        predictor, unknown = load_predictor(args.model, args)
     for spec, reason in missing:
         print(f"skipped {spec}: {reason}", file=sys.stderr)
-    _write_engine_choice(args)
     alone = len(videos) == 1 and not paths and not missing
     failed_videos = _predict_videos(predictor, videos, args, alone=alone) if videos else []
     if videos and not paths:
+        _write_engine_choice(args.out, choice)
         return _finish(len(videos), missing + failed_videos)
     writer = OutputWriter(args.out, predictor.taxonomy, alpha=args.alpha, overwrite=args.overwrite)
+    _write_engine_choice(args.out, choice)  # after the writer's check of earlier results
     t = predictor.tta
     mode = f"tta={t.tta}" + (f" scales={list(t.scales)}" if "scales" in t.tta else "")
     mode += f", sliding window (overlap {t.window_overlap})" if t.sliding_window else ""

@@ -19,6 +19,7 @@ at least :data:`MIN_AGREEMENT` of the pixels, and eager itself unless another is
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import time
@@ -48,6 +49,7 @@ __all__ = [
     "prepare_inputs",
     "select_engine",
     "split_frames",
+    "spread",
     "trials_record",
     "try_engines",
 ]
@@ -134,6 +136,14 @@ def choose_engine(
     if best is None or best.ms > base.ms * (1.0 - margin):
         return base
     return best
+
+
+def spread(items: Sequence, n: int) -> list:
+    """``n`` items evenly spaced over ``items``, first and last included (all of them when there are fewer)."""
+    items = list(items)
+    if n >= len(items):
+        return items
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round()]
 
 
 def prepare_inputs(images: Sequence[np.ndarray], size: tuple[int, int]) -> list[Tensor]:
@@ -239,6 +249,13 @@ def build_forward(
     return OpenVinoRunner(model, precision="bf16" if engine == "openvino_bf16" else "fp32", threads=threads)
 
 
+def _workdir(workdir: str | Path | None):
+    """``workdir`` as is, or a temporary folder removed on exit (the context manager of both)."""
+    if workdir is None:
+        return tempfile.TemporaryDirectory(prefix="offroadseg-engines-")
+    return contextlib.nullcontext(workdir)
+
+
 def _time_forward(forward: Forward, inputs: Sequence[Tensor], *, repeats: int) -> tuple[float, list[Tensor]]:
     """Median ms per input over ``repeats`` timed passes (after one untimed pass), and the logits."""
     outputs = [forward(x).float().cpu() for x in inputs]  # also the warm-up
@@ -271,8 +288,8 @@ def try_engines(
     no time and the reason in its note.
 
     Args:
-        workdir: where the exported files go (they must outlive the forwards of the exported engines;
-            default: a new temporary folder that is left for the process to use).
+        workdir: where the exported files go (default: a temporary folder, removed once the engines
+            are built: they hold their models in memory).
 
     Returns:
         The trials, and the built forward functions by engine name.
@@ -281,38 +298,39 @@ def try_engines(
     unknown = [e for e in names if e not in ENGINES]
     if unknown:
         raise ConfigError(f"unknown engine {unknown[0]!r}; valid: {', '.join(ENGINES)}")
-    work = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="offroadseg-engines-"))
     trials: list[EngineTrial] = []
     forwards: dict[str, Forward] = {}
     reference: list[Tensor] | None = None
-    for name in names:
-        if progress:
-            progress(name)
-        start = time.perf_counter()
-        try:
-            forward = builder(
-                name,
-                loaded,
-                size=size,
-                workdir=work,
-                calibration=calibration,
-                device=device,
-                threads=threads,
-            )
-        except EngineUnavailable as exc:
-            trials.append(EngineTrial(name, note=f"skipped: {exc}"))
-            continue
-        except Exception as exc:  # noqa: BLE001 - an engine that fails to build is reported, not fatal
-            if name == "eager":
-                raise
-            trials.append(EngineTrial(name, note=f"failed: {type(exc).__name__}: {str(exc)[:160]}"))
-            continue
-        setup = time.perf_counter() - start
-        ms, outputs = _time_forward(forward, check, repeats=repeats)
-        agreement = 1.0 if reference is None else argmax_agreement(outputs, reference)
-        reference = outputs if reference is None else reference
-        trials.append(EngineTrial(name, ms=ms, agreement=agreement, setup_s=setup))
-        forwards[name] = forward
+    # the built engines hold their models in memory: a temporary folder can go once they are built
+    with _workdir(workdir) as work:
+        for name in names:
+            if progress:
+                progress(name)
+            start = time.perf_counter()
+            try:
+                forward = builder(
+                    name,
+                    loaded,
+                    size=size,
+                    workdir=work,
+                    calibration=calibration,
+                    device=device,
+                    threads=threads,
+                )
+            except EngineUnavailable as exc:
+                trials.append(EngineTrial(name, note=f"skipped: {exc}"))
+                continue
+            except Exception as exc:  # noqa: BLE001 - an engine that fails to build is reported, not fatal
+                if name == "eager":
+                    raise
+                trials.append(EngineTrial(name, note=f"failed: {type(exc).__name__}: {str(exc)[:160]}"))
+                continue
+            setup = time.perf_counter() - start
+            ms, outputs = _time_forward(forward, check, repeats=repeats)
+            agreement = 1.0 if reference is None else argmax_agreement(outputs, reference)
+            reference = outputs if reference is None else reference
+            trials.append(EngineTrial(name, ms=ms, agreement=agreement, setup_s=setup))
+            forwards[name] = forward
     return trials, forwards
 
 
@@ -400,17 +418,19 @@ def select_engine(
     Args:
         engine: ``auto`` or one of :data:`ENGINES`.
         frames: uint8 RGB images typical of the inputs: ``auto`` times the candidates on half of them
-            and checks their agreement there, the int8 engines calibrate on the other half.
+            and checks their agreement there, the int8 engines calibrate on the other half (a named
+            engine other than int8 needs none).
         candidates: what ``auto`` tries (eager always).
         tta: the predictor's TTA; multi-scale TTA leaves only the PyTorch engines (the exported ones
             take one input size).
-        workdir: where exported files go (default: a temporary folder).
+        workdir: where exported files go (default: a temporary folder, removed once the engines are
+            built).
 
     Returns:
         ``(predictor, EngineChoice)``.
 
     Raises:
-        ConfigError: an unknown engine, or auto on a GPU with exported candidates only.
+        ConfigError: an unknown engine, ``auto`` without frames, an int8 engine without frames.
         EngineUnavailable: a named engine this machine or installation cannot run.
     """
     from offroadseg.devices import pick_device
@@ -425,12 +445,14 @@ def select_engine(
     bad = [c for c in candidates if c not in ENGINES]
     if bad:
         raise ConfigError(f"--engine-candidates: unknown engine {bad[0]!r}; valid: {', '.join(ENGINES)}")
-    work = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="offroadseg-engines-"))
     inputs = prepare_inputs(frames, size)
     calibration, check, split_note = split_frames(inputs)
     settings = {"tta": tta, "device": dev, "batch_size": batch_size, "exclude": exclude}
     if engine != "auto":
-        forward = build_forward(engine, loaded, size=size, workdir=work, calibration=calibration, device=dev)
+        with _workdir(workdir) as work:
+            forward = build_forward(
+                engine, loaded, size=size, workdir=work, calibration=calibration, device=dev
+            )
         return engine_predictor(loaded, forward, engine, **settings), EngineChoice(engine, engine, [])
     multi_scale = any(s != 1.0 for s, _ in tta.views)
     names = [c for c in candidates if c in ANY_SIZE or not multi_scale]
@@ -445,7 +467,7 @@ def select_engine(
         size=size,
         calibration=calibration,
         check=check,
-        workdir=work,
+        workdir=workdir,
         device=dev,
         progress=progress,
     )

@@ -188,12 +188,17 @@ def load_openvino_predictor(
     batch_size: int = 4,
     threads: int | None = None,
     exclude: tuple[int, ...] = (),
+    ir: tuple[Any, dict] | None = None,
 ):
-    """A :class:`~offroadseg.inference.predictor.Predictor` running an exported OpenVINO IR on the CPU."""
+    """A :class:`~offroadseg.inference.predictor.Predictor` running an exported OpenVINO IR on the CPU.
+
+    Args:
+        ir: ``(model, metadata)`` of ``path`` already read by :func:`read_openvino_metadata` (not read again).
+    """
     from offroadseg.inference.predictor import Predictor, TTAConfig
     from offroadseg.taxonomy import taxonomy_from_dict
 
-    model, meta = read_openvino_metadata(path)
+    model, meta = ir or read_openvino_metadata(path)
     size = (int(meta["image_size"][0]), int(meta["image_size"][1]))
     return Predictor(
         OpenVinoRunner(model, precision=precision, threads=threads),

@@ -34,7 +34,7 @@ from offroadseg.taxonomy import Taxonomy
 __all__ = ["OutputWriter", "PredictSummary", "collect_inputs", "overlay", "predict_files"]
 
 SUBDIRS = ("masks", "color", "overlay", "comparison")
-FILES = ("metrics.json", "per_image.csv")
+FILES = ("metrics.json", "per_image.csv", "engine.json")  # engine.json: predict --engine
 COMPARISON_MAX_HEIGHT = 540
 
 

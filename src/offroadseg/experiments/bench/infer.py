@@ -160,13 +160,6 @@ class AgreementFrames:
     note: str
 
 
-def _spread(items: list, n: int) -> list:
-    """``n`` items evenly spaced over ``items`` (all of them when there are fewer)."""
-    if n >= len(items):
-        return list(items)
-    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round()]
-
-
 def agreement_frames(root: str | Path, n: int, *, calibration: int | None = None) -> AgreementFrames:
     """Frames of a dataset root (``images/`` + ``labels/``, Duality ``Color_Images/`` + ``Segmentation/``)
     or of a plain image folder: up to ``n`` to score, evenly spaced, and ``calibration`` (default ``n``)
@@ -176,6 +169,8 @@ def agreement_frames(root: str | Path, n: int, *, calibration: int | None = None
     Raises:
         ConfigError: ``root`` is not a folder, holds no images, or ``n`` < 1.
     """
+    from offroadseg.inference.engines import spread
+
     root = Path(root)
     if n < 1:
         raise ConfigError(f"--agreement-frames {n}: must be >= 1; fix: e.g. --agreement-frames 20")
@@ -203,10 +198,10 @@ def agreement_frames(root: str | Path, n: int, *, calibration: int | None = None
         train = [p for p in files if table.get(p.stem, ("",))[0] == "train"]
         if val:
             scored_pool, calib_pool = val, train or files
-    images = _spread(scored_pool, n)
+    images = spread(scored_pool, n)
     chosen = set(images)
     rest = [p for p in calib_pool if p not in chosen]
-    calib = _spread(rest, calibration or n)
+    calib = spread(rest, calibration or n)
     note = f"{len(images)} frames of {image_dir}"
     if calib:
         note += f"; int8 calibrated on {len(calib)} other frames"
