@@ -226,6 +226,43 @@ def test_a_retried_trial_keeps_the_folds_its_predecessor_finished(ycor: Path, tm
     assert [e.get("reused_from") for e in events if e["kind"] == "fold"] == [0, None, None]
 
 
+def test_a_retry_runs_before_the_points_queued_ahead_of_it(ycor: Path, tmp_path: Path) -> None:
+    """The trial a stopped study was in is the next to run, not the last: retries jump the queue."""
+    from offroadseg.config import parse_override, read_config_dict, set_dotted
+    from offroadseg.experiments.tune import TuneOptions, run_tune
+
+    base = read_config_dict(REPO / "configs" / "ycor.yaml")
+    for text in [f"data.root={ycor}", *TINY, "model.backbone.train_blocks=1"]:
+        set_dotted(base, *parse_override(text))
+    params = parse_space({"train.lr": {"choice": [0.3, 0.2, 0.1]}})
+    order: list[float] = []
+
+    def stopped(cfg, fold, k, run_dir, *, keep_checkpoints):
+        raise KeyboardInterrupt  # the worker stops in the first trial's first fold
+
+    def fold(cfg, fold, k, run_dir, *, keep_checkpoints):
+        if fold.index == 0:
+            order.append(round(cfg.train.lr, 1))
+        return {"fold": fold.index + 1, "miou": 0.5, "per_class_iou": {"a": 0.5}}
+
+    opts = TuneOptions(
+        trials=3,
+        folds=2,
+        storage=f"sqlite:///{tmp_path / 'tune.db'}",
+        study="q",
+        work_dir=str(tmp_path),
+        pruner="none",
+    )
+    opts.enqueue = [{"train.lr": 0.3}, {"train.lr": 0.2}, {"train.lr": 0.1}]
+    with pytest.raises(KeyboardInterrupt):
+        run_tune(base, params, opts, run_fold=stopped)
+    assert [t.state.name for t in _trials(tmp_path, "q")] == ["FAIL", "WAITING", "WAITING"]
+    run_tune(base, params, opts, run_fold=fold)
+    assert order == [0.3, 0.2, 0.1]  # the retry (queued last, as trial #3) ran first
+    retry = next(t for t in _trials(tmp_path, "q") if t.user_attrs.get("retry_of") == 0)
+    assert retry.number == 3 and retry.state.name == "COMPLETE"
+
+
 @pytest.mark.slow
 def test_three_trials_leaderboard_plots_best_recipe_and_ensemble(ycor: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "board.json"

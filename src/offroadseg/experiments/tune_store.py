@@ -4,6 +4,8 @@ A study remembers the base config, the space, the folds and the excluded classes
 fingerprint); opening it with another is refused, so trials always compare. Workers record host, process
 id and a heartbeat on each running trial: a trial whose worker is gone is failed and its values queued
 again (:func:`recover_trials`), carrying the folds it finished (``retry_of``) so the retry reuses them.
+A queued retry runs before the other queued trials (:func:`retries_first`): the trial that was under way
+when a study stopped is the next one to finish, not the last.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from offroadseg.config import config_from_dict
 from offroadseg.errors import ConfigError
 from offroadseg.experiments.space import Param
 
-__all__ = ["OBJECTIVE", "counted", "finished_folds", "fingerprint", "open_study", "recover_trials"]
+__all__ = [
+    "OBJECTIVE",
+    "counted",
+    "finished_folds",
+    "fingerprint",
+    "open_study",
+    "recover_trials",
+    "retries_first",
+]
 
 OBJECTIVE = "grouped-CV mean mIoU"
 HEARTBEAT_S = 30
@@ -91,7 +101,38 @@ def open_study(storage_url: str, name: str, *, fingerprint: dict | None, seed: i
                     f"study {name!r} in {storage_url} was made with another {' and '.join(diff)}; its trials "
                     f"would not compare; fix: pass a new --study NAME (the existing study is kept as it is)"
                 )
+    retries_first(study)
     return study
+
+
+def retries_first(study) -> None:
+    """Make ``study`` take a queued retry before the other queued trials.
+
+    Optuna takes queued (WAITING) trials in trial-number order, and a retry is queued when its
+    predecessor is found dead, so it would wait behind every point enqueued before it -- the trial a
+    stopped study was half-way through would be the last to finish. This replaces the study's queue
+    pop (``Study._pop_waiting_trial_id``, which ``ask`` calls) with one that takes retries first, then
+    the rest by number; claiming a trial stays the storage's atomic WAITING -> RUNNING update, so two
+    workers never take the same one. Where Optuna has no such method the default order is kept.
+    """
+    import optuna  # noqa: PLC0415
+    from optuna.trial import TrialState  # noqa: PLC0415
+
+    if not callable(getattr(study, "_pop_waiting_trial_id", None)):
+        return
+    storage = study._storage
+
+    def pop() -> int | None:
+        waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+        for t in sorted(waiting, key=lambda t: ("retry_of" not in t.user_attrs, t.number)):
+            try:
+                if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    return t._trial_id
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+        return None
+
+    study._pop_waiting_trial_id = pop
 
 
 def _storage(url: str):
