@@ -70,7 +70,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from offroadseg.errors import ConfigError
     from offroadseg.experiments.leaderboard import write_outputs
     from offroadseg.experiments.space import load_space
-    from offroadseg.experiments.tune import TuneOptions, open_study, run_tune
+    from offroadseg.experiments.tune import TuneOptions, run_tune
 
     configs = [i for i in args.items if "=" not in i]
     overrides = [i for i in args.items if "=" in i] + args.overrides
@@ -119,17 +119,26 @@ def cmd_tune(args: argparse.Namespace) -> int:
         f"{args.pruner} pruning; study {args.study!r} in {args.storage}; outputs in {out}"
     )
 
+    opened: dict = {}  # the study run_tune opened (its start event carries it)
+
     def on_event(event: dict) -> None:
+        if event["kind"] == "start":
+            opened["study"] = event["handle"]
         line = _event_line(event)
         if line:
             print(line, flush=True)
         if event["kind"] == "trial":  # the leaderboard after every trial: a stopped study keeps its table
             write_outputs(
-                study, out, base_config=configs[0], command=command, overrides=given, json_path=args.json
+                opened["study"],
+                out,
+                base_config=configs[0],
+                command=command,
+                overrides=given,
+                json_path=args.json,
             )
 
-    study = open_study(args.storage, args.study, fingerprint=None)
     result = run_tune(base, params, opts, on_event=on_event)
+    study = result["handle"]
     payload = write_outputs(
         study, out, base_config=configs[0], command=command, overrides=given, json_path=args.json
     )

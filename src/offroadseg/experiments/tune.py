@@ -162,11 +162,13 @@ def run_tune(
         base: the base config mapping (its ``base:`` chain resolved).
         params: the space.
         opts: trials, folds, storage, study name, ...
-        on_event: ``on_event(event)`` for progress: ``kind`` is ``start`` | ``fold`` | ``trial`` | ``stop``.
+        on_event: ``on_event(event)`` for progress: ``kind`` is ``start`` | ``fold`` | ``trial`` | ``stop``;
+            the ``start`` event carries the opened Optuna study as ``handle``.
         run_fold: the fold runner (default :func:`offroadseg.experiments.cv.run_fold`; tests may pass another).
 
     Returns:
-        ``study`` name, ``trials_counted``, ``stopped`` (why), ``failed_recovered`` (trial numbers).
+        ``study`` name, ``handle`` (the Optuna study), ``trials_counted``, ``stopped`` (why),
+        ``failed_recovered`` (trial numbers).
     """
     import optuna  # noqa: PLC0415
     from optuna.trial import TrialState  # noqa: PLC0415
@@ -204,6 +206,7 @@ def run_tune(
         {
             "kind": "start",
             "study": opts.study,
+            "handle": study,
             "trials": opts.trials,
             "recovered": recovered,
             "done": sum(counted(t) for t in study.get_trials(deepcopy=False)),
@@ -334,6 +337,7 @@ def run_tune(
     emit({"kind": "stop", "why": stopped})
     return {
         "study": opts.study,
+        "handle": study,
         "trials_counted": sum(counted(t) for t in study.get_trials(deepcopy=False)),
         "stopped": stopped,
         "failed_recovered": recovered,
