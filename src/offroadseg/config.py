@@ -147,7 +147,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warmup, then the scheduler
     min_lr: float = 1e-6  # cosine floor
     accumulate_grad_batches: int = 1
-    # auto: bf16 autocast on GPUs with bf16 units, else fp16 autocast on CUDA, fp32 on CPU (amp: alias of auto)
+    # auto: bf16 autocast on GPUs with bf16 units, else fp16 autocast on CUDA; on a CPU bf16 autocast where
+    # bf16 is native and the trained part heavy (training.hardware.heavy_training), else fp32 (amp: alias)
     # | 32 | bf16 | 16 (fp16 needs CUDA)
     precision: str = "auto"
     gradient_clip: float = 0.0  # 0: off

@@ -83,7 +83,7 @@ def cpu_pass_precision(precision: str, flags: set[str] | list[str] | None = None
 
     ``auto`` (and its alias ``amp``): ``bf16`` where the CPU computes bf16 natively, else ``fp32``
     (emulated bf16 is slower than fp32); an explicit ``bf16``: ``bf16``; anything else: ``fp32``.
-    Training itself stays fp32 on the CPU under ``auto`` (``training.hardware.resolve_precision``).
+    Training under ``auto`` follows ``training.hardware.resolve_precision`` (bf16 only for heavy models).
 
     Args:
         precision: ``train.precision`` as written in the config.

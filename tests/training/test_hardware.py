@@ -35,7 +35,7 @@ BF16_CPU = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8"]
 
 def test_backbone_pass_precision_follows_the_cpu_flags(monkeypatch):
     _fake_gpus(monkeypatch, 0, bf16=False)
-    # training stays fp32 on any CPU under auto; the frozen pass uses native bf16 where there is one
+    # a light model trains in fp32 on any CPU under auto; the frozen pass uses native bf16 where there is one
     assert resolve_precision("auto", "cpu") == "32-true"
     assert backbone_precision("auto", "cpu", cpu_flags=AVX2_ONLY) == "fp32"
     assert backbone_precision("auto", "auto", cpu_flags=BF16_CPU) == "bf16"
@@ -48,6 +48,30 @@ def test_backbone_pass_precision_follows_the_cpu_flags(monkeypatch):
     _fake_gpus(monkeypatch, 1, bf16=True)
     assert backbone_precision("auto", "auto", cpu_flags=AVX2_ONLY) == "bf16"
     assert backbone_precision("32", "gpu", cpu_flags=BF16_CPU) == "fp32"
+
+
+def test_auto_trains_heavy_models_in_bf16_on_a_native_bf16_cpu(monkeypatch):
+    from offroadseg.config import BackboneConfig, HeadConfig, ModelConfig
+
+    _fake_gpus(monkeypatch, 0, bf16=False)
+
+    def model(blocks: int, head: str = "linear", frozen: bool = True) -> ModelConfig:
+        return ModelConfig(BackboneConfig(train_blocks=blocks, frozen=frozen), HeadConfig(name=head))
+
+    def auto(m: ModelConfig | None, flags: list[str]) -> str:
+        return resolve_precision("auto", "cpu", model=m, cpu_flags=flags)
+
+    assert auto(model(3), BF16_CPU) == "bf16-mixed"  # 3 adapted blocks: matmuls dominate
+    assert auto(model(0, "dpt"), BF16_CPU) == "bf16-mixed"  # the DPT head alone is heavy
+    assert auto(model(0, frozen=False), BF16_CPU) == "bf16-mixed"  # full fine-tuning
+    assert auto(model(1), BF16_CPU) == "32-true"  # one block + linear: bf16 measured slower
+    assert auto(model(0, "conv"), BF16_CPU) == "32-true"
+    assert auto(None, BF16_CPU) == "32-true"  # no model given: the light default
+    assert auto(model(3), AVX2_ONLY) == "32-true"  # emulated bf16 is slower than fp32
+    assert resolve_precision("32", "cpu", model=model(3), cpu_flags=BF16_CPU) == "32-true"  # asked for
+    assert resolve_precision("amp", "cpu", model=model(3), cpu_flags=BF16_CPU) == "bf16-mixed"
+    _fake_gpus(monkeypatch, 1, bf16=False)  # a GPU decides by itself, whatever the CPU
+    assert resolve_precision("auto", "gpu", model=model(3), cpu_flags=BF16_CPU) == "16-mixed"
 
 
 def test_fp16_without_cuda_and_unknown_precision_are_refused(monkeypatch):

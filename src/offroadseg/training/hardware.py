@@ -2,19 +2,30 @@
 
 One home for the questions "does this config run on this machine, and how fast":
 ``train.precision: auto`` picks bf16 autocast where the GPU has bf16 units, fp16 autocast
-on older CUDA GPUs and fp32 on CPU; the frozen backbone pass (feature-store build) follows training
-on a GPU and runs in bf16 on a CPU with native bf16 (``backbone_precision``); ``train.devices`` beyond the GPUs that exist is refused
-before any work; TF32 is enabled for the fp32 matmuls that stay outside autocast.
+on older CUDA GPUs; on a CPU, bf16 autocast where the CPU computes bf16 natively and the trained part is
+heavy enough to gain (:func:`heavy_training`), else fp32. The frozen backbone pass (feature-store build)
+follows training on a GPU and runs in bf16 on a CPU with native bf16 (``backbone_precision``);
+``train.devices`` beyond the GPUs that exist is refused before any work; TF32 is enabled for the fp32
+matmuls that stay outside autocast.
 """
 
 from __future__ import annotations
 
 import torch
 
+from offroadseg.config import ModelConfig
 from offroadseg.errors import ConfigError
-from offroadseg.machine import cpu_pass_precision
+from offroadseg.machine import cpu_info, cpu_pass_precision, native_bf16
 
-__all__ = ["PRECISIONS", "backbone_precision", "check_devices", "enable_tf32", "on_cuda", "resolve_precision"]
+__all__ = [
+    "PRECISIONS",
+    "backbone_precision",
+    "check_devices",
+    "enable_tf32",
+    "heavy_training",
+    "on_cuda",
+    "resolve_precision",
+]
 
 # Config spelling -> Lightning's. "auto" and its alias "amp" are resolved by the hardware.
 PRECISIONS = {
@@ -39,24 +50,50 @@ def _bf16_on_gpu() -> bool:
         return bool(torch.cuda.is_bf16_supported())
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
+def heavy_training(model: ModelConfig) -> bool:
+    """Whether the trained part is heavy enough for bf16 autocast to pay on a CPU with native bf16.
+
+    Measured on a 2-core AMX-BF16 Xeon (docs/benchmarks.md, "bf16 autocast training on a CPU"): with 2+
+    adapted ViT blocks or the DPT head the matmuls dominate and bf16 autocast trains 1.8-3x faster per
+    step; one adapted block under a linear head was ~10 % slower (casts and bf16 element-wise ops
+    dominate), so lighter models stay fp32.
+    """
+    backbone = model.backbone
+    return backbone.train_blocks >= 2 or not backbone.frozen or model.head.name == "dpt"
+
+
+def resolve_precision(
+    precision: str,
+    accelerator: str,
+    *,
+    model: ModelConfig | None = None,
+    cpu_flags: set[str] | list[str] | None = None,
+) -> str:
     """Config ``train.precision`` -> Lightning precision for this machine.
 
     ``auto`` (and ``amp``, kept as its alias: the reference's "AMP" switch): ``bf16-mixed``
     on a GPU with bf16 units (Ampere and later; no loss scaling needed), else ``16-mixed``
-    on CUDA, ``32-true`` on CPU (CPU autocast is slower than fp32 for these models).
-    Explicit ``16`` needs CUDA; explicit ``bf16`` runs anywhere.
+    on CUDA. On a CPU: ``bf16-mixed`` where the CPU computes bf16 natively (AVX512-BF16 / AMX-BF16)
+    and ``model``'s trained part is heavy (:func:`heavy_training`), else ``32-true`` (emulated bf16,
+    or a light model, is slower than fp32). Explicit ``16`` needs CUDA; explicit ``bf16`` runs anywhere.
+
+    Args:
+        model: the model config (None: treated as light, i.e. fp32 on a CPU under ``auto``).
+        cpu_flags: the CPU's flags (default: this machine's; tests pass an AVX2-only or a bf16 CPU).
     """
     cuda = on_cuda(accelerator)
     key = str(precision)
     if key in ("auto", "amp"):
         if not cuda:
-            return "32-true"
+            if model is None or not heavy_training(model):
+                return "32-true"
+            flags = cpu_info()["flags"] if cpu_flags is None else cpu_flags
+            return "bf16-mixed" if native_bf16(flags) else "32-true"
         return "bf16-mixed" if _bf16_on_gpu() else "16-mixed"
     if key not in PRECISIONS:
         raise ConfigError(
             f"train.precision={precision!r} is not valid; choose one of: auto, 32, bf16, 16 "
-            f"(auto: bf16 or fp16 autocast on a GPU, fp32 on CPU)"
+            f"(auto: bf16 or fp16 autocast on a GPU; on a CPU bf16 where it is native and pays, else fp32)"
         )
     value = PRECISIONS[key]
     if value == "16-mixed" and not cuda:
@@ -71,8 +108,8 @@ def backbone_precision(
 ) -> str:
     """The frozen backbone pass's precision (``fp32`` | ``bf16`` | ``fp16``) for ``train.precision``.
 
-    On CUDA the one training uses (:func:`resolve_precision`). On the CPU, where training under
-    ``auto`` stays fp32, the frozen pass runs in bf16 when the CPU computes bf16 natively
+    On CUDA the one training uses (:func:`resolve_precision`). On the CPU the frozen pass runs in bf16
+    when the CPU computes bf16 natively, whatever the trained part (it is all matmuls)
     (AVX512-BF16 / AMX-BF16; :func:`offroadseg.machine.cpu_pass_precision`); the feature store keeps
     fp16 either way.
 

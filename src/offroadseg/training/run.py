@@ -131,7 +131,7 @@ def build_trainer(cfg: Config, run_dir: Path, *, extra_callbacks: list | None = 
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
-        precision=resolve_precision(t.precision, t.accelerator),
+        precision=resolve_precision(t.precision, t.accelerator, model=cfg.model),
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip or None,
         limit_train_batches=_limit(t.limit_train_batches),
