@@ -63,6 +63,7 @@ def test_auto_trains_heavy_models_in_bf16_on_a_native_bf16_cpu(monkeypatch):
 
     assert auto(model(3), BF16_CPU) == "bf16-mixed"  # 3 adapted blocks: matmuls dominate
     assert auto(model(0, "dpt"), BF16_CPU) == "bf16-mixed"  # the DPT head alone is heavy
+    assert auto(model(1, "uper"), BF16_CPU) == "bf16-mixed"
     assert auto(model(0, frozen=False), BF16_CPU) == "bf16-mixed"  # full fine-tuning
     assert auto(model(1), BF16_CPU) == "32-true"  # one block + linear: bf16 measured slower
     assert auto(model(0, "conv"), BF16_CPU) == "32-true"

@@ -54,12 +54,13 @@ def heavy_training(model: ModelConfig) -> bool:
     """Whether the trained part is heavy enough for bf16 autocast to pay on a CPU with native bf16.
 
     Measured on a 2-core AMX-BF16 Xeon (docs/benchmarks.md, "bf16 autocast training on a CPU"): with 2+
-    adapted ViT blocks or the DPT head the matmuls dominate and bf16 autocast trains 1.8-3x faster per
-    step; one adapted block under a linear head was ~10 % slower (casts and bf16 element-wise ops
+    adapted ViT blocks, or the DPT or UPerNet head, the matmuls and convolutions dominate and bf16
+    autocast trains 1.7-2.5x faster per step (1.37x per epoch for 3 blocks under a linear head); one
+    adapted block under a linear head was ~10 % slower per epoch (casts and bf16 element-wise ops
     dominate), so lighter models stay fp32.
     """
     backbone = model.backbone
-    return backbone.train_blocks >= 2 or not backbone.frozen or model.head.name == "dpt"
+    return backbone.train_blocks >= 2 or not backbone.frozen or model.head.name in ("dpt", "uper")
 
 
 def resolve_precision(
