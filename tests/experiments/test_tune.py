@@ -224,6 +224,14 @@ def test_a_retried_trial_keeps_the_folds_its_predecessor_finished(ycor: Path, tm
     rows = retry.user_attrs["fold_rows"]
     assert [r.get("reused_from") for r in rows] == [0, None, None] and retry.user_attrs["cost_s"] >= 60.0
     assert [e.get("reused_from") for e in events if e["kind"] == "fold"] == [0, None, None]
+    from offroadseg.experiments.leaderboard import leaderboard_rows
+
+    row = next(
+        r
+        for r in leaderboard_rows(optuna.load_study(study_name="r", storage=opts.storage))
+        if r["retry_of"] == 0
+    )
+    assert row["reused_min"] == pytest.approx(1.0)  # fold 1's 60 s, counted once in the study's time
 
 
 def test_a_retry_runs_before_the_points_queued_ahead_of_it(ycor: Path, tmp_path: Path) -> None:

@@ -81,6 +81,11 @@ def leaderboard_rows(study) -> list[dict]:
                 "fold_values": values,
                 "per_class_mean_iou": {k: float(np.mean(v)) for k, v in per_class.items()},
                 "cost_min": (t.user_attrs.get("cost_s") or 0.0) / 60.0,
+                # the part of cost_min a retry took over from its predecessor's finished folds
+                "reused_min": sum(
+                    float(f.get("total_s") or 0.0) for f in folds if f.get("reused_from") is not None
+                )
+                / 60.0,
                 # a waiting trial has no params yet: its queued (enqueued) values
                 "params": {
                     k: decode_choice(v)
@@ -257,7 +262,8 @@ def write_outputs(
         "infeasible": sum(r["state"] == "infeasible" for r in rows),
         "failed": sum(r["state"].startswith("fail") for r in rows),
         "running": sum(r["state"] == "running" for r in rows),
-        "study_minutes": sum(r["cost_min"] for r in rows),
+        # a retry's cost includes the folds it reused, which its predecessor's cost already counts
+        "study_minutes": sum(r["cost_min"] - r["reused_min"] for r in rows),
         "best": complete[0] if complete else None,
         "leaderboard": rows,
     }
