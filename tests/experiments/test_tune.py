@@ -234,6 +234,53 @@ def test_a_retried_trial_keeps_the_folds_its_predecessor_finished(ycor: Path, tm
     assert row["reused_min"] == pytest.approx(1.0)  # fold 1's 60 s, counted once in the study's time
 
 
+def test_a_retry_is_not_pruned_again_on_the_folds_its_predecessor_cleared(ycor: Path, tmp_path: Path) -> None:
+    """Trials that reached rung 1 after the predecessor passed it must not prune the retry at rung 1."""
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    from offroadseg.config import parse_override, read_config_dict, set_dotted
+    from offroadseg.experiments.tune import TuneOptions, run_tune
+
+    base = read_config_dict(REPO / "configs" / "ycor.yaml")
+    for text in [f"data.root={ycor}", *TINY, "model.backbone.train_blocks=1"]:
+        set_dotted(base, *parse_override(text))
+    params = parse_space({"train.lr": {"choice": [0.3, 0.2]}})
+    ran: list[int] = []
+
+    def stopped_in_fold_2(cfg, fold, k, run_dir, *, keep_checkpoints):
+        if fold.index == 1:
+            raise KeyboardInterrupt
+        return {"fold": 1, "miou": 0.3, "per_class_iou": {"a": 0.3}, "total_s": 1.0}
+
+    def fold(cfg, fold, k, run_dir, *, keep_checkpoints):
+        ran.append(fold.index + 1)
+        return {"fold": fold.index + 1, "miou": 0.3, "per_class_iou": {"a": 0.3}}
+
+    opts = TuneOptions(
+        trials=4, folds=3, storage=f"sqlite:///{tmp_path / 'tune.db'}", study="c", work_dir=str(tmp_path)
+    )
+    opts.enqueue = [{"train.lr": 0.3}]
+    with pytest.raises(KeyboardInterrupt):
+        run_tune(base, params, opts, run_fold=stopped_in_fold_2)  # alone at rung 1: it passed it
+    study = optuna.load_study(study_name="c", storage=opts.storage)
+    for _ in range(3):  # since then, three trials reached rung 1 far ahead of it
+        study.add_trial(
+            create_trial(
+                params={"train.lr": 0.2},
+                distributions={"train.lr": CategoricalDistribution([0.3, 0.2])},
+                value=0.9,
+                intermediate_values={1: 0.9},
+                system_attrs={"completed_rung_0": 0.9},
+            )
+        )
+    opts.trials = 4
+    run_tune(base, params, opts, run_fold=fold)
+    retry = next(t for t in _trials(tmp_path, "c") if t.user_attrs.get("retry_of") == 0)
+    assert ran[:2] == [2, 3]  # it went on from fold 2 instead of being pruned on its reused fold 1
+    assert retry.state.name == "COMPLETE"
+
+
 def test_a_retry_runs_before_the_points_queued_ahead_of_it(ycor: Path, tmp_path: Path) -> None:
     """The trial a stopped study was in is the next to run, not the last: retries jump the queue."""
     from offroadseg.config import parse_override, read_config_dict, set_dotted

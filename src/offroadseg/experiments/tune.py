@@ -35,7 +35,14 @@ from typing import Any
 from offroadseg.config import Config, config_from_dict
 from offroadseg.errors import ConfigError, OffroadsegError
 from offroadseg.experiments.space import Param, apply_params, decode_choice, encode_choice
-from offroadseg.experiments.tune_store import counted, fingerprint, finished_folds, open_study, recover_trials
+from offroadseg.experiments.tune_store import (
+    counted,
+    fingerprint,
+    finished_folds,
+    inherit_rungs,
+    open_study,
+    recover_trials,
+)
 from offroadseg.models.archs import ARCHS
 from offroadseg.models.backbone import hidden_states_needed, resolve_layers
 
@@ -239,6 +246,8 @@ def run_tune(
         rows: list[dict] = []
         scores: list[float] = []
         reused = finished_folds(study, trial)  # a retry keeps the folds its predecessor finished
+        if reused:
+            inherit_rungs(study, trial)  # ... and the rungs it passed
         reused_s = 0.0
         for fold in folds:
             done = reused.get(fold.index + 1)
@@ -280,7 +289,9 @@ def run_tune(
                     "reused_from": row.get("reused_from"),
                 }
             )
-            if len(scores) < len(folds) and trial.should_prune():
+            # a reused fold's rung was passed by the predecessor: judged again against the trials that
+            # reached it since, a retry would be pruned on folds it already cleared (only new folds are)
+            if len(scores) < len(folds) and row.get("reused_from") is None and trial.should_prune():
                 trial.set_user_attr("pruned_after_folds", len(scores))
                 raise optuna.TrialPruned(f"after {len(scores)} folds: {running:.4f}")
         return sum(scores) / len(scores)

@@ -29,6 +29,7 @@ __all__ = [
     "counted",
     "finished_folds",
     "fingerprint",
+    "inherit_rungs",
     "open_study",
     "recover_trials",
     "retries_first",
@@ -249,6 +250,19 @@ def counted(trial) -> bool:
     from optuna.trial import TrialState  # noqa: PLC0415
 
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and not trial.user_attrs.get("surplus")
+
+
+def inherit_rungs(study, trial) -> None:
+    """Give a retry its predecessor's pruning state (the ``completed_rung_*`` marks successive halving and
+    Hyperband keep per trial), so that it goes on from the rung its predecessor reached instead of being
+    judged again at rung 0 against the trials that reached it since."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    origin = by_number.get(trial.user_attrs.get("retry_of"))
+    if origin is None or dict(origin.params) != dict(trial.params):
+        return
+    for key, value in origin.system_attrs.items():
+        if key.startswith("completed_rung_"):
+            study._storage.set_trial_system_attr(trial._trial_id, key, value)
 
 
 def finished_folds(study, trial) -> dict[int, dict]:
