@@ -47,6 +47,16 @@ def _argv(root: Path, tmp: Path, *extra: str, trials: int = 3, study: str = "s")
     return argv + ["--study", study, "--work-dir", str(tmp / "runs"), *extra]
 
 
+def _tiny_base(ycor: Path) -> dict:
+    """configs/ycor.yaml on the tiny generated set, one adapted block: the base of the run_tune tests."""
+    from offroadseg.config import parse_override, read_config_dict, set_dotted
+
+    base = read_config_dict(REPO / "configs" / "ycor.yaml")
+    for text in [f"data.root={ycor}", *TINY, "model.backbone.train_blocks=1"]:
+        set_dotted(base, *parse_override(text))
+    return base
+
+
 def _trials(tmp: Path, study: str = "s") -> list:
     return optuna.load_study(study_name=study, storage=f"sqlite:///{tmp / 'tune.db'}").get_trials()
 
@@ -151,12 +161,9 @@ def test_bad_storage_and_a_study_of_another_space_are_one_line(ycor: Path, tmp_p
 
 def test_a_trial_behind_after_its_first_fold_is_pruned(ycor: Path, tmp_path: Path) -> None:
     """Successive halving over fold rungs, with a fold runner whose scores are known: fold mIoU = lr."""
-    from offroadseg.config import parse_override, read_config_dict, set_dotted
     from offroadseg.experiments.tune import TuneOptions, run_tune
 
-    base = read_config_dict(REPO / "configs" / "ycor.yaml")
-    for text in [f"data.root={ycor}", *TINY, "model.backbone.train_blocks=1"]:
-        set_dotted(base, *parse_override(text))
+    base = _tiny_base(ycor)
     params = parse_space({"train.lr": {"choice": [0.3, 0.2, 0.1, 0.4]}})
     ran: list[tuple[float, int]] = []
 
@@ -182,12 +189,9 @@ def test_a_trial_behind_after_its_first_fold_is_pruned(ycor: Path, tmp_path: Pat
 
 def test_a_retried_trial_keeps_the_folds_its_predecessor_finished(ycor: Path, tmp_path: Path) -> None:
     """A trial stopped in fold 2 is retried from fold 2: fold 1's row is reused, not re-run."""
-    from offroadseg.config import parse_override, read_config_dict, set_dotted
     from offroadseg.experiments.tune import TuneOptions, run_tune
 
-    base = read_config_dict(REPO / "configs" / "ycor.yaml")
-    for text in [f"data.root={ycor}", *TINY, "model.backbone.train_blocks=1"]:
-        set_dotted(base, *parse_override(text))
+    base = _tiny_base(ycor)
     params = parse_space({"train.lr": {"choice": [0.3, 0.2]}})
     ran: list[int] = []
 
@@ -239,12 +243,9 @@ def test_a_retry_is_not_pruned_again_on_the_folds_its_predecessor_cleared(ycor: 
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import create_trial
 
-    from offroadseg.config import parse_override, read_config_dict, set_dotted
     from offroadseg.experiments.tune import TuneOptions, run_tune
 
-    base = read_config_dict(REPO / "configs" / "ycor.yaml")
-    for text in [f"data.root={ycor}", *TINY, "model.backbone.train_blocks=1"]:
-        set_dotted(base, *parse_override(text))
+    base = _tiny_base(ycor)
     params = parse_space({"train.lr": {"choice": [0.3, 0.2]}})
     ran: list[int] = []
 
@@ -283,12 +284,9 @@ def test_a_retry_is_not_pruned_again_on_the_folds_its_predecessor_cleared(ycor: 
 
 def test_a_retry_runs_before_the_points_queued_ahead_of_it(ycor: Path, tmp_path: Path) -> None:
     """The trial a stopped study was in is the next to run, not the last: retries jump the queue."""
-    from offroadseg.config import parse_override, read_config_dict, set_dotted
     from offroadseg.experiments.tune import TuneOptions, run_tune
 
-    base = read_config_dict(REPO / "configs" / "ycor.yaml")
-    for text in [f"data.root={ycor}", *TINY, "model.backbone.train_blocks=1"]:
-        set_dotted(base, *parse_override(text))
+    base = _tiny_base(ycor)
     params = parse_space({"train.lr": {"choice": [0.3, 0.2, 0.1]}})
     order: list[float] = []
 
