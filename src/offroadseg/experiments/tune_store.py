@@ -252,13 +252,23 @@ def counted(trial) -> bool:
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and not trial.user_attrs.get("surplus")
 
 
+def _predecessor(study, trial):
+    """The failed trial ``trial`` retries (``retry_of``), when it ran the same values; else None."""
+    retry_of = trial.user_attrs.get("retry_of")
+    if retry_of is None:
+        return None
+    origin = next((t for t in study.get_trials(deepcopy=False) if t.number == retry_of), None)
+    if origin is None or dict(origin.params) != dict(trial.params):
+        return None
+    return origin
+
+
 def inherit_rungs(study, trial) -> None:
     """Give a retry its predecessor's pruning state (the ``completed_rung_*`` marks successive halving and
     Hyperband keep per trial), so that it goes on from the rung its predecessor reached instead of being
     judged again at rung 0 against the trials that reached it since."""
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    origin = by_number.get(trial.user_attrs.get("retry_of"))
-    if origin is None or dict(origin.params) != dict(trial.params):
+    origin = _predecessor(study, trial)
+    if origin is None:
         return
     for key, value in origin.system_attrs.items():
         if key.startswith("completed_rung_"):
@@ -272,9 +282,8 @@ def finished_folds(study, trial) -> dict[int, dict]:
     folds), so a fold its predecessor finished (trained, scored and stored) is reused, not re-run: a study
     stopped mid-trial loses at most the fold that was running. Follows a chain of retries.
     """
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    origin = by_number.get(trial.user_attrs.get("retry_of"))
-    if origin is None or dict(origin.params) != dict(trial.params):
+    origin = _predecessor(study, trial)
+    if origin is None:
         return {}
     return {
         int(r["fold"]): r for r in origin.user_attrs.get("fold_rows") or [] if r.get("objective") is not None

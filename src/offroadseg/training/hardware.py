@@ -15,7 +15,7 @@ import torch
 
 from offroadseg.config import ModelConfig
 from offroadseg.errors import ConfigError
-from offroadseg.machine import cpu_info, cpu_pass_precision, native_bf16
+from offroadseg.machine import cpu_pass_precision
 
 __all__ = [
     "PRECISIONS",
@@ -88,8 +88,8 @@ def resolve_precision(
         if not cuda:
             if model is None or not heavy_training(model):
                 return "32-true"
-            flags = cpu_info()["flags"] if cpu_flags is None else cpu_flags
-            return "bf16-mixed" if native_bf16(flags) else "32-true"
+            # native bf16 on this CPU: what the frozen pass decides by too
+            return "bf16-mixed" if cpu_pass_precision(key, cpu_flags) == "bf16" else "32-true"
         return "bf16-mixed" if _bf16_on_gpu() else "16-mixed"
     if key not in PRECISIONS:
         raise ConfigError(
