@@ -57,6 +57,23 @@ def _tiny_base(ycor: Path) -> dict:
     return base
 
 
+def _fold_runner(miou: float, *, ran: list | None = None, stop_in_fold: int | None = None, total_s=None):
+    """A stand-in for ``cv.run_fold``: every fold scores ``miou``; the worker stops (KeyboardInterrupt) on
+    entering fold ``stop_in_fold``; the folds it runs are appended to ``ran``."""
+
+    def run(cfg, fold, k, run_dir, *, keep_checkpoints):
+        if stop_in_fold == fold.index + 1:
+            raise KeyboardInterrupt
+        if ran is not None:
+            ran.append(fold.index + 1)
+        row = {"fold": fold.index + 1, "miou": miou, "per_class_iou": {"a": miou}}
+        if total_s is not None:
+            row["total_s"] = total_s
+        return row
+
+    return run
+
+
 def _trials(tmp: Path, study: str = "s") -> list:
     return optuna.load_study(study_name=study, storage=f"sqlite:///{tmp / 'tune.db'}").get_trials()
 
@@ -195,20 +212,10 @@ def test_a_retried_trial_keeps_the_folds_its_predecessor_finished(ycor: Path, tm
     params = parse_space({"train.lr": {"choice": [0.3, 0.2]}})
     ran: list[int] = []
 
-    def stopped_in_fold_2(cfg, fold, k, run_dir, *, keep_checkpoints):
-        if fold.index == 1:
-            raise KeyboardInterrupt  # the worker stops mid-trial
-        ran.append(fold.index + 1)
-        return {
-            "fold": fold.index + 1,
-            "miou": 0.25 + fold.index,
-            "per_class_iou": {"a": 0.25},
-            "total_s": 60.0,
-        }
-
-    def fold(cfg, fold, k, run_dir, *, keep_checkpoints):
-        ran.append(fold.index + 1)
-        return {"fold": fold.index + 1, "miou": 0.5, "per_class_iou": {"a": 0.5}}
+    stopped_in_fold_2 = _fold_runner(
+        0.25, ran=ran, stop_in_fold=2, total_s=60.0
+    )  # the worker stops mid-trial
+    fold = _fold_runner(0.5, ran=ran)
 
     opts = TuneOptions(
         trials=1, folds=3, storage=f"sqlite:///{tmp_path / 'tune.db'}", study="r", work_dir=str(tmp_path)
@@ -249,14 +256,8 @@ def test_a_retry_is_not_pruned_again_on_the_folds_its_predecessor_cleared(ycor: 
     params = parse_space({"train.lr": {"choice": [0.3, 0.2]}})
     ran: list[int] = []
 
-    def stopped_in_fold_2(cfg, fold, k, run_dir, *, keep_checkpoints):
-        if fold.index == 1:
-            raise KeyboardInterrupt
-        return {"fold": 1, "miou": 0.3, "per_class_iou": {"a": 0.3}, "total_s": 1.0}
-
-    def fold(cfg, fold, k, run_dir, *, keep_checkpoints):
-        ran.append(fold.index + 1)
-        return {"fold": fold.index + 1, "miou": 0.3, "per_class_iou": {"a": 0.3}}
+    stopped_in_fold_2 = _fold_runner(0.3, stop_in_fold=2, total_s=1.0)
+    fold = _fold_runner(0.3, ran=ran)
 
     opts = TuneOptions(
         trials=4, folds=3, storage=f"sqlite:///{tmp_path / 'tune.db'}", study="c", work_dir=str(tmp_path)
@@ -290,8 +291,7 @@ def test_a_retry_runs_before_the_points_queued_ahead_of_it(ycor: Path, tmp_path:
     params = parse_space({"train.lr": {"choice": [0.3, 0.2, 0.1]}})
     order: list[float] = []
 
-    def stopped(cfg, fold, k, run_dir, *, keep_checkpoints):
-        raise KeyboardInterrupt  # the worker stops in the first trial's first fold
+    stopped = _fold_runner(0.5, stop_in_fold=1)  # the worker stops in the first trial's first fold
 
     def fold(cfg, fold, k, run_dir, *, keep_checkpoints):
         if fold.index == 0:
