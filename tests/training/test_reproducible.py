@@ -63,7 +63,14 @@ def _config_file(toy_root: Path, tmp_path: Path, name: str) -> Path:
 
 
 def _train(config: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    # One thread each: the runs share the cores, and a parallel reduction split by however many threads
+    # the load leaves changes the last bits of the weights (a 7th-digit difference in ~1 run of 3).
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     return subprocess.Popen(
         [sys.executable, "-m", "offroadseg", "train", str(config), *extra],
         stdout=subprocess.DEVNULL,
@@ -99,13 +106,7 @@ def test_kill_9_mid_run_then_resume_ends_like_an_uninterrupted_run(toy_root, tmp
     ref_hist = json.loads((tmp_path / "reference" / "history.json").read_text())
     res_hist = json.loads((tmp_path / "victim" / "history.json").read_text())
     assert [h["epoch"] for h in res_hist] == list(range(1, EPOCHS + 1))
-    # Every validation figure, the LR and the weights' outcome are identical. The logged train loss (an
-    # fp32 running mean over the epoch's batches) differed in its 7th digit in ~1 run of 3 on the 2-core
-    # CI machine (2.2424276 vs 2.2424278, 2026-12-05), so it alone is compared to 1e-6 relative.
-    res_rows, ref_rows = _without_timings(res_hist), _without_timings(ref_hist)
-    for res_row, ref_row in zip(res_rows, ref_rows, strict=True):
-        assert res_row.pop("train_loss") == pytest.approx(ref_row.pop("train_loss"), rel=1e-6)
-    assert res_rows == ref_rows
+    assert _without_timings(res_hist) == _without_timings(ref_hist)
     ref_metrics = json.loads((tmp_path / "reference" / "metrics.json").read_text())
     res_metrics = json.loads((tmp_path / "victim" / "metrics.json").read_text())
     for m in (ref_metrics, res_metrics):  # the checkpoint paths name each run's own folder
