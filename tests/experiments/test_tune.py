@@ -405,7 +405,7 @@ def test_kill_9_then_the_same_command_continues_the_study(ycor: Path, tmp_path: 
     again = _spawn(argv)
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0, out
-    assert "trials [1] of a dead worker marked failed and queued again" in out
+    assert "trials [1] of a dead worker marked failed; failed trials [1] queued again" in out
     trials = {t.number: t for t in _trials(tmp_path)}
     assert (trials[0].state.name, trials[0].value) == before[0]  # the completed trial is kept as it was
     assert trials[1].state.name == "FAIL"
@@ -429,3 +429,29 @@ def test_two_workers_share_one_sqlite_study(ycor: Path, tmp_path: Path) -> None:
     folders = sorted(p.name for p in (tmp_path / "runs" / "shared").glob("trial*"))
     assert folders == sorted(f"trial{t.number:04d}" for t in trials if t.user_attrs.get("pid"))
     assert all(not t.user_attrs.get("surplus") for t in complete)
+
+
+def test_recovery_reports_which_dead_trials_are_queued_again_and_which_are_at_the_retry_limit() -> None:
+    """A dead trial is queued again unless its chain of retries is already MAX_RETRIES long; both are said."""
+    import socket
+
+    from offroadseg.experiments.tune_store import MAX_RETRIES, recover_trials
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid whose process is gone
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    asked = []
+    for depth in (0, MAX_RETRIES):
+        t = study.ask(dist)
+        asked.append(t.params)
+        for key, value in {"pid": gone.pid, "host": socket.gethostname(), "retry_depth": depth}.items():
+            t.set_user_attr(key, value)
+    got = recover_trials(study)
+    assert got == {"failed": [0, 1], "requeued": [0], "at_limit": [1]}
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [
+        (t.system_attrs["fixed_params"], t.user_attrs["retry_of"], t.user_attrs["retry_depth"])
+        for t in waiting
+    ] == [(asked[0], 0, 1)]
+    assert recover_trials(study) == {"failed": [], "requeued": [], "at_limit": []}  # nothing twice

@@ -26,11 +26,13 @@ def _minutes(s: float | None) -> str:
 def _event_line(event: dict) -> str | None:
     kind = event["kind"]
     if kind == "start":
-        rec = (
-            f"; trials {event['recovered']} of a dead worker marked failed and queued again"
-            if event["recovered"]
-            else ""
-        )
+        rec = f"; trials {event['recovered']} of a dead worker marked failed" if event["recovered"] else ""
+        if event.get("requeued"):
+            rec += f"; failed trials {event['requeued']} queued again"
+        if event.get("at_limit"):
+            rec += (
+                f"; {event['at_limit']} not queued again (each already retried {event['max_retries']} times)"
+            )
         stores = "; ".join(f"{h}x{w}: hidden states {b}" for (h, w), b in event["store_blocks"].items())
         return (
             f"tune: study {event['study']}: {event['done']}/{event['trials']} trials done{rec}\n"

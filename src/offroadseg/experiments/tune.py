@@ -36,6 +36,7 @@ from offroadseg.config import Config, config_from_dict
 from offroadseg.errors import ConfigError, OffroadsegError
 from offroadseg.experiments.space import Param, apply_params, decode_choice, encode_choice
 from offroadseg.experiments.tune_store import (
+    MAX_RETRIES,
     counted,
     fingerprint,
     finished_folds,
@@ -175,7 +176,7 @@ def run_tune(
 
     Returns:
         ``study`` name, ``handle`` (the Optuna study), ``trials_counted``, ``stopped`` (why),
-        ``failed_recovered`` (trial numbers).
+        ``failed_recovered`` (the trials of dead workers this run marked failed).
     """
     import optuna  # noqa: PLC0415
     from optuna.trial import TrialState  # noqa: PLC0415
@@ -215,7 +216,10 @@ def run_tune(
             "study": opts.study,
             "handle": study,
             "trials": opts.trials,
-            "recovered": recovered,
+            "recovered": recovered["failed"],
+            "requeued": recovered["requeued"],
+            "at_limit": recovered["at_limit"],
+            "max_retries": MAX_RETRIES,
             "done": sum(counted(t) for t in study.get_trials(deepcopy=False)),
             "store_blocks": store_blocks,
         }
@@ -351,7 +355,7 @@ def run_tune(
         "handle": study,
         "trials_counted": sum(counted(t) for t in study.get_trials(deepcopy=False)),
         "stopped": stopped,
-        "failed_recovered": recovered,
+        "failed_recovered": recovered["failed"],
     }
 
 

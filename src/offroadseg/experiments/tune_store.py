@@ -207,12 +207,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def recover_trials(study) -> list[int]:
-    """Fail the trials whose worker is gone and queue their values again; returns the failed numbers.
+def recover_trials(study) -> dict[str, list[int]]:
+    """Fail the trials whose worker is gone and queue their values again.
 
     A running trial is dead when it ran on this host and its process is gone, or (any host) when
     its heartbeat is older than the grace period. A failed trial is queued again once (up to
     ``MAX_RETRIES`` times along one chain of retries); surplus and finished trials never are.
+
+    Returns:
+        ``failed``: the trials this call marked failed; ``requeued``: the failed trials whose values
+        it queued again; ``at_limit``: the trials it marked failed that are not queued again because
+        their chain of retries is ``MAX_RETRIES`` long.
     """
     import optuna  # noqa: PLC0415
     from optuna.trial import TrialState  # noqa: PLC0415
@@ -233,16 +238,20 @@ def recover_trials(study) -> list[int]:
         optuna.storages.fail_stale_trials(study)
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
+    requeued, at_limit = [], []
     for t in trials:
         if t.state != TrialState.FAIL or t.number in retried or t.user_attrs.get("surplus"):
             continue
         depth = int(t.user_attrs.get("retry_depth", 0))
         if depth >= MAX_RETRIES or not t.params:
+            if t.number in failed:
+                at_limit.append(t.number)
             continue
         study.enqueue_trial(
             dict(t.params), user_attrs={"retry_of": t.number, "retry_depth": depth + 1}, skip_if_exists=False
         )
-    return failed
+        requeued.append(t.number)
+    return {"failed": failed, "requeued": requeued, "at_limit": at_limit}
 
 
 def counted(trial) -> bool:
