@@ -64,6 +64,7 @@ def _argv(root: Path, tmp_path: Path, *extra: str) -> list[str]:
         str(REPO / "configs" / "ycor.yaml"),
         f"data.root={root}",
         *TINY,
+        "model.head.name=linear",  # UPerNet (configs/ycor.yaml) needs 4 blocks; the test arch has 2
         "train.epochs=1",
         "model.backbone.train_blocks=1",
     ]
@@ -120,7 +121,13 @@ def test_cv_scores_with_the_configs_tta(tmp_path: Path) -> None:
     root = make_ycor_like(tmp_path / "ycor", n_train=3, n_val=1, frame_ids=IDS[:4])
     cfg = load_config(
         REPO / "configs" / "ycor.yaml",
-        [f"data.root={root}", *TINY, "train.epochs=1", "model.backbone.train_blocks=1"],
+        [
+            f"data.root={root}",
+            *TINY,
+            "model.head.name=linear",
+            "train.epochs=1",
+            "model.backbone.train_blocks=1",
+        ],
     )
     assert cfg.eval.tta == "flip"
     seen = []
