@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from toydata import TINY, make_ycor_like
+from toydata import YCOR_TINY, make_ycor_like
 
 from offroadseg.cli import main
 from offroadseg.errors import ConfigError
@@ -63,8 +63,7 @@ def _argv(root: Path, tmp_path: Path, *extra: str) -> list[str]:
         "cv",
         str(REPO / "configs" / "ycor.yaml"),
         f"data.root={root}",
-        *TINY,
-        "model.head.name=linear",  # UPerNet (configs/ycor.yaml) needs 4 blocks; the test arch has 2
+        *YCOR_TINY,
         "train.epochs=1",
         "model.backbone.train_blocks=1",
     ]
@@ -121,13 +120,7 @@ def test_cv_scores_with_the_configs_tta(tmp_path: Path) -> None:
     root = make_ycor_like(tmp_path / "ycor", n_train=3, n_val=1, frame_ids=IDS[:4])
     cfg = load_config(
         REPO / "configs" / "ycor.yaml",
-        [
-            f"data.root={root}",
-            *TINY,
-            "model.head.name=linear",
-            "train.epochs=1",
-            "model.backbone.train_blocks=1",
-        ],
+        [f"data.root={root}", *YCOR_TINY, "train.epochs=1", "model.backbone.train_blocks=1"],
     )
     assert cfg.eval.tta == "flip"
     seen = []

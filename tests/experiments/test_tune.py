@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from toydata import TINY, make_ycor_like
+from toydata import YCOR_TINY, make_ycor_like
 
 from offroadseg.cli import main
 from offroadseg.errors import ConfigError
@@ -38,8 +38,7 @@ def _argv(root: Path, tmp: Path, *extra: str, trials: int = 3, study: str = "s")
         "tune",
         str(REPO / "configs" / "ycor.yaml"),
         f"data.root={root}",
-        *TINY,
-        "model.head.name=linear",  # UPerNet (configs/ycor.yaml) needs 4 blocks; the test arch has 2
+        *YCOR_TINY,
         "train.epochs=1",
         "model.backbone.train_blocks=1",
     ]
@@ -53,7 +52,7 @@ def _tiny_base(ycor: Path) -> dict:
     from offroadseg.config import parse_override, read_config_dict, set_dotted
 
     base = read_config_dict(REPO / "configs" / "ycor.yaml")
-    for text in [f"data.root={ycor}", *TINY, "model.head.name=linear", "model.backbone.train_blocks=1"]:
+    for text in [f"data.root={ycor}", *YCOR_TINY, "model.backbone.train_blocks=1"]:
         set_dotted(base, *parse_override(text))
     return base
 
