@@ -237,12 +237,14 @@ def test_a_retried_trial_keeps_the_folds_its_predecessor_finished(ycor: Path, tm
     assert [e.get("reused_from") for e in events if e["kind"] == "fold"] == [0, None, None]
     from offroadseg.experiments.leaderboard import leaderboard_rows
 
-    row = next(
-        r
-        for r in leaderboard_rows(optuna.load_study(study_name="r", storage=opts.storage))
-        if r["retry_of"] == 0
-    )
+    board = leaderboard_rows(optuna.load_study(study_name="r", storage=opts.storage))
+    row = next(r for r in board if r["retry_of"] == 0)
     assert row["reused_min"] == pytest.approx(1.0)  # fold 1's 60 s, counted once in the study's time
+    # one row counts for the chain: the stopped trial points at its retry and ranks after it
+    assert [(r["trial"], r["state"]) for r in board] == [
+        (row["trial"], "complete"),
+        (0, f"fail after 1 fold(s), retried as #{row['trial']}"),
+    ]
 
 
 def test_a_retry_is_not_pruned_again_on_the_folds_its_predecessor_cleared(ycor: Path, tmp_path: Path) -> None:

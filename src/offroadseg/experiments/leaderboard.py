@@ -29,6 +29,8 @@ def _state(trial) -> str:
         return "surplus"
     if trial.user_attrs.get("infeasible"):
         return "infeasible"
+    if trial.user_attrs.get("dequeued_by_hand") and not trial.user_attrs.get("fold_rows"):
+        return "dequeued by hand"
     name = trial.state.name.lower()
     if name == "pruned" and trial.user_attrs.get("pruned_after_folds"):
         return f"pruned after {trial.user_attrs['pruned_after_folds']} fold(s)"
@@ -55,9 +57,47 @@ def same_folds_delta(scores: dict[int, float], leader: dict[int, float]) -> floa
     return float(np.mean([scores[k] for k in shared]) - np.mean([leader[k] for k in shared]))
 
 
+def _chains(trials) -> dict[int, int]:
+    """Each trial's retry chain, as the number of the chain's root: a retry names the trial whose finished
+    folds it keeps (``retry_of``), itself possibly a retry, so the links are followed to the first trial."""
+    parent = {t.number: t.user_attrs.get("retry_of") for t in trials}
+
+    def root(n: int) -> int:
+        seen = set()
+        while parent.get(n) is not None and n not in seen:
+            seen.add(n)
+            n = parent[n]
+        return n
+
+    return {t.number: root(t.number) for t in trials}
+
+
+def _mark_retried(rows: list[dict], trials) -> None:
+    """Give a chain of retries one row that counts: the trial that ran the most folds (the latest on a tie).
+    The chain's other finished trials have the same values and a subset of its fold figures (a retry keeps
+    its predecessor's folds), so they are marked ``retried as #N`` (earlier) or ``see #N`` (a later retry
+    that ran fewer folds) and ranked after every other row instead of standing as duplicates. Queued and
+    running retries keep their place: they are the chain's next step."""
+    chain = _chains(trials)
+    groups: dict[int, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(chain[r["trial"]], []).append(r)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        rep = max(members, key=lambda r: (r["folds_run"], r["trial"]))
+        for r in members:
+            if r is rep or r["state"] in ("waiting", "running"):
+                continue
+            r["retried_as"] = rep["trial"]
+            word = "retried as" if r["trial"] < rep["trial"] else "see"
+            r["state"] = f"{r['state']}, {word} #{rep['trial']}"
+
+
 def leaderboard_rows(study) -> list[dict]:
     """One row per trial, best first: complete trials by CV mean, then the others by their difference from
-    the best complete trial on the folds both ran (by their running mean while none is complete)."""
+    the best complete trial on the folds both ran (by their running mean while none is complete); trials a
+    later retry took over (``retried as #N``) last."""
     rows = []
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
@@ -98,16 +138,23 @@ def leaderboard_rows(study) -> list[dict]:
                     else None
                 ),
                 "retry_of": t.user_attrs.get("retry_of"),
+                "retried_as": None,
                 "infeasible": t.user_attrs.get("infeasible"),
             }
         )
+    _mark_retried(rows, trials)
 
     def key(r: dict) -> tuple:
         # complete trials by CV mean; the others by how they compare with the leader on the same folds
         score = r["cv_mean"] if r["complete"] else r["vs_leader_same_folds"]
         if score is None and not r["complete"] and leader is None:
             score = r["cv_mean"]
-        return (not r["complete"], -(score if score is not None else -math.inf), r["trial"])
+        return (
+            r["retried_as"] is not None,
+            not r["complete"],
+            -(score if score is not None else -math.inf),
+            r["trial"],
+        )
 
     return sorted(rows, key=key)
 
@@ -261,6 +308,7 @@ def write_outputs(
         "pruned": sum(r["state"].startswith("pruned") for r in rows),
         "infeasible": sum(r["state"] == "infeasible" for r in rows),
         "failed": sum(r["state"].startswith("fail") for r in rows),
+        "dequeued": sum(r["state"].startswith("dequeued") for r in rows),
         "running": sum(r["state"] == "running" for r in rows),
         # a retry's cost includes the folds it reused, which its predecessor's cost already counts
         "study_minutes": sum(r["cost_min"] - r["reused_min"] for r in rows),
