@@ -14,7 +14,12 @@ from offroadseg.cli.common import (
     progress,
     write_json,
 )
-from offroadseg.cli.predict import add_ensemble_argument, add_exclude_argument, add_tta_arguments
+from offroadseg.cli.predict import (
+    add_engine_arguments,
+    add_ensemble_argument,
+    add_exclude_argument,
+    add_tta_arguments,
+)
 
 
 # ---- train ------------------------------------------------------------------------------------
@@ -79,24 +84,51 @@ def _announce_weights(source: str | None) -> None:
 
 # ---- evaluate ---------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from offroadseg.cli.predict import describe_members, excluded_from_args, load_members, tta_from_args
-    from offroadseg.inference.evaluate import evaluate_loaded
+    from offroadseg.cli.predict import (
+        check_engine_model,
+        describe_members,
+        engine_predictor,
+        excluded_from_args,
+        load_members,
+        tta_from_args,
+    )
+    from offroadseg.inference.evaluate import calibration_images, evaluate_loaded, evaluate_predictor
 
+    if args.engine:
+        check_engine_model(args.checkpoint, args)
     members = load_members(args.checkpoint, args)
     loaded = members[0]
     exclude = excluded_from_args(args, loaded.taxonomy)
     if len(members) > 1:
         print(f"evaluating {describe_members(members)}")
-    result = evaluate_loaded(
-        members,
-        data_root=args.data,
-        split=args.split,
-        batch_size=args.batch_size,
-        device=args.device,
-        progress=progress(f"evaluate {args.split}"),
-        tta=tta_from_args(args, vars(loaded.config.eval)),
-        exclude=exclude,
-    )
+    choice = None
+    if args.engine:
+
+        def frames(n: int) -> list:
+            source, images = calibration_images(loaded, n, data_root=args.data, split=args.split)
+            print(f"engine frames: {len(images)} of split {source!r}", flush=True)
+            return images
+
+        predictor, choice = engine_predictor(loaded, args, frames)
+        result = evaluate_predictor(
+            predictor,
+            loaded,
+            data_root=args.data,
+            split=args.split,
+            batch_size=args.batch_size,
+            progress=progress(f"evaluate {args.split} ({choice.engine})"),
+        )
+    else:
+        result = evaluate_loaded(
+            members,
+            data_root=args.data,
+            split=args.split,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=progress(f"evaluate {args.split}"),
+            tta=tta_from_args(args, vars(loaded.config.eval)),
+            exclude=exclude,
+        )
     if exclude:
         print(
             "excluded classes (no pixel predicted): " + ", ".join(loaded.taxonomy.names[i] for i in exclude)
@@ -112,6 +144,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "batch_mean_iou": result.batch_mean_iou,
             "excluded_classes": [loaded.taxonomy.names[i] for i in exclude],
             "checkpoints": [str(m.path) for m in members],
+            "engine": choice.record() if choice is not None else None,
         },
     )
     return 0
@@ -190,6 +223,7 @@ def register(sub) -> None:
     e.add_argument("--device", default="auto", help="auto | cpu | cuda")
     add_tta_arguments(e)
     add_exclude_argument(e)
+    add_engine_arguments(e, auto_record="--json's engine", frames_from="the training split")
     e.add_argument("--json")
     e.set_defaults(func=cmd_evaluate)
 

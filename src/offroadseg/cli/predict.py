@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from offroadseg.cli.common import fmt, print_scores, progress
@@ -160,36 +161,38 @@ def engine_frames(paths: list[Path], videos: list[str], n: int) -> list:
     from offroadseg.inference.engines import spread
     from offroadseg.inference.video import read_video_frames
 
-    if n < 1:
-        raise ConfigError(f"--engine-frames {n}: must be >= 1; fix: e.g. --engine-frames 8")
     if paths:
         return [read_image(p) for p in spread(paths, n)]
     return [rgb for _, rgb in read_video_frames(Path(videos[0]), 10, limit=n)]
 
 
-def _engine_predictor(model_path: str, args: argparse.Namespace, paths: list[Path], videos: list[str]):
-    """``(predictor, unknown, EngineChoice)`` of ``--engine NAME|auto`` for one checkpoint, the choice
-    printed; ``paths`` / ``videos`` are the inputs it times (auto) or calibrates (int8) on."""
-    from offroadseg.inference.checkpoint import load_checkpoint
-    from offroadseg.inference.engines import AUTO_CANDIDATES, select_engine
-
+def check_engine_model(model_path: str, args: argparse.Namespace) -> None:
+    """``--engine`` runs one ``.ckpt``: an exported file or an ensemble is one line (ConfigError)."""
     if Path(model_path).suffix.lower() in (".onnx", ".xml") or getattr(args, "ensemble", []):
         raise ConfigError(
             f"--engine {args.engine} runs one .ckpt checkpoint, not {'an ensemble' if args.ensemble else model_path}; "
             f"fix: give a .ckpt alone, or drop --engine"
         )
-    loaded = load_checkpoint(model_path)
+    if args.engine_frames < 1:
+        raise ConfigError(f"--engine-frames {args.engine_frames}: must be >= 1; fix: e.g. --engine-frames 8")
+
+
+def engine_predictor(loaded, args: argparse.Namespace, frames: Callable[[int], list]):
+    """``(predictor, EngineChoice)`` of ``--engine NAME|auto`` for one loaded checkpoint, the choice printed;
+    ``frames(n)`` gives the input frames it times (auto) or calibrates (int8) on, read only if needed."""
+    from offroadseg.inference.engines import AUTO_CANDIDATES, select_engine
+
     candidates = AUTO_CANDIDATES
     if args.engine_candidates:
         candidates = tuple(c.strip() for c in args.engine_candidates.split(",") if c.strip())
     needs_frames = args.engine == "auto" or "int8" in args.engine
-    frames = engine_frames(paths, videos, args.engine_frames) if needs_frames else []
+    sample = frames(args.engine_frames) if needs_frames else []
     if args.engine == "auto":
-        print(f"engine auto: timing {', '.join(candidates)} on {len(frames)} input frames ...", flush=True)
+        print(f"engine auto: timing {', '.join(candidates)} on {len(sample)} input frames ...", flush=True)
     predictor, choice = select_engine(
         loaded,
         args.engine,
-        frames,
+        sample,
         candidates=candidates,
         tta=tta_from_args(args, vars(loaded.config.eval)),
         device=args.device,
@@ -204,6 +207,46 @@ def _engine_predictor(model_path: str, args: argparse.Namespace, paths: list[Pat
             print(f"  {t.engine}: {t.ms:.1f} ms/frame, argmax agreement with eager {100 * t.agreement:.2f}%")
     why = f" ({choice.note})" if choice.note else ""
     print(f"engine: {choice.engine}" + (f", chosen by auto{why}" if choice.requested == "auto" else ""))
+    return predictor, choice
+
+
+def add_engine_arguments(p: argparse.ArgumentParser, *, auto_record: str, frames_from: str) -> None:
+    """--engine, --engine-frames, --engine-candidates; ``auto_record`` says where auto's choice is written,
+    ``frames_from`` which inputs it times and int8 calibrates on."""
+    p.add_argument(
+        "--engine",
+        default=None,
+        metavar="NAME",
+        help="run a .ckpt with another engine: auto (time the candidates on a few inputs, keep the fastest "
+        f"whose argmax agrees with eager fp32 on >= 99.5%% of pixels; written to {auto_record}), eager, "
+        "bf16, onnxruntime, onnxruntime_int8, onnxruntime_int8_dynamic, openvino, openvino_bf16, "
+        "openvino_int8 (default: PyTorch at the checkpoint's precision)",
+    )
+    p.add_argument(
+        "--engine-frames",
+        dest="engine_frames",
+        type=int,
+        default=8,
+        help=f"frames of {frames_from} that --engine auto times and checks on (half) and int8 calibrates on "
+        "(half)",
+    )
+    p.add_argument(
+        "--engine-candidates",
+        dest="engine_candidates",
+        default=None,
+        metavar="NAME,...",
+        help="what --engine auto tries (default: eager,bf16,onnxruntime,openvino,openvino_bf16)",
+    )
+
+
+def _engine_predictor(model_path: str, args: argparse.Namespace, paths: list[Path], videos: list[str]):
+    """``(predictor, unknown, EngineChoice)`` of ``--engine`` for predict: it times and calibrates on the
+    inputs themselves (``paths``, else the first of ``videos``)."""
+    from offroadseg.inference.checkpoint import load_checkpoint
+
+    check_engine_model(model_path, args)
+    loaded = load_checkpoint(model_path)
+    predictor, choice = engine_predictor(loaded, args, lambda n: engine_frames(paths, videos, n))
     return predictor, loaded.config.data.unknown_values, choice
 
 
@@ -365,29 +408,7 @@ def register(sub) -> None:
     add_exclude_argument(p)
     p.add_argument("--batch-size", type=int, default=1, help="images (or windows) per forward pass")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument(
-        "--engine",
-        default=None,
-        metavar="NAME",
-        help="run a .ckpt with another engine: auto (time the candidates on a few inputs, keep the fastest "
-        "whose argmax agrees with eager fp32 on >= 99.5%% of pixels; written to OUT/engine.json), eager, "
-        "bf16, onnxruntime, onnxruntime_int8, onnxruntime_int8_dynamic, openvino, openvino_bf16, "
-        "openvino_int8 (default: PyTorch at the checkpoint's precision)",
-    )
-    p.add_argument(
-        "--engine-frames",
-        dest="engine_frames",
-        type=int,
-        default=8,
-        help="input frames --engine auto times and checks on (half) and int8 calibrates on (half)",
-    )
-    p.add_argument(
-        "--engine-candidates",
-        dest="engine_candidates",
-        default=None,
-        metavar="NAME,...",
-        help="what --engine auto tries (default: eager,bf16,onnxruntime,openvino,openvino_bf16)",
-    )
+    add_engine_arguments(p, auto_record="OUT/engine.json", frames_from="the inputs")
     p.add_argument("--alpha", type=float, default=0.5, help="prediction opacity in overlay/ (0..1)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     p.add_argument(

@@ -62,7 +62,7 @@ def evaluate_loaded(
     members = list(loaded) if isinstance(loaded, list | tuple) else [loaded]
     loaded = members[0]
     cfg = loaded.config
-    data_cfg = dataclasses.replace(cfg.data, root=data_root) if data_root else cfg.data
+    data_cfg = _data_config(loaded, data_root)
     samples = list_samples(data_cfg, split)
     if len(members) > 1:
         predictor = EnsemblePredictor.from_checkpoints(
@@ -104,6 +104,41 @@ def evaluate_loaded(
     return EvalResult(split, len(dataset), scores, float(batch_iou.compute()))
 
 
+def evaluate_predictor(
+    predictor,
+    loaded: LoadedModel,
+    *,
+    data_root: str | None = None,
+    split: str = "val",
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    """Score any predictor (e.g. an ONNX Runtime or OpenVINO engine built from ``loaded``) on a split of
+    ``loaded``'s dataset, from full-resolution predictions, as :func:`evaluate_loaded` scores TTA."""
+    data_cfg = _data_config(loaded, data_root)
+    samples = list_samples(data_cfg, split)
+    return _evaluate_with_predictor(predictor, loaded, samples, split, batch_size, progress)
+
+
+def calibration_images(
+    loaded: LoadedModel, n: int, *, data_root: str | None = None, split: str = "val"
+) -> tuple[str, list]:
+    """``(split, images)``: up to ``n`` RGB frames, evenly spread, for an engine to time or calibrate on:
+    the training split's, so that an int8 engine is not calibrated on the frames it is scored on; the
+    scored ``split``'s when the dataset has no training split there."""
+    from offroadseg.data.io import read_image
+    from offroadseg.errors import DataError
+    from offroadseg.inference.engines import spread
+
+    data_cfg = _data_config(loaded, data_root)
+    source = loaded.config.data.train_split
+    try:
+        samples = list_samples(data_cfg, source, require_labels=False)
+    except DataError:
+        source, samples = split, list_samples(data_cfg, split)
+    return source, [read_image(s.image) for s in spread(samples, n)]
+
+
 def _evaluate_with_predictor(predictor, loaded, samples, split, batch_size, progress) -> EvalResult:
     """Score full-resolution predictions of the shared predictor (TTA, sliding window, ensembles)."""
     from offroadseg.data.datasets import load_pair
@@ -126,6 +161,11 @@ def _evaluate_with_predictor(predictor, loaded, samples, split, batch_size, prog
             progress(min(start + step, len(samples)), len(samples))
     scores = scores_from_confusion(cm.compute()).to_dict(loaded.taxonomy.names)
     return EvalResult(split, len(samples), scores, float(batch_iou.compute()))
+
+
+def _data_config(loaded: LoadedModel, data_root: str | None):
+    """The checkpoint's data settings, on ``data_root`` when one is given (``--data``)."""
+    return dataclasses.replace(loaded.config.data, root=data_root) if data_root else loaded.config.data
 
 
 def _to(value, dev):
