@@ -159,6 +159,35 @@ def test_concurrent_builder_keeps_the_first_store(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["s"]
 
 
+def test_a_build_removes_what_killed_builds_of_this_machine_left(tmp_path: Path) -> None:
+    """A kill -9 mid-build leaves a .tmp- store (gigabytes for a feature store): the next build deletes it
+    when its process is gone, and keeps those of a live process or another machine."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    host = socket.gethostname()
+
+    def leftover(name: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "hidden9.npy").write_bytes(b"x" * 1000)
+        return folder
+
+    dead = leftover(f".tmp-feat-{host}-{gone.pid}-ab12cd_3")
+    trash = leftover(".trash-feat-1a2b3c4d")
+    alive = leftover(f".tmp-feat-{host}-{os.getpid()}-zz99yy00")
+    elsewhere = leftover(f".tmp-feat-{host}x-{gone.pid}-ab12cd_3")
+    specs = {"a": ((3,), np.uint8)}
+    with pytest.warns(CacheWarning, match=r"removed 2 partial cache folder\(s\)"):
+        build_store(tmp_path / "s", "k", specs, lambda arr: arr["a"].__setitem__(slice(None), 1))
+    assert not dead.exists() and not trash.exists()
+    assert alive.exists() and elsewhere.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s", alive.name, elsewhere.name])
+
+
 def test_open_store_missing_is_none_without_warning(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")

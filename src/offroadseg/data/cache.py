@@ -42,6 +42,7 @@ from offroadseg.data.datasets import Sample, load_pair, resize_image, resize_mas
 from offroadseg.data.io import image_size as read_image_size
 from offroadseg.errors import DataError
 from offroadseg.paths import cache_dir
+from offroadseg.processes import pid_alive
 from offroadseg.taxonomy import Taxonomy
 
 __all__ = [
@@ -176,6 +177,33 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def sweep_leftovers(folder: Path) -> int:
+    """Delete what stopped builds left in the cache ``folder``: a ``.tmp-`` store whose builder, a process
+    of this machine (its name holds the host and the pid), is gone, and ``.trash-`` folders a removal did
+    not finish. A kill -9 mid-build otherwise leaves gigabytes behind for good. Returns the bytes freed
+    (a :class:`CacheWarning` says how many)."""
+    host, me = socket.gethostname(), os.getpid()
+    leftovers = []
+    for entry in folder.glob(".tmp-*"):
+        head, _, _suffix = entry.name.rpartition("-")  # .tmp-{name}-{host}-{pid}-{mkdtemp suffix}
+        head, _, pid = head.rpartition("-")
+        if pid.isdigit() and head.endswith(f"-{host}") and int(pid) != me and not pid_alive(int(pid)):
+            leftovers.append(entry)
+    leftovers += list(folder.glob(".trash-*"))
+    freed = 0
+    for entry in leftovers:
+        freed += sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+        shutil.rmtree(entry, ignore_errors=True)
+    if leftovers:
+        warnings.warn(
+            f"removed {len(leftovers)} partial cache folder(s) that stopped runs left in {folder} "
+            f"({freed / 2**30:.2f} GiB)",
+            CacheWarning,
+            stacklevel=2,
+        )
+    return freed
+
+
 def _preallocate(file: Path) -> None:
     """Reserve the blocks of a memory-mapped file now, so a full disk raises ENOSPC here
     instead of killing the process with SIGBUS when a page is written later."""
@@ -214,6 +242,7 @@ def build_store(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(path.parent)  # before the space check: what they held counts as free
     need = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in specs.values())
     free = shutil.disk_usage(path.parent).free
     if need > free:

@@ -23,6 +23,7 @@ from typing import Any
 from offroadseg.config import config_from_dict
 from offroadseg.errors import ConfigError
 from offroadseg.experiments.space import Param
+from offroadseg.processes import pid_alive
 
 __all__ = [
     "OBJECTIVE",
@@ -197,16 +198,6 @@ def _creation_lock(url: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def recover_trials(study) -> dict[str, list[int]]:
     """Fail the trials whose worker is gone and queue their values again.
 
@@ -227,7 +218,7 @@ def recover_trials(study) -> dict[str, list[int]]:
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, on = t.user_attrs.get("pid"), t.user_attrs.get("host")
-        if on == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+        if on == host and isinstance(pid, int) and pid != os.getpid() and not pid_alive(pid):
             try:
                 storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
                 failed.append(t.number)
