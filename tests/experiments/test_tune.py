@@ -457,3 +457,26 @@ def test_recovery_reports_which_dead_trials_are_queued_again_and_which_are_at_th
         for t in waiting
     ] == [(asked[0], 0, 1)]
     assert recover_trials(study) == {"failed": [], "requeued": [], "at_limit": []}  # nothing twice
+
+
+def test_the_shipped_seed_points_fit_the_shipped_space_and_config() -> None:
+    """Every point of configs/spaces/ycor_seed.yaml names every key of configs/spaces/ycor.yaml, lies inside
+    its distributions (else Optuna would refuse it mid-study) and gives a config configs/ycor.yaml accepts."""
+    import yaml
+
+    from offroadseg.config import config_from_dict, read_config_dict
+    from offroadseg.experiments.space import decode_choice, encode_choice
+
+    base = read_config_dict(str(REPO / "configs" / "ycor.yaml"))
+    params = {p.key: p for p in load_space(REPO / "configs" / "spaces" / "ycor.yaml", base)}
+    points = yaml.safe_load((REPO / "configs" / "spaces" / "ycor_seed.yaml").read_text())
+    assert len(points) >= 10
+    for point in points:
+        assert set(point) == set(params), point
+        for key, value in point.items():
+            p = params[key]
+            if p.kind == "choice":
+                assert value in [decode_choice(c) for c in p.choices], (key, value)
+            else:
+                assert p.low <= value <= p.high, (key, value)
+        config_from_dict(apply_params(base, {k: encode_choice(v) for k, v in point.items()}), source="seed")
