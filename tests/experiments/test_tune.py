@@ -457,6 +457,11 @@ def test_recovery_reports_which_dead_trials_are_queued_again_and_which_are_at_th
         for t in waiting
     ] == [(asked[0], 0, 1)]
     assert recover_trials(study) == {"failed": [], "requeued": [], "at_limit": []}  # nothing twice
+    # a trial failed by hand to take it off the queue stays off it
+    t = study.ask(dist)
+    t.set_user_attr("dequeued_by_hand", "the sampler proposes anew")
+    study.tell(t, state=optuna.trial.TrialState.FAIL)
+    assert recover_trials(study) == {"failed": [], "requeued": [], "at_limit": []}
 
 
 def test_the_shipped_seed_points_fit_the_shipped_space_and_config() -> None:

@@ -203,7 +203,8 @@ def recover_trials(study) -> dict[str, list[int]]:
 
     A running trial is dead when it ran on this host and its process is gone, or (any host) when
     its heartbeat is older than the grace period. A failed trial is queued again once (up to
-    ``MAX_RETRIES`` times along one chain of retries); surplus and finished trials never are.
+    ``MAX_RETRIES`` times along one chain of retries); surplus and finished trials never are, nor one
+    failed by hand with the user attribute ``dequeued_by_hand`` (taken off the queue on purpose).
 
     Returns:
         ``failed``: the trials this call marked failed; ``requeued``: the failed trials whose values
@@ -232,6 +233,8 @@ def recover_trials(study) -> dict[str, list[int]]:
     requeued, at_limit = [], []
     for t in trials:
         if t.state != TrialState.FAIL or t.number in retried or t.user_attrs.get("surplus"):
+            continue
+        if t.user_attrs.get("dequeued_by_hand"):
             continue
         depth = int(t.user_attrs.get("retry_depth", 0))
         if depth >= MAX_RETRIES or not t.params:
