@@ -14,7 +14,7 @@ def _evaluate(checkpoint, out, *extra) -> dict:
     return json.loads(out.read_text())
 
 
-def test_an_engine_is_scored_on_the_split_like_eager(toy_checkpoint, tmp_path, capsys):
+def test_an_engine_is_scored_on_the_split_like_eager(toy_checkpoint, tmp_path):
     pytest.importorskip("onnxruntime")
     eager = _evaluate(toy_checkpoint, tmp_path / "eager.json", "--engine", "eager")
     ort = _evaluate(toy_checkpoint, tmp_path / "ort.json", "--engine", "onnxruntime")

@@ -57,10 +57,10 @@ def same_folds_delta(scores: dict[int, float], leader: dict[int, float]) -> floa
     return float(np.mean([scores[k] for k in shared]) - np.mean([leader[k] for k in shared]))
 
 
-def _chains(trials) -> dict[int, int]:
+def _chains(rows: list[dict]) -> dict[int, int]:
     """Each trial's retry chain, as the number of the chain's root: a retry names the trial whose finished
     folds it keeps (``retry_of``), itself possibly a retry, so the links are followed to the first trial."""
-    parent = {t.number: t.user_attrs.get("retry_of") for t in trials}
+    parent = {r["trial"]: r["retry_of"] for r in rows}
 
     def root(n: int) -> int:
         seen = set()
@@ -69,16 +69,16 @@ def _chains(trials) -> dict[int, int]:
             n = parent[n]
         return n
 
-    return {t.number: root(t.number) for t in trials}
+    return {n: root(n) for n in parent}
 
 
-def _mark_retried(rows: list[dict], trials) -> None:
+def _mark_retried(rows: list[dict]) -> None:
     """Give a chain of retries one row that counts: the trial that ran the most folds (the latest on a tie).
     The chain's other finished trials have the same values and a subset of its fold figures (a retry keeps
     its predecessor's folds), so they are marked ``retried as #N`` (earlier) or ``see #N`` (a later retry
     that ran fewer folds) and ranked after every other row instead of standing as duplicates. Queued and
     running retries keep their place: they are the chain's next step."""
-    chain = _chains(trials)
+    chain = _chains(rows)
     groups: dict[int, list[dict]] = {}
     for r in rows:
         groups.setdefault(chain[r["trial"]], []).append(r)
@@ -142,7 +142,7 @@ def leaderboard_rows(study) -> list[dict]:
                 "infeasible": t.user_attrs.get("infeasible"),
             }
         )
-    _mark_retried(rows, trials)
+    _mark_retried(rows)
 
     def key(r: dict) -> tuple:
         # complete trials by CV mean; the others by how they compare with the leader on the same folds
