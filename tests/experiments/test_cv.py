@@ -101,6 +101,8 @@ def test_cv_cli_runs_grouped_folds(tmp_path: Path, capsys) -> None:
         assert r["miou"] == pytest.approx(scores_from_confusion(np.array(r["confusion_matrix"])).miou)
         assert r["scored_with"].startswith("last checkpoint") and r["epochs"] == 1
         assert not (Path(r["run_dir"]) / "checkpoints").exists()  # removed after scoring
+        # one progress line per validation epoch: 1 epoch, scored without TTA -> the fold's own figure
+        assert f"ycor fold {r['fold']}/3 epoch 1/1: val mIoU {r['miou']:.4f} (" in printed
     assert sorted(held_out) == sorted(groups)
     # one feature store over train ∪ val serves every fold: only the first fold runs the backbone
     assert [r["cache_built"] for r in rows] == [True, False, False]

@@ -61,7 +61,7 @@ def _fold_runner(miou: float, *, ran: list | None = None, stop_in_fold: int | No
     """A stand-in for ``cv.run_fold``: every fold scores ``miou``; the worker stops (KeyboardInterrupt) on
     entering fold ``stop_in_fold``; the folds it runs are appended to ``ran``."""
 
-    def run(cfg, fold, k, run_dir, *, keep_checkpoints):
+    def run(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None):
         if stop_in_fold == fold.index + 1:
             raise KeyboardInterrupt
         if ran is not None:
@@ -184,7 +184,7 @@ def test_a_trial_behind_after_its_first_fold_is_pruned(ycor: Path, tmp_path: Pat
     params = parse_space({"train.lr": {"choice": [0.3, 0.2, 0.1, 0.4]}})
     ran: list[tuple[float, int]] = []
 
-    def fake_fold(cfg, fold, k, run_dir, *, keep_checkpoints):
+    def fake_fold(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None):
         ran.append((cfg.train.lr, fold.index + 1))
         return {"fold": fold.index + 1, "miou": cfg.train.lr, "per_class_iou": {"a": cfg.train.lr}}
 
@@ -295,7 +295,7 @@ def test_a_retry_runs_before_the_points_queued_ahead_of_it(ycor: Path, tmp_path:
 
     stopped = _fold_runner(0.5, stop_in_fold=1)  # the worker stops in the first trial's first fold
 
-    def fold(cfg, fold, k, run_dir, *, keep_checkpoints):
+    def fold(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None):
         if fold.index == 0:
             order.append(round(cfg.train.lr, 1))
         return {"fold": fold.index + 1, "miou": 0.5, "per_class_iou": {"a": 0.5}}
@@ -338,6 +338,8 @@ def test_three_trials_leaderboard_plots_best_recipe_and_ensemble(ycor: Path, tmp
     assert res["complete"] == 3 and [r["state"] for r in rows] == ["complete"] * 3
     for r in rows:  # a complete trial's CV mean is the mean of its folds' values, best first
         assert r["folds_run"] == 2 and r["cv_mean"] == pytest.approx(sum(r["fold_values"]) / 2)
+        for fold, value in enumerate(r["fold_values"], start=1):  # a line per epoch (1 epoch, no TTA)
+            assert f"trial #{r['trial']} fold {fold}/2 epoch 1/1: val mIoU {value:.4f} (" in printed
     assert [r["cv_mean"] for r in rows] == sorted((r["cv_mean"] for r in rows), reverse=True)
     ens = res["ensemble"]
     assert ens["members"] == [rows[0]["trial"], rows[1]["trial"]] and len(ens["fold_values"]) == 2

@@ -113,9 +113,13 @@ def test_every_epoch_validates_with_repeat_factor_sampling(rare_root: Path, tmp_
         # seed 1: the old sampler drew 8 frames in epoch 1 and 7 in the others (validation then never ran)
         ["train.epochs=5", "train.batch_size=1", "train.seed=1", "loss.name=ce", "loss.class_weights=none"],
     )
-    result = train(cfg)
+    reported: list[dict] = []
+    result = train(cfg, on_epoch=reported.append)
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5]
     assert all(h.get("val_miou") is not None for h in result.history)
+    # the progress hook of cv/tune folds saw each validation epoch once, as its history row
+    assert [{k: v for k, v in r.items() if k != "epochs"} for r in reported] == result.history
+    assert {r["epochs"] for r in reported} == {5}
     import json
 
     assert len(json.loads((tmp_path / "history.json").read_text())) == 5

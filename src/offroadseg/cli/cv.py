@@ -45,6 +45,17 @@ def fold_line(progress: dict) -> str:
     )
 
 
+def epoch_line(label: str, event: dict) -> str:
+    """One progress line per validation epoch of a fold (``cv`` and ``tune`` show no bar): its val mIoU,
+    the epoch's time and when the fold's training ends at that pace (early stopping may end it sooner)."""
+    left = (event["epochs"] - event["epoch"]) * event["epoch_s"] if event.get("epoch_s") is not None else None
+    ends = f"; training ends in ~{seconds(left)}" if left else ""
+    return (
+        f"    {label} fold {event['fold']}/{event['folds']} epoch {event['epoch']}/{event['epochs']}: "
+        f"val mIoU {fmt(event.get('val_miou'))} ({seconds(event.get('epoch_s'))} an epoch{ends})"
+    )
+
+
 def write_partial(path: str | None, payload: dict) -> None:
     """The results so far, atomically and quietly (after every fold; the final write announces itself)."""
     if path:
@@ -168,6 +179,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         rare_class=args.rare_class,
         keep_checkpoints=args.keep_checkpoints,
         on_fold=on_fold,
+        on_epoch=lambda event: print(epoch_line(event["name"], event), flush=True),
     )
     md = print_cv(res)
     if res["best"]:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from offroadseg.cli.common import add_set_option, fmt
+from offroadseg.cli.cv import epoch_line
 
 __all__ = ["register"]
 
@@ -44,6 +45,8 @@ def _event_line(event: dict) -> str | None:
             f"mIoU {fmt(event['value'])}, running mean {fmt(event['running'])}"
             + (f" (kept from trial #{event['reused_from']})" if event.get("reused_from") is not None else "")
         )
+    if kind == "epoch":
+        return epoch_line(f"trial #{event['trial']}", event)
     if kind == "trial":
         best = event["best"]
         best_text = (

@@ -21,6 +21,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -78,11 +79,21 @@ def fold_config(cfg: Config, fold: Fold, run_dir: str | Path) -> Config:
     return out
 
 
-def run_fold(cfg: Config, fold: Fold, k: int, run_dir: Path, *, keep_checkpoints: bool) -> dict:
+def run_fold(
+    cfg: Config,
+    fold: Fold,
+    k: int,
+    run_dir: Path,
+    *,
+    keep_checkpoints: bool,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train and score one fold; ``on_epoch(row)`` after each of its validation epochs (history row
+    plus ``epochs``)."""
     from offroadseg.experiments.scoring import train_and_score  # noqa: PLC0415 (torch/lightning when running)
 
     fcfg = fold_config(cfg, fold, run_dir)
-    run = train_and_score(fcfg)
+    run = train_and_score(fcfg, on_epoch=on_epoch)
     result, scores, no_tta_scores = run.result, run.scores, run.scores_no_tta
     no_tta = no_tta_scores["miou"] if no_tta_scores else None
     scored_with, fit_s, eval_s = run.scored_with, run.fit_s, run.eval_s
@@ -114,6 +125,10 @@ def run_fold(cfg: Config, fold: Fold, k: int, run_dir: Path, *, keep_checkpoints
         "eval_s": eval_s,
         "total_s": fit_s + eval_s,
     }
+
+
+def _epoch_event(on_epoch: Callable[[dict], None], row: dict, *, name: str, fold: int, folds: int) -> None:
+    on_epoch({**row, "name": name, "fold": fold, "folds": folds})
 
 
 def summarize_folds(rows: Sequence[dict], *, rare_class: str | None = None) -> dict:
@@ -193,6 +208,7 @@ def cross_validate(
     rare_class: str | None = None,
     keep_checkpoints: bool = False,
     on_fold: Callable[[dict, dict], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> dict:
     """Grouped K-fold CV of each config; runs go to ``<work_dir>/<name>/fold<i>``.
 
@@ -207,6 +223,8 @@ def cross_validate(
         on_fold: ``on_fold(progress, result_so_far)`` after every fold: ``progress`` has
             ``name``, ``fold``, ``folds``, ``row``, ``done``, ``total``, ``elapsed_s``, ``eta_s``;
             ``result_so_far`` is the return value with the folds done so far (for partial JSON).
+        on_epoch: ``on_epoch(progress)`` after every validation epoch of a fold: ``name``, ``fold``,
+            ``folds`` and the epoch's history row plus ``epochs`` (the most the fold may take).
 
     Returns:
         ``folds``, ``gap``, ``seed``, ``configs``: one entry per config with its settings
@@ -243,6 +261,9 @@ def cross_validate(
                 k,
                 Path(work_dir) / name / f"fold{fold.index + 1}",
                 keep_checkpoints=keep_checkpoints,
+                on_epoch=None
+                if on_epoch is None
+                else partial(_epoch_event, on_epoch, name=name, fold=fold.index + 1, folds=k),
             )
             entry["fold_rows"].append(row)
             entry["scored_with"] = row["scored_with"]

@@ -6,6 +6,7 @@ Shared by cross-validation folds (:mod:`offroadseg.experiments.cv`, ``tune``) an
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from offroadseg.config import Config
@@ -27,11 +28,12 @@ class ScoredRun:
     eval_s: float
 
 
-def train_and_score(cfg: Config) -> ScoredRun:
+def train_and_score(cfg: Config, *, on_epoch: Callable[[dict], None] | None = None) -> ScoredRun:
     """``train(cfg)``; with ``eval.tta`` other than ``none``, the selected checkpoint scored again on the
-    val split with that TTA, on the device training used (the loaded config carries the split file)."""
+    val split with that TTA, on the device training used (the loaded config carries the split file).
+    ``on_epoch`` gets every validation epoch's history row (see :func:`offroadseg.training.run.train`)."""
     start = time.perf_counter()
-    result = train(cfg)
+    result = train(cfg, on_epoch=on_epoch)
     fit_s = time.perf_counter() - start
     mode = cfg.train.checkpoint
     scores = no_tta = result.val_scores

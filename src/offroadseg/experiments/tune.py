@@ -29,6 +29,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,22 @@ def _suggest(trial, params: Sequence[Param]) -> dict[str, Any]:
     return values
 
 
+def _epoch_event(emit: Callable[[dict], None], row: dict, *, trial: int, fold: int, folds: int) -> None:
+    """A fold's validation epoch as a progress event (the fold's own mIoU, not the trial's objective)."""
+    emit(
+        {
+            "kind": "epoch",
+            "trial": trial,
+            "fold": fold,
+            "folds": folds,
+            "epoch": row["epoch"],
+            "epochs": row["epochs"],
+            "val_miou": row.get("val_miou"),
+            "epoch_s": row.get("epoch_time_s"),
+        }
+    )
+
+
 def fold_objective(row: dict, exclude: Sequence[str]) -> float | None:
     """A fold's mIoU over its classes with an IoU, leaving out ``exclude`` (the row's own mIoU if none)."""
     if not exclude:
@@ -170,7 +187,8 @@ def run_tune(
         base: the base config mapping (its ``base:`` chain resolved).
         params: the space.
         opts: trials, folds, storage, study name, ...
-        on_event: ``on_event(event)`` for progress: ``kind`` is ``start`` | ``fold`` | ``trial`` | ``stop``;
+        on_event: ``on_event(event)`` for progress: ``kind`` is ``start`` | ``epoch`` (a fold's validation
+            epoch) | ``fold`` | ``trial`` | ``stop``;
             the ``start`` event carries the opened Optuna study as ``handle``.
         run_fold: the fold runner (default :func:`offroadseg.experiments.cv.run_fold`; tests may pass another).
 
@@ -268,6 +286,9 @@ def run_tune(
                         opts.folds,
                         run_root / f"fold{fold.index + 1}",
                         keep_checkpoints=opts.keep_checkpoints,
+                        on_epoch=partial(
+                            _epoch_event, emit, trial=trial.number, fold=fold.index + 1, folds=opts.folds
+                        ),
                     )
                 except ConfigError as exc:  # a combination the model refuses (e.g. LoRA on cached blocks)
                     trial.set_user_attr("infeasible", str(exc))

@@ -95,6 +95,21 @@ class HistoryWriter(L.Callback):
             )
 
 
+class EpochReport(L.Callback):
+    """Calls ``on_epoch(row)`` after every validation epoch (rank 0 only), for progress lines of runs
+    that show no bar (``cv`` folds, ``tune`` trials): ``row`` is the epoch's history row (``epoch``,
+    ``val_miou``, ``epoch_time_s``, ...) plus ``epochs``, the most epochs the run may take."""
+
+    def __init__(self, on_epoch) -> None:
+        self.on_epoch = on_epoch
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        history = getattr(pl_module, "history", None)
+        if trainer.sanity_checking or not trainer.is_global_zero or not history:
+            return
+        self.on_epoch({**history[-1], "epochs": trainer.max_epochs})
+
+
 class FiniteLossGuard(L.Callback):
     """Stops the run at the first NaN/inf training loss, before its backward pass.
 

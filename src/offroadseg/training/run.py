@@ -22,6 +22,7 @@ from offroadseg.metrics import SegmentationScores, best_epoch, json_ready
 from offroadseg.progress import ProgressFn
 from offroadseg.training.callbacks import (
     AtomicCheckpointIO,
+    EpochReport,
     FiniteLossGuard,
     HistoryWriter,
     RunDirCheckpoint,
@@ -180,6 +181,7 @@ def train(
     resume: bool = False,
     force: bool = False,
     progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train from a config; writes everything into ``cfg.run.dir``.
 
@@ -189,6 +191,8 @@ def train(
         force: resume even when the config differs from the checkpoint's (keys listed otherwise).
         progress: ``progress(description)`` returns a ``(done, total)`` callback for the cache builds
             (decoding, the backbone pass), or None for silence.
+        on_epoch: called after every validation epoch with its history row plus ``epochs`` (the
+            most the run may take): progress for callers that show no bar.
     """
     run_dir = Path(cfg.run.dir)
     ckpt_dir = run_dir / "checkpoints"
@@ -210,7 +214,7 @@ def train(
     from offroadseg.training.caches import attach_caches  # noqa: PLC0415 (keeps import light)
 
     cache_report = attach_caches(cfg, dm, module, progress=progress)
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, extra_callbacks=[EpochReport(on_epoch)] if on_epoch else None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
