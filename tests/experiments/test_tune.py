@@ -235,6 +235,14 @@ def test_a_retried_trial_keeps_the_folds_its_predecessor_finished(ycor: Path, tm
     rows = retry.user_attrs["fold_rows"]
     assert [r.get("reused_from") for r in rows] == [0, None, None] and retry.user_attrs["cost_s"] >= 60.0
     assert [e.get("reused_from") for e in events if e["kind"] == "fold"] == [0, None, None]
+    (begin,) = [e for e in events if e["kind"] == "begin"]  # announced before its first fold
+    assert begin["retry_of"] == 0 and begin["kept_folds"] == [1] and begin["trial"] == retry.number
+    assert events.index(begin) < next(i for i, e in enumerate(events) if e["kind"] == "fold")
+    from offroadseg.cli.tune import _event_line
+
+    assert (
+        _event_line(begin) == f"  trial #{retry.number} starts (retry of #0, keeps fold(s) [1]): train.lr=0.3"
+    )
     from offroadseg.experiments.leaderboard import leaderboard_rows
 
     board = leaderboard_rows(optuna.load_study(study_name="r", storage=opts.storage))
@@ -338,6 +346,7 @@ def test_three_trials_leaderboard_plots_best_recipe_and_ensemble(ycor: Path, tmp
     assert res["complete"] == 3 and [r["state"] for r in rows] == ["complete"] * 3
     for r in rows:  # a complete trial's CV mean is the mean of its folds' values, best first
         assert r["folds_run"] == 2 and r["cv_mean"] == pytest.approx(sum(r["fold_values"]) / 2)
+        assert f"trial #{r['trial']} starts: " in printed
         for fold, value in enumerate(r["fold_values"], start=1):  # a line per epoch (1 epoch, no TTA)
             assert f"trial #{r['trial']} fold {fold}/2 epoch 1/1: val mIoU {value:.4f} (" in printed
     assert [r["cv_mean"] for r in rows] == sorted((r["cv_mean"] for r in rows), reverse=True)

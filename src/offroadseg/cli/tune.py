@@ -45,6 +45,13 @@ def _event_line(event: dict) -> str | None:
             f"mIoU {fmt(event['value'])}, running mean {fmt(event['running'])}"
             + (f" (kept from trial #{event['reused_from']})" if event.get("reused_from") is not None else "")
         )
+    if kind == "begin":
+        params = ", ".join(f"{k}={v}" for k, v in sorted(event["values"].items()))
+        retry = ""
+        if event.get("retry_of") is not None:
+            kept = event.get("kept_folds") or []
+            retry = f" (retry of #{event['retry_of']}" + (f", keeps fold(s) {kept})" if kept else ")")
+        return f"  trial #{event['trial']} starts{retry}: {params}"
     if kind == "epoch":
         return epoch_line(f"trial #{event['trial']}", event)
     if kind == "trial":

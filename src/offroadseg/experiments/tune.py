@@ -187,8 +187,8 @@ def run_tune(
         base: the base config mapping (its ``base:`` chain resolved).
         params: the space.
         opts: trials, folds, storage, study name, ...
-        on_event: ``on_event(event)`` for progress: ``kind`` is ``start`` | ``epoch`` (a fold's validation
-            epoch) | ``fold`` | ``trial`` | ``stop``;
+        on_event: ``on_event(event)`` for progress: ``kind`` is ``start`` | ``begin`` (a trial, its values) |
+            ``epoch`` (a fold's validation epoch) | ``fold`` | ``trial`` | ``stop``;
             the ``start`` event carries the opened Optuna study as ``handle``.
         run_fold: the fold runner (default :func:`offroadseg.experiments.cv.run_fold`; tests may pass another).
 
@@ -270,6 +270,15 @@ def run_tune(
         reused = finished_folds(study, trial)  # a retry keeps the folds its predecessor finished
         if reused:
             inherit_rungs(study, trial)  # ... and the rungs it passed
+        emit(
+            {
+                "kind": "begin",
+                "trial": trial.number,
+                "values": values,
+                "retry_of": trial.user_attrs.get("retry_of"),
+                "kept_folds": sorted(reused),
+            }
+        )
         reused_s = 0.0
         for fold in folds:
             done = reused.get(fold.index + 1)
