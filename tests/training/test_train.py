@@ -115,7 +115,13 @@ def test_weighted_focal_dice_bf16_accumulation_warmup(toy_root, tmp_path, monkey
 
     recorder = _StepRecorder()
     build = run.build_trainer
-    monkeypatch.setattr(run, "build_trainer", lambda *a, **k: build(*a, **k, extra_callbacks=[recorder]))
+    monkeypatch.setattr(
+        run,
+        "build_trainer",
+        lambda *a, extra_callbacks=None, **k: build(
+            *a, **k, extra_callbacks=[*(extra_callbacks or []), recorder]
+        ),
+    )
     cfg = toy_config(
         toy_root,
         tmp_path / "r",
