@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -102,7 +103,9 @@ def test_cv_cli_runs_grouped_folds(tmp_path: Path, capsys) -> None:
         assert r["scored_with"].startswith("last checkpoint") and r["epochs"] == 1
         assert not (Path(r["run_dir"]) / "checkpoints").exists()  # removed after scoring
         # one progress line per validation epoch: 1 epoch, scored without TTA -> the fold's own figure
-        assert f"ycor fold {r['fold']}/3 epoch 1/1: val mIoU {r['miou']:.4f} (" in printed
+        # (the epoch's time is a figure: an event without the history row's epoch_time_s printed "n/a")
+        line = f"ycor fold {r['fold']}/3 epoch 1/1: val mIoU {r['miou']:.4f} "
+        assert re.search(re.escape(line) + r"\((\d+ s|\d+\.\d min) an epoch\)\n", printed)
     assert sorted(held_out) == sorted(groups)
     # one feature store over train ∪ val serves every fold: only the first fold runs the backbone
     assert [r["cache_built"] for r in rows] == [True, False, False]
@@ -181,3 +184,16 @@ def test_a_base_that_trains_on_train_plus_val_never_trains_on_a_folds_held_out_f
         trained = {s.name for s in list_samples(out.data, out.data.train_split)}
         scored = {s.name for s in list_samples(out.data, out.data.val_split)}
         assert trained == set(fold.train) and scored == set(fold.val) and not trained & scored
+
+
+def test_epoch_line_known_answer() -> None:
+    """Epoch 3 of 5 at 383.5 s an epoch: 2 epochs, 767 s, left; the last epoch says nothing of what is left."""
+    from offroadseg.cli.cv import epoch_line
+
+    row = {"epoch": 3, "epochs": 5, "val_miou": 0.31586, "epoch_time_s": 383.49, "fold": 2, "folds": 5}
+    assert epoch_line("trial #28", row) == (
+        "    trial #28 fold 2/5 epoch 3/5: val mIoU 0.3159 (6.4 min an epoch; training ends in ~12.8 min)"
+    )
+    assert epoch_line("ycor", {**row, "epoch": 5, "epoch_time_s": 90.0}) == (
+        "    ycor fold 2/5 epoch 5/5: val mIoU 0.3159 (90 s an epoch)"
+    )

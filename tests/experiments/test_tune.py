@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -348,7 +349,8 @@ def test_three_trials_leaderboard_plots_best_recipe_and_ensemble(ycor: Path, tmp
         assert r["folds_run"] == 2 and r["cv_mean"] == pytest.approx(sum(r["fold_values"]) / 2)
         assert f"trial #{r['trial']} starts: " in printed
         for fold, value in enumerate(r["fold_values"], start=1):  # a line per epoch (1 epoch, no TTA)
-            assert f"trial #{r['trial']} fold {fold}/2 epoch 1/1: val mIoU {value:.4f} (" in printed
+            line = f"trial #{r['trial']} fold {fold}/2 epoch 1/1: val mIoU {value:.4f} "
+            assert re.search(re.escape(line) + r"\((\d+ s|\d+\.\d min) an epoch\)\n", printed)
     assert [r["cv_mean"] for r in rows] == sorted((r["cv_mean"] for r in rows), reverse=True)
     ens = res["ensemble"]
     assert ens["members"] == [rows[0]["trial"], rows[1]["trial"]] and len(ens["fold_values"]) == 2

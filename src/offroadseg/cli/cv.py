@@ -48,11 +48,12 @@ def fold_line(progress: dict) -> str:
 def epoch_line(label: str, event: dict) -> str:
     """One progress line per validation epoch of a fold (``cv`` and ``tune`` show no bar): its val mIoU,
     the epoch's time and when the fold's training ends at that pace (early stopping may end it sooner)."""
-    left = (event["epochs"] - event["epoch"]) * event["epoch_s"] if event.get("epoch_s") is not None else None
+    epoch_s = event.get("epoch_time_s")
+    left = (event["epochs"] - event["epoch"]) * epoch_s if epoch_s is not None else None
     ends = f"; training ends in ~{seconds(left)}" if left else ""
     return (
         f"    {label} fold {event['fold']}/{event['folds']} epoch {event['epoch']}/{event['epochs']}: "
-        f"val mIoU {fmt(event.get('val_miou'))} ({seconds(event.get('epoch_s'))} an epoch{ends})"
+        f"val mIoU {fmt(event.get('val_miou'))} ({seconds(epoch_s)} an epoch{ends})"
     )
 
 

@@ -24,6 +24,10 @@ def _minutes(s: float | None) -> str:
     return f"{s / 60:.1f} min"
 
 
+def _values_text(values: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
+
+
 def _event_line(event: dict) -> str | None:
     kind = event["kind"]
     if kind == "start":
@@ -46,12 +50,11 @@ def _event_line(event: dict) -> str | None:
             + (f" (kept from trial #{event['reused_from']})" if event.get("reused_from") is not None else "")
         )
     if kind == "begin":
-        params = ", ".join(f"{k}={v}" for k, v in sorted(event["values"].items()))
         retry = ""
         if event.get("retry_of") is not None:
             kept = event.get("kept_folds") or []
             retry = f" (retry of #{event['retry_of']}" + (f", keeps fold(s) {kept})" if kept else ")")
-        return f"  trial #{event['trial']} starts{retry}: {params}"
+        return f"  trial #{event['trial']} starts{retry}: {_values_text(event['values'])}"
     if kind == "epoch":
         return epoch_line(f"trial #{event['trial']}", event)
     if kind == "trial":
@@ -65,7 +68,7 @@ def _event_line(event: dict) -> str | None:
         elif state == "pruned" and event.get("pruned_after"):
             state = f"pruned after {event['pruned_after']} fold(s)"
         value = f" CV {fmt(event['value'])}" if event["value"] is not None and state == "complete" else ""
-        params = ", ".join(f"{k}={v}" for k, v in sorted(event["params"].items()))
+        params = _values_text(event["params"])
         return (
             f"[trial {event['done']}/{event['trials']}] #{event['trial']} {state}{value}; {best_text}; "
             f"elapsed {_minutes(event['elapsed_s'])}, ETA {_minutes(event['eta_s'])}\n    {params}"

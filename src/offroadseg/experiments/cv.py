@@ -127,8 +127,11 @@ def run_fold(
     }
 
 
-def _epoch_event(on_epoch: Callable[[dict], None], row: dict, *, name: str, fold: int, folds: int) -> None:
-    on_epoch({**row, "name": name, "fold": fold, "folds": folds})
+def epoch_event(on_epoch: Callable[[dict], None], row: dict, **context) -> None:
+    """A fold's validation epoch as one progress event, for ``cv`` and ``tune`` alike: the epoch's history
+    row (``epoch``, ``epochs``, ``val_miou``, ``epoch_time_s``, ...) plus where it ran (``fold``, ``folds``,
+    and the config ``name`` or the ``trial``)."""
+    on_epoch({**row, **context})
 
 
 def summarize_folds(rows: Sequence[dict], *, rare_class: str | None = None) -> dict:
@@ -263,7 +266,7 @@ def cross_validate(
                 keep_checkpoints=keep_checkpoints,
                 on_epoch=None
                 if on_epoch is None
-                else partial(_epoch_event, on_epoch, name=name, fold=fold.index + 1, folds=k),
+                else partial(epoch_event, on_epoch, name=name, fold=fold.index + 1, folds=k),
             )
             entry["fold_rows"].append(row)
             entry["scored_with"] = row["scored_with"]

@@ -148,22 +148,6 @@ def _suggest(trial, params: Sequence[Param]) -> dict[str, Any]:
     return values
 
 
-def _epoch_event(emit: Callable[[dict], None], row: dict, *, trial: int, fold: int, folds: int) -> None:
-    """A fold's validation epoch as a progress event (the fold's own mIoU, not the trial's objective)."""
-    emit(
-        {
-            "kind": "epoch",
-            "trial": trial,
-            "fold": fold,
-            "folds": folds,
-            "epoch": row["epoch"],
-            "epochs": row["epochs"],
-            "val_miou": row.get("val_miou"),
-            "epoch_s": row.get("epoch_time_s"),
-        }
-    )
-
-
 def fold_objective(row: dict, exclude: Sequence[str]) -> float | None:
     """A fold's mIoU over its classes with an IoU, leaving out ``exclude`` (the row's own mIoU if none)."""
     if not exclude:
@@ -296,7 +280,12 @@ def run_tune(
                         run_root / f"fold{fold.index + 1}",
                         keep_checkpoints=opts.keep_checkpoints,
                         on_epoch=partial(
-                            _epoch_event, emit, trial=trial.number, fold=fold.index + 1, folds=opts.folds
+                            cv.epoch_event,
+                            emit,
+                            kind="epoch",
+                            trial=trial.number,
+                            fold=fold.index + 1,
+                            folds=opts.folds,
                         ),
                     )
                 except ConfigError as exc:  # a combination the model refuses (e.g. LoRA on cached blocks)
