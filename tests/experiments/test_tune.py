@@ -205,6 +205,23 @@ def test_a_trial_behind_after_its_first_fold_is_pruned(ycor: Path, tmp_path: Pat
     assert trial_events[-1]["best"] == {"trial": 3, "value": pytest.approx(0.4)}
 
 
+def test_the_begin_line_shows_list_choices_as_lists(ycor: Path, tmp_path: Path) -> None:
+    """A list choice travels through Optuna as JSON text; the trial's start line shows the list."""
+    from offroadseg.cli.tune import _event_line
+    from offroadseg.experiments.tune import TuneOptions, run_tune
+
+    params = parse_space({"data.image_size": {"choice": [[56, 98], [70, 126]]}})
+    opts = TuneOptions(
+        trials=1, folds=2, storage=f"sqlite:///{tmp_path / 'tune.db'}", study="b", work_dir=str(tmp_path)
+    )
+    opts.enqueue = [{"data.image_size": [70, 126]}]
+    events: list[dict] = []
+    run_tune(_tiny_base(ycor), params, opts, on_event=events.append, run_fold=_fold_runner(0.5))
+    (begin,) = [e for e in events if e["kind"] == "begin"]
+    assert begin["values"] == {"data.image_size": [70, 126]}
+    assert _event_line(begin) == f"  trial #{begin['trial']} starts: data.image_size=[70, 126]"
+
+
 def test_a_retried_trial_keeps_the_folds_its_predecessor_finished(ycor: Path, tmp_path: Path) -> None:
     """A trial stopped in fold 2 is retried from fold 2: fold 1's row is reused, not re-run."""
     from offroadseg.experiments.tune import TuneOptions, run_tune

@@ -258,7 +258,7 @@ def run_tune(
             {
                 "kind": "begin",
                 "trial": trial.number,
-                "values": values,
+                "values": {k: decode_choice(v) for k, v in values.items()},
                 "retry_of": trial.user_attrs.get("retry_of"),
                 "kept_folds": sorted(reused),
             }
