@@ -31,7 +31,7 @@ YCOR_CONFIGS = (
 def test_bench_ycor_on_a_ycor_like_set(tmp_path: Path, capsys) -> None:
     root = make_ycor_like(tmp_path / "ycor")
     out = tmp_path / "ycor.json"
-    configs = [str(REPO / "configs" / "ycor_linear.yaml"), str(REPO / "configs" / "ycor_quick.yaml")]
+    configs = [str(REPO / "configs" / "ycor_linear.yaml"), str(REPO / "configs" / "ycor_rare.yaml")]
     argv = ["bench", "ycor", *configs, "--data", str(root), "--epochs", "1", "--json", str(out)]
     argv += ["--work-dir", str(tmp_path / "runs")]
     for override in TINY:
@@ -43,8 +43,8 @@ def test_bench_ycor_on_a_ycor_like_set(tmp_path: Path, capsys) -> None:
     assert "per-class IoU of the best" in printed and "ycor_linear" in printed
     res = json.loads(out.read_text())
     rows = {r["name"]: r for r in res["rows"]}
-    assert list(rows) == ["ycor_linear", "ycor_quick"] and res["best"] in rows
-    lin, best = rows["ycor_linear"], rows["ycor_quick"]
+    assert list(rows) == ["ycor_linear", "ycor_rare"] and res["best"] in rows
+    lin, best = rows["ycor_linear"], rows["ycor_rare"]
     assert Path(lin["run_dir"]) == tmp_path / "runs" / "ycor_linear"
     assert lin["head"] == best["head"] == "linear" and best["layers"] == "last 2"
     assert lin["epochs"] == 1 and len(lin["history_val_miou"]) == 1 and lin["val_frames"] == 2
@@ -147,7 +147,7 @@ def test_real_ycor_lists_and_loads() -> None:
 def test_bench_ycor_folds_adds_cross_validation_to_the_table(tmp_path: Path, capsys) -> None:
     root = make_ycor_like(tmp_path / "ycor", n_train=4, n_val=2, frame_ids=[0, 1, 10, 11, 20, 21])
     out, md = tmp_path / "ycor.json", tmp_path / "ycor.md"
-    configs = [str(REPO / "configs" / "ycor_linear.yaml"), str(REPO / "configs" / "ycor_quick.yaml")]
+    configs = [str(REPO / "configs" / "ycor_linear.yaml"), str(REPO / "configs" / "ycor_rare.yaml")]
     argv = ["bench", "ycor", *configs, "--data", str(root), "--epochs", "1", "--folds", "2"]
     argv += ["--json", str(out), "--markdown", str(md), "--work-dir", str(tmp_path / "runs")]
     for override in [*TINY, "eval.tta=none"]:
@@ -156,11 +156,11 @@ def test_bench_ycor_folds_adds_cross_validation_to_the_table(tmp_path: Path, cap
         warnings.simplefilter("ignore")
         assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "[4/4] ycor_quick fold 2/2" in printed and "best by CV" in printed
+    assert "[4/4] ycor_rare fold 2/2" in printed and "best by CV" in printed
     res = json.loads(out.read_text())
-    assert "partial" not in res and [r["name"] for r in res["rows"]] == ["ycor_linear", "ycor_quick"]
+    assert "partial" not in res and [r["name"] for r in res["rows"]] == ["ycor_linear", "ycor_rare"]
     cv = {c["name"]: c for c in res["cv"]["configs"]}
-    assert list(cv) == ["ycor_linear", "ycor_quick"] and res["best_cv"] in cv
+    assert list(cv) == ["ycor_linear", "ycor_rare"] and res["best_cv"] in cv
     for name, c in cv.items():
         assert len(c["fold_rows"]) == 2 and sum(c["fold_sizes"]) == 6
         assert c["miou_mean"] == pytest.approx(sum(r["miou"] for r in c["fold_rows"]) / 2)

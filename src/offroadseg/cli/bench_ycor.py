@@ -174,7 +174,7 @@ def register(bench_sub) -> None:
         "configs",
         nargs="*",
         help="config files (default: configs/ycor_{linear,conv,ppm}.yaml, configs/ycor.yaml; with --folds: "
-        "configs/ycor_{baseline,spread,adapt,combo}.yaml, the rows that chose the previous configs/ycor.yaml, now configs/ycor_quick.yaml)",
+        "configs/ycor_{baseline,spread,adapt,combo}.yaml, the rows that chose the previous configs/ycor.yaml, now configs/ycor_rare.yaml)",
     )
     p.add_argument("--data", default=None, help="the YCOR folder (default: each config's data.root)")
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs of every config")
