@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from offroadseg.atomic import atomic_save, atomic_write_text
-from offroadseg.experiments.space import decode_choice
+from offroadseg.experiments.space import decode_values
 
 __all__ = ["best_recipe_text", "leaderboard_rows", "same_folds_delta", "write_outputs"]
 
@@ -127,10 +127,7 @@ def leaderboard_rows(study) -> list[dict]:
                 )
                 / 60.0,
                 # a waiting trial has no params yet: its queued (enqueued) values
-                "params": {
-                    k: decode_choice(v)
-                    for k, v in (t.params or t.system_attrs.get("fixed_params") or {}).items()
-                },
+                "params": decode_values(t.params or t.system_attrs.get("fixed_params") or {}),
                 "leader": leader.number if leader is not None else None,
                 "vs_leader_same_folds": (
                     same_folds_delta(_fold_scores(t), _fold_scores(leader))

@@ -69,6 +69,11 @@ def decode_choice(value: Any) -> Any:
     return value
 
 
+def decode_values(values: dict[str, Any]) -> dict[str, Any]:
+    """A trial's values as the user wrote them (Optuna's params, or suggested or queued values)."""
+    return {k: decode_choice(v) for k, v in values.items()}
+
+
 def _number(value: Any, *, integer: bool) -> bool:
     if isinstance(value, bool):
         return False

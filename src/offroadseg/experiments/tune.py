@@ -35,7 +35,7 @@ from typing import Any
 
 from offroadseg.config import Config, config_from_dict
 from offroadseg.errors import ConfigError, OffroadsegError
-from offroadseg.experiments.space import Param, apply_params, decode_choice, encode_choice
+from offroadseg.experiments.space import Param, apply_params, decode_values, encode_choice
 from offroadseg.experiments.tune_store import (
     MAX_RETRIES,
     counted,
@@ -258,7 +258,7 @@ def run_tune(
             {
                 "kind": "begin",
                 "trial": trial.number,
-                "values": {k: decode_choice(v) for k, v in values.items()},
+                "values": decode_values(values),
                 "retry_of": trial.user_attrs.get("retry_of"),
                 "kept_folds": sorted(reused),
             }
@@ -365,7 +365,7 @@ def run_tune(
                 "eta_s": (sum(trial_times) / len(trial_times)) * left,
                 "pruned_after": last.user_attrs.get("pruned_after_folds"),
                 "infeasible": last.user_attrs.get("infeasible"),
-                "params": {k: decode_choice(v) for k, v in last.params.items()},
+                "params": decode_values(last.params),
             }
         )
     emit({"kind": "stop", "why": stopped})
