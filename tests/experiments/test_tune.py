@@ -494,6 +494,31 @@ def test_recovery_reports_which_dead_trials_are_queued_again_and_which_are_at_th
     assert recover_trials(study) == {"failed": [], "requeued": [], "at_limit": []}
 
 
+def test_a_retry_that_scored_a_fold_of_its_own_starts_a_new_count_of_retries() -> None:
+    """The retry limit stops a trial that dies again and again, not one stopped between sessions after it
+    scored a new fold: that one is queued again (depth 1) even at MAX_RETRIES; one whose only scored
+    folds were kept from its predecessor is not."""
+    import socket
+
+    from offroadseg.experiments.tune_store import MAX_RETRIES, recover_trials
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    kept = {"fold": 1, "objective": 0.5, "reused_from": 7}
+    own = {"fold": 2, "objective": 0.4}
+    unscored = {"fold": 3, "objective": None}
+    for rows in ([kept, own], [kept], [kept, unscored]):
+        t = study.ask(dist)
+        attrs = {"pid": gone.pid, "host": socket.gethostname(), "retry_depth": MAX_RETRIES, "fold_rows": rows}
+        for key, value in attrs.items():
+            t.set_user_attr(key, value)
+    assert recover_trials(study) == {"failed": [0, 1, 2], "requeued": [0], "at_limit": [1, 2]}
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [(t.user_attrs["retry_of"], t.user_attrs["retry_depth"]) for t in waiting] == [(0, 1)]
+
+
 def test_the_shipped_seed_points_fit_the_shipped_space_and_config() -> None:
     """Every point of configs/spaces/ycor_seed.yaml names every key of configs/spaces/ycor.yaml, lies inside
     its distributions (else Optuna would refuse it mid-study) and gives a config configs/ycor.yaml accepts."""

@@ -203,13 +203,16 @@ def recover_trials(study) -> dict[str, list[int]]:
 
     A running trial is dead when it ran on this host and its process is gone, or (any host) when
     its heartbeat is older than the grace period. A failed trial is queued again once (up to
-    ``MAX_RETRIES`` times along one chain of retries); surplus and finished trials never are, nor one
-    failed by hand with the user attribute ``dequeued_by_hand`` (taken off the queue on purpose).
+    ``MAX_RETRIES`` times along one chain of retries that scored no new fold: a trial that scored a fold
+    of its own before it died made progress, so its retry starts a new count; a study stopped between
+    sessions while a long trial runs resumes however many sessions the trial takes); surplus and
+    finished trials never are, nor one failed by hand with the user attribute ``dequeued_by_hand``
+    (taken off the queue on purpose).
 
     Returns:
         ``failed``: the trials this call marked failed; ``requeued``: the failed trials whose values
         it queued again; ``at_limit``: the trials it marked failed that are not queued again because
-        their chain of retries is ``MAX_RETRIES`` long.
+        their chain of retries is ``MAX_RETRIES`` long without a new fold.
     """
     import optuna  # noqa: PLC0415
     from optuna.trial import TrialState  # noqa: PLC0415
@@ -236,7 +239,9 @@ def recover_trials(study) -> dict[str, list[int]]:
             continue
         if t.user_attrs.get("dequeued_by_hand"):
             continue
-        depth = int(t.user_attrs.get("retry_depth", 0))
+        # the limit guards against a trial that dies again and again: one that scored a fold of its own
+        # before it stopped (a study stopped between sessions) made progress, so its chain starts anew
+        depth = 0 if _scored_own_fold(t) else int(t.user_attrs.get("retry_depth", 0))
         if depth >= MAX_RETRIES or not t.params:
             if t.number in failed:
                 at_limit.append(t.number)
@@ -246,6 +251,14 @@ def recover_trials(study) -> dict[str, list[int]]:
         )
         requeued.append(t.number)
     return {"failed": failed, "requeued": requeued, "at_limit": at_limit}
+
+
+def _scored_own_fold(trial) -> bool:
+    """The trial scored at least one fold itself (not one kept from the trial it retries)."""
+    return any(
+        r.get("objective") is not None and r.get("reused_from") is None
+        for r in trial.user_attrs.get("fold_rows") or []
+    )
 
 
 def counted(trial) -> bool:
