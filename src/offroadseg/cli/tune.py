@@ -36,7 +36,8 @@ def _event_line(event: dict) -> str | None:
             rec += f"; failed trials {event['requeued']} queued again"
         if event.get("at_limit"):
             rec += (
-                f"; {event['at_limit']} not queued again (each already retried {event['max_retries']} times)"
+                f"; {event['at_limit']} not queued again (each already retried {event['max_retries']} times "
+                f"without a new fold)"
             )
         stores = "; ".join(f"{h}x{w}: hidden states {b}" for (h, w), b in event["store_blocks"].items())
         return (
