@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "predict",
     "export",
     "bench",
+    "cache",
     "demo",
     "app",
 )

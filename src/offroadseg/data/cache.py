@@ -21,6 +21,7 @@ list (paths, sizes, mtimes), the training size, the taxonomy and the unknown-val
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -47,6 +48,7 @@ from offroadseg.taxonomy import Taxonomy
 
 __all__ = [
     "CACHE_FORMAT",
+    "MANIFEST",
     "CacheWarning",
     "DecodedCache",
     "FullLabels",
@@ -60,6 +62,8 @@ __all__ = [
     "open_or_build_store",
     "open_store",
     "check_store",
+    "remove_tree",
+    "sweep_leftovers",
 ]
 
 # Bump when the layout or the meaning of a stored array changes: older stores are rebuilt.
@@ -132,9 +136,17 @@ def open_store(path: str | Path, key: str) -> Store | None:
         return None
     reason = check_store(path, key)
     if isinstance(reason, Store):
+        _touch(path / MANIFEST)
         return reason
     warnings.warn(f"cache {path} is not usable ({reason}); rebuilding it", CacheWarning, stacklevel=2)
     return None
+
+
+def _touch(file: Path) -> None:
+    """Mark a store as used now (its manifest's mtime), for ``offroadseg cache``'s least-recently-used
+    order; a read-only shared cache is used as it is."""
+    with contextlib.suppress(OSError):
+        os.utime(file)
 
 
 def check_store(path: Path, key: str) -> Store | str:
@@ -167,7 +179,7 @@ def check_store(path: Path, key: str) -> Store | str:
     return Store(path=path, key=key, arrays=arrays, meta=manifest.get("meta") or {})
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Move a folder out of the way atomically, then delete it (a reader never sees half of it)."""
     trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
     try:
@@ -248,7 +260,8 @@ def build_store(
     if need > free:
         raise DataError(
             f"not enough disk space for the cache {path}: needs {need / 2**30:.2f} GiB, "
-            f"{free / 2**30:.2f} GiB free; fix: set data.cache.dir=<a folder on a larger disk> "
+            f"{free / 2**30:.2f} GiB free; fix: remove stores you no longer use (`offroadseg cache list`, "
+            f"`offroadseg cache prune --max-gb N`), set data.cache.dir=<a folder on a larger disk> "
             f"or turn the cache off (data.cache.decoded=false data.cache.features=false)"
         )
     tmp = Path(
@@ -293,7 +306,7 @@ def build_store(
 
 def _install(tmp: Path, path: Path, key: str) -> None:
     if path.exists() and not isinstance(check_store(path, key), Store):
-        _remove_tree(path)  # stale or corrupt: out of the way (already warned about by open_store)
+        remove_tree(path)  # stale or corrupt: out of the way (already warned about by open_store)
     try:
         os.replace(tmp, path)
     except OSError as exc:
