@@ -73,14 +73,39 @@ def test_reused_without_decoding(toy: Path, tmp_path: Path, monkeypatch) -> None
     assert (second(1)[0] == first(1)[0]).all()
 
 
-def test_changed_file_invalidates(toy: Path, tmp_path: Path) -> None:
+def test_changed_file_invalidates(toy: Path, tmp_path: Path, monkeypatch) -> None:
     first = _open(toy, tmp_path / "c")
     image = sorted((toy / "train" / "Color_Images").iterdir())[0]
-    data = image.read_bytes()
-    image.write_bytes(data)
-    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    from PIL import Image
+
+    pixels = np.array(Image.open(image))
+    pixels[0, 0] = 255 - pixels[0, 0]  # one pixel changed
+    Image.fromarray(pixels).save(image)
+    calls = _count_decodes(monkeypatch)
     second = _open(toy, tmp_path / "c")
-    assert second.built and second.path != first.path
+    assert second.built and second.path != first.path and calls[0] == 4
+    assert first.path.exists()  # another store: the old one stays until pruned
+
+
+def test_a_touched_or_copied_dataset_reuses_its_store_without_decoding(
+    toy: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The key holds paths and mtimes (cheap); a miss then looks for a store of the same content and
+    re-keys it: a dataset copied again (new mtimes) or moved does not rebuild gigabytes."""
+    first = _open(toy, tmp_path / "c")
+    first_path, sample = first.path, first(1)[0].copy()
+    for f in (toy / "train").rglob("*.png"):
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    moved = tmp_path / "moved"
+    shutil.copytree(toy, moved)  # new paths, new mtimes, same bytes
+    calls = _count_decodes(monkeypatch)
+    second = _open(moved, tmp_path / "c")
+    assert not second.built and calls[0] == 0
+    assert second.path != first_path and not first_path.exists()  # moved to the new key, not copied
+    assert (second(1)[0] == sample).all()
+    assert [p.name for p in (tmp_path / "c" / "decoded").iterdir()] == [second.path.name]
+    third = _open(moved, tmp_path / "c")  # found by the cheap key now
+    assert not third.built and third.path == second.path and calls[0] == 0
 
 
 def test_changed_image_size_invalidates(toy: Path, tmp_path: Path) -> None:

@@ -76,7 +76,8 @@ def test_cv_cli_runs_grouped_folds(tmp_path: Path, capsys) -> None:
     root = make_ycor_like(tmp_path / "ycor", n_train=4, n_val=2, frame_ids=IDS)
     out, md = tmp_path / "cv.json", tmp_path / "cv.md"
     argv = _argv(root, tmp_path, "--set", "train.checkpoint=last", "--folds", "3", "--set", "eval.tta=none")
-    argv += ["--json", str(out)]
+    # a cache of its own: another test's store of the same generated frames would be found by content
+    argv += ["--set", f"data.cache.dir={tmp_path / 'cache'}", "--json", str(out)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main([*argv, "--markdown", str(md)]) == 0

@@ -428,8 +428,13 @@ def _wait_for(pred, timeout: float = 120.0) -> None:
 def test_kill_9_then_the_same_command_continues_the_study(ycor: Path, tmp_path: Path) -> None:
     argv = _argv(ycor, tmp_path, "--pruner", "none", trials=3)
     proc = _spawn(argv)
-    # kill -9 while trial 1 runs (trial 0 complete)
-    _wait_for(lambda: any(t.number == 1 and t.state.name == "RUNNING" for t in _trials(tmp_path)))
+    # kill -9 while trial 1 runs (trial 0 complete), once the worker has recorded its pid on it (a kill in
+    # the instant between ask and that record leaves a trial only the heartbeat's grace period recovers)
+    _wait_for(
+        lambda: any(
+            t.number == 1 and t.state.name == "RUNNING" and "pid" in t.user_attrs for t in _trials(tmp_path)
+        )
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = {t.number: (t.state.name, t.value) for t in _trials(tmp_path)}

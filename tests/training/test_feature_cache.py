@@ -141,6 +141,31 @@ def test_changed_file_invalidates(toy: Path, tmp_path: Path, backbone_calls) -> 
     assert calls[0] == 12 and all(s["built"] for s in report.stores)
 
 
+def test_a_copied_dataset_reuses_the_feature_store_without_the_backbone(
+    toy: Path, tmp_path: Path, backbone_calls
+) -> None:
+    """A dataset copied to another place (new paths, new mtimes, same bytes) finds its store by content:
+    re-keyed and moved, not rebuilt (a YCOR store is 4.8-9.2 GiB and minutes of backbone on a CPU)."""
+    import shutil
+
+    calls = backbone_calls
+    cfg = _cfg(toy, tmp_path / "c", features=True)
+    dm1, module1 = _setup(cfg)
+    first = attach_caches(cfg, dm1, module1)
+    assert calls[0] == 6
+    built = _store_features(dm1)
+    copy = tmp_path / "copy"
+    shutil.copytree(toy, copy, copy_function=shutil.copy)  # shutil.copy: new mtimes
+    cfg2 = _cfg(copy, tmp_path / "c", features=True)
+    dm, module = _setup(cfg2)
+    second = attach_caches(cfg2, dm, module)
+    assert calls[0] == 6 and not any(s["built"] for s in second.stores)
+    assert [s["path"] for s in second.stores] != [s["path"] for s in first.stores]
+    assert len(list((tmp_path / "c" / "features").iterdir())) == 1
+    reused = _store_features(dm)
+    assert built.keys() == reused.keys() and all(np.array_equal(built[k], reused[k]) for k in built)
+
+
 def test_truncated_feature_array_is_rebuilt(toy: Path, tmp_path: Path, backbone_calls) -> None:
     calls = backbone_calls
     cfg = _cfg(toy, tmp_path / "c", features=True)

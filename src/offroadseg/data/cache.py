@@ -17,12 +17,19 @@ The decoded-data cache stores what :meth:`SegmentationDataset._load` returns, de
 resized once: uint8 RGB images and uint8 train ids at the training size, plus the label's
 full-resolution ids when validation scores at full resolution. Its key covers the file
 list (paths, sizes, mtimes), the training size, the taxonomy and the unknown-value policy.
+
+Every store's manifest also records a *content key*: the same inputs with the files by name, size and
+sha256 instead of path and mtime. When the cheap key misses, the content key is computed (one read of
+every file) and a store with the same one is re-keyed and moved (:func:`adopt_store`): a dataset copied
+again, moved or re-provisioned keeps its stores. ``offroadseg cache`` lists and prunes what is left
+(:mod:`offroadseg.data.cache_admin`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -39,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from offroadseg.atomic import atomic_write_text
 from offroadseg.data.datasets import Sample, load_pair, resize_image, resize_mask
 from offroadseg.data.io import image_size as read_image_size
 from offroadseg.errors import DataError
@@ -54,6 +62,7 @@ __all__ = [
     "FullLabels",
     "read_full_labels",
     "Store",
+    "adopt_store",
     "build_store",
     "cache_root",
     "decoded_key",
@@ -106,16 +115,22 @@ def hash_key(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def file_fingerprints(samples: Iterable[Sample]) -> list[list]:
-    """``[path, size, mtime_ns]`` of every image and label file, sorted by path."""
+def file_fingerprints(samples: Iterable[Sample], *, content: bool = False) -> list[list]:
+    """``[path, size, mtime_ns]`` of every image and label file, sorted by path: cheap, the key a store
+    is found by. With ``content``: ``[name, size, sha256]`` in the samples' order, without paths or
+    mtimes, the key a store is recognised by after its dataset was copied, moved or touched."""
     rows = []
     for s in samples:
-        for p in (s.image, s.label):
+        for role, p in (("image", s.image), ("label", s.label)):
             if p is None:
                 continue
-            st = Path(p).stat()
-            rows.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
-    return sorted(rows)
+            if content:
+                data = Path(p).read_bytes()
+                rows.append([f"{s.name}:{role}", len(data), hashlib.sha256(data).hexdigest()])
+            else:
+                st = Path(p).stat()
+                rows.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
+    return rows if content else sorted(rows)
 
 
 # ---- stores ------------------------------------------------------------------------------------
@@ -240,6 +255,8 @@ def build_store(
     key: str,
     specs: dict[str, tuple[tuple[int, ...], Any]],
     fill: Fill,
+    *,
+    content_key: str | None = None,
 ) -> Store:
     """Build a store atomically and return it opened.
 
@@ -248,6 +265,7 @@ def build_store(
         key: what the store was built for (checked on every open).
         specs: ``name -> (shape, dtype)`` of each array.
         fill: writes the arrays (given as writable memory maps); returns extra manifest metadata.
+        content_key: the same inputs keyed by the files' content (recorded: see :func:`adopt_store`).
 
     Raises:
         DataError: the disk is full or not writable (nothing is left behind).
@@ -283,6 +301,7 @@ def build_store(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "arrays": {n: {"shape": list(a.shape), "dtype": a.dtype.str} for n, a in arrays.items()},
             "meta": meta,
+            **({"content_key": content_key} if content_key else {}),
         }
         del arrays
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))  # written last: marks a whole store
@@ -316,17 +335,61 @@ def _install(tmp: Path, path: Path, key: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def adopt_store(path: Path, key: str, content_key: str) -> Store | None:
+    """A whole store beside ``path`` built from files of the same content (``content_key``), re-keyed to
+    ``key`` and moved to ``path``; None when there is none.
+
+    Keys hold the files' paths and mtimes (cheap to check on every run), so a dataset copied again (a
+    container, ``cp`` without ``-p``, a re-provisioned disk) or moved would otherwise rebuild every store
+    (minutes to an hour on a CPU, gigabytes each) and leave the old one behind. Only a store whose
+    manifest recorded the same content key is taken: same bytes in every image and label, same settings.
+    """
+    folder = path.parent
+    if not folder.is_dir():
+        return None
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or entry == path or not entry.is_dir():
+            continue
+        try:
+            manifest = _read_manifest(entry)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(manifest, dict) or manifest.get("content_key") != content_key:
+            continue
+        if not isinstance(check_store(entry, manifest.get("key")), Store):
+            continue
+        try:
+            manifest["key"] = key
+            atomic_write_text(entry / MANIFEST, json.dumps(manifest, indent=1))
+            if path.exists():
+                remove_tree(path)  # stale or corrupt (open_store refused it)
+            os.replace(entry, path)
+        except OSError:  # another process adopted it first, or the cache is read-only
+            return open_store(path, key)
+        store = check_store(path, key)
+        return store if isinstance(store, Store) else None
+    return None
+
+
 def open_or_build_store(
     path: str | Path,
     key: str,
     specs: Callable[[], dict[str, tuple[tuple[int, ...], Any]]],
     fill: Fill,
+    content_key: Callable[[], str] | None = None,
 ) -> Store:
-    """The store at ``path`` for ``key``: reused when whole and matching, else (re)built."""
+    """The store at ``path`` for ``key``: reused when whole and matching; else one built from files of
+    the same content, re-keyed (``content_key``, computed only then: it reads every file); else built."""
+    path = Path(path)
     store = open_store(path, key)
     if store is not None:
         return store
-    return build_store(path, key, specs(), fill)
+    ckey = content_key() if content_key is not None else None
+    if ckey is not None:
+        adopted = adopt_store(path, key, ckey)
+        if adopted is not None:
+            return adopted
+    return build_store(path, key, specs(), fill, content_key=ckey)
 
 
 # ---- label-resolution ids ---------------------------------------------------------------------
@@ -382,12 +445,14 @@ def decoded_key(
     image_size: tuple[int, int],
     unknown: str,
     full_res: bool,
+    content: bool = False,
 ) -> str:
-    """What a decoded store depends on: files, training size, taxonomy, unknown policy, full-res masks."""
+    """What a decoded store depends on: files, training size, taxonomy, unknown policy, full-res masks
+    (``content``: the files by content, see :func:`file_fingerprints`)."""
     return hash_key(
         {
             "kind": "decoded",
-            "files": file_fingerprints(samples),
+            "files": file_fingerprints(samples, content=content),
             "order": [s.name for s in samples],
             "image_size": [int(image_size[0]), int(image_size[1])],
             "taxonomy": taxonomy.to_dict(),
@@ -490,7 +555,10 @@ def open_decoded_cache(
         progress: called with ``(done, total)`` while building.
     """
     size = (int(image_size[0]), int(image_size[1]))
-    key = decoded_key(samples, taxonomy, image_size=size, unknown=unknown, full_res=full_res)
+    keyed = functools.partial(
+        decoded_key, samples, taxonomy, image_size=size, unknown=unknown, full_res=full_res
+    )
+    key = keyed()
     path = Path(root) if root is not None else cache_root(None)
     path = path / "decoded" / key[:32]
     n = len(samples)
@@ -523,4 +591,4 @@ def open_decoded_cache(
                 progress(done, n)
         return {"samples": n, "image_size": list(size)}
 
-    return DecodedCache(open_or_build_store(path, key, specs, fill))
+    return DecodedCache(open_or_build_store(path, key, specs, fill, lambda: keyed(content=True)))

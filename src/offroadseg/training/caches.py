@@ -19,6 +19,7 @@ is that order and ``train_idx``/``val_idx`` index it, ``store.indices_of(samples
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 import warnings
@@ -309,7 +310,8 @@ def _open_frames(cfg, module, frames, loader, taxonomy: Taxonomy, *, workers: in
     b = cfg.model.backbone
     blocks = stored_blocks(cfg, module)
     precision = pass_precision(cfg, device)
-    key = feature_key(
+    keyed = functools.partial(
+        feature_key,
         frames,
         taxonomy=taxonomy.to_dict(),
         image_size=size,
@@ -325,6 +327,7 @@ def _open_frames(cfg, module, frames, loader, taxonomy: Taxonomy, *, workers: in
         full_res=full_res,
         precision=precision,
     )
+    key = keyed()
     # A batch that fits: a ViT forward in inference mode holds only one block's activations.
     batch = 16 if device.type == "cuda" else max(1, cfg.eval.batch_size)
     model.to(device)
@@ -334,6 +337,7 @@ def _open_frames(cfg, module, frames, loader, taxonomy: Taxonomy, *, workers: in
             loader,
             model,
             key=key,
+            content_key=lambda: keyed(content=True),
             blocks=blocks,
             root=cache_root(cfg.data.cache.dir),
             image_size=size,

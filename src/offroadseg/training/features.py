@@ -115,18 +115,20 @@ def feature_key(
     seed: int,
     full_res: bool,
     precision: str = "fp32",
+    content: bool = False,
 ) -> str:
     """What a frame store depends on: the frames, the resize, the stored hidden states and their weights,
     the views, the precision of the backbone pass; not the head's layers nor ``train_blocks`` (a store
     serves every config it covers). An fp32 pass adds no field, so stores keyed before the field existed
-    (fp32 on the CPU) stay valid; a bf16- or fp16-built store has a key of its own."""
+    (fp32 on the CPU) stay valid; a bf16- or fp16-built store has a key of its own. ``content``: the
+    frames by content and name instead of path and mtime (see :func:`~offroadseg.data.cache.adopt_store`)."""
     extra = {} if precision == "fp32" else {"precision": precision}
     return hash_key(
         {
             **extra,
             "kind": "frames",
-            "files": file_fingerprints(samples),
-            "order": [str(Path(s.image).resolve()) for s in samples],
+            "files": file_fingerprints(samples, content=content),
+            "order": [s.name if content else str(Path(s.image).resolve()) for s in samples],
             "image_size": [int(image_size[0]), int(image_size[1])],
             "taxonomy": taxonomy,
             "unknown": unknown,
@@ -230,6 +232,7 @@ def open_feature_store(
     model: Segmentor,
     *,
     key: str,
+    content_key: Callable[[], str] | None = None,
     blocks: Sequence[int],
     root: str | Path,
     image_size: tuple[int, int],
@@ -251,6 +254,8 @@ def open_feature_store(
             size (a dataset's own loader or the decoded cache), indexed like ``samples``.
         model: the segmentor whose backbone computes the hidden states.
         key: from :func:`feature_key`; the store lives in ``<root>/features/<key>``.
+        content_key: computes the key of the same inputs by content (``feature_key(..., content=True)``):
+            on a miss, a store built from identical files elsewhere or before a copy is re-keyed, not rebuilt.
         blocks: the hidden-state indices to store (``0..L``).
         transform: the augmentation pipeline of views ``1..V-1`` (hflip excluded).
         precision: of the backbone pass, ``fp32`` | ``bf16`` | ``fp16`` (see
@@ -321,7 +326,7 @@ def open_feature_store(
     was_training = model.training
     model.eval()
     try:
-        return FrameStore(open_or_build_store(path, key, specs, fill), list(samples))
+        return FrameStore(open_or_build_store(path, key, specs, fill, content_key), list(samples))
     finally:
         model.train(was_training)
 
