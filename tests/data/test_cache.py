@@ -226,3 +226,21 @@ def test_decoded_cache_pickles_without_arrays(toy: Path, tmp_path: Path) -> None
     clone = pickle.loads(pickle.dumps(cache))
     assert clone._arrays is None
     assert (clone(0)[1] == cache(0)[1]).all()
+
+
+def test_the_content_key_ignores_the_taxonomy_name_and_nothing_else(toy: Path) -> None:
+    """A YCOR-style taxonomy is named after its data folder, which a copy may rename: the content key
+    (the one a copied dataset is recognised by) leaves the name out; the class table still counts."""
+    import dataclasses
+
+    from offroadseg.data.cache import decoded_key
+
+    samples, tax = _setup(toy)
+    renamed = dataclasses.replace(tax, name="copied_folder")
+    fewer = dataclasses.replace(tax, ignore_values=(*tax.ignore_values, 99))
+
+    def key(t, content: bool) -> str:
+        return decoded_key(samples, t, image_size=SIZE, unknown="error", full_res=False, content=content)
+
+    assert key(renamed, True) == key(tax, True) and key(renamed, False) != key(tax, False)
+    assert key(fewer, True) != key(tax, True)

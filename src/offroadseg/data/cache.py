@@ -67,6 +67,7 @@ __all__ = [
     "cache_root",
     "decoded_key",
     "file_fingerprints",
+    "taxonomy_payload",
     "open_decoded_cache",
     "open_or_build_store",
     "open_store",
@@ -113,6 +114,12 @@ def hash_key(payload: Any) -> str:
     """sha256 of a JSON-serialisable payload (the cache format is always part of it)."""
     text = json.dumps({"format": CACHE_FORMAT, "payload": payload}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def taxonomy_payload(taxonomy: dict, *, content: bool = False) -> dict:
+    """A taxonomy as a key holds it; a content key leaves out its name (by default the data folder's name,
+    which a copy may change; the stored ids do not depend on it)."""
+    return {k: v for k, v in taxonomy.items() if not (content and k == "name")}
 
 
 def file_fingerprints(samples: Iterable[Sample], *, content: bool = False) -> list[list]:
@@ -455,7 +462,7 @@ def decoded_key(
             "files": file_fingerprints(samples, content=content),
             "order": [s.name for s in samples],
             "image_size": [int(image_size[0]), int(image_size[1])],
-            "taxonomy": taxonomy.to_dict(),
+            "taxonomy": taxonomy_payload(taxonomy.to_dict(), content=content),
             "unknown": unknown,
             "full_res": bool(full_res),
         }

@@ -54,6 +54,7 @@ from offroadseg.data.cache import (
     hash_key,
     open_or_build_store,
     read_full_labels,
+    taxonomy_payload,
 )
 from offroadseg.data.datasets import Sample, normalize
 from offroadseg.errors import ConfigError, DataError
@@ -130,7 +131,7 @@ def feature_key(
             "files": file_fingerprints(samples, content=content),
             "order": [s.name if content else str(Path(s.image).resolve()) for s in samples],
             "image_size": [int(image_size[0]), int(image_size[1])],
-            "taxonomy": taxonomy,
+            "taxonomy": taxonomy_payload(taxonomy, content=content),
             "unknown": unknown,
             "backbone": backbone_name,
             "weights": weights,
