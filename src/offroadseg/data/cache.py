@@ -67,6 +67,8 @@ __all__ = [
     "cache_root",
     "decoded_key",
     "file_fingerprints",
+    "folder_bytes",
+    "read_manifest",
     "taxonomy_payload",
     "open_decoded_cache",
     "open_or_build_store",
@@ -141,8 +143,22 @@ def file_fingerprints(samples: Iterable[Sample], *, content: bool = False) -> li
 
 
 # ---- stores ------------------------------------------------------------------------------------
-def _read_manifest(path: Path) -> dict:
-    return json.loads((path / MANIFEST).read_text())
+def read_manifest(path: Path) -> dict | str:
+    """A store folder's manifest, or why it has no usable one (missing, unreadable, another format)."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        return "no manifest: an interrupted or foreign folder"
+    except (OSError, ValueError) as exc:
+        return f"unreadable manifest: {exc}"
+    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
+        return f"cache format {manifest.get('format') if isinstance(manifest, dict) else '?'}, expected {CACHE_FORMAT}"
+    return manifest
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (a store or a leftover of one)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def open_store(path: str | Path, key: str) -> Store | None:
@@ -172,14 +188,9 @@ def _touch(file: Path) -> None:
 
 
 def check_store(path: Path, key: str) -> Store | str:
-    try:
-        manifest = _read_manifest(path)
-    except FileNotFoundError:
-        return "no manifest: an interrupted or foreign folder"
-    except (OSError, ValueError) as exc:
-        return f"unreadable manifest: {exc}"
-    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
-        return f"cache format {manifest.get('format') if isinstance(manifest, dict) else '?'}, expected {CACHE_FORMAT}"
+    manifest = read_manifest(path)
+    if isinstance(manifest, str):
+        return manifest
     if manifest.get("key") != key:
         return "built for other files or settings (key mismatch)"
     arrays = {}
@@ -226,7 +237,7 @@ def sweep_leftovers(folder: Path) -> int:
     leftovers += list(folder.glob(".trash-*"))
     freed = 0
     for entry in leftovers:
-        freed += sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+        freed += folder_bytes(entry)
         shutil.rmtree(entry, ignore_errors=True)
     if leftovers:
         warnings.warn(
@@ -357,11 +368,8 @@ def adopt_store(path: Path, key: str, content_key: str) -> Store | None:
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or entry == path or not entry.is_dir():
             continue
-        try:
-            manifest = _read_manifest(entry)
-        except (OSError, ValueError):
-            continue
-        if not isinstance(manifest, dict) or manifest.get("content_key") != content_key:
+        manifest = read_manifest(entry)
+        if isinstance(manifest, str) or manifest.get("content_key") != content_key:
             continue
         if not isinstance(check_store(entry, manifest.get("key")), Store):
             continue

@@ -13,13 +13,19 @@ none; a run that loses its store mid-way stops with "changed during the run; run
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from offroadseg.data.cache import CACHE_FORMAT, MANIFEST, CacheWarning, remove_tree, sweep_leftovers
+from offroadseg.data.cache import (
+    MANIFEST,
+    CacheWarning,
+    folder_bytes,
+    read_manifest,
+    remove_tree,
+    sweep_leftovers,
+)
 
 __all__ = ["KINDS", "StoreInfo", "PruneResult", "list_stores", "prune_stores"]
 
@@ -58,10 +64,6 @@ class PruneResult:
         return sum(s.bytes for s in self.removed) + self.leftover_bytes
 
 
-def _folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def _describe(kind: str, manifest: dict) -> tuple[int | None, str]:
     meta = manifest.get("meta") or {}
     arrays = manifest.get("arrays") or {}
@@ -86,24 +88,14 @@ def _describe(kind: str, manifest: dict) -> tuple[int | None, str]:
 
 def _info(kind: str, path: Path) -> StoreInfo:
     manifest_file = path / MANIFEST
-    problem = ""
-    manifest: dict = {}
-    try:
-        manifest = json.loads(manifest_file.read_text())
-        if not isinstance(manifest, dict):
-            raise ValueError("not a JSON object")
-        if manifest.get("format") != CACHE_FORMAT:
-            problem = f"cache format {manifest.get('format')}, expected {CACHE_FORMAT}"
-    except FileNotFoundError:
-        problem = "no manifest: an interrupted or foreign folder"
-    except (OSError, ValueError) as exc:
-        problem = f"unreadable manifest: {exc}"
+    read = read_manifest(path)
+    problem, manifest = (read, {}) if isinstance(read, str) else ("", read)
     last_used = (manifest_file if manifest_file.exists() else path).stat().st_mtime
     samples, detail = _describe(kind, manifest) if manifest else (None, "")
     return StoreInfo(
         kind=kind,
         path=path,
-        bytes=_folder_bytes(path),
+        bytes=folder_bytes(path),
         created=str(manifest.get("created", "")),
         last_used=last_used,
         samples=samples,
