@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from offroadseg.progress import progress
+from offroadseg.progress import labelled, progress
 
 
 class _Terminal(io.StringIO):
@@ -40,3 +40,11 @@ def test_terminal_gets_a_tqdm_bar_with_eta() -> None:
         update(done, 10)
     text = out.getvalue()
     assert "doctor" in text and "\r" in text and "file/s" in text and "<" in text  # tqdm's ETA field
+
+
+def test_labelled_leads_every_step_with_its_label() -> None:
+    made = []
+    factory = labelled(lambda desc: made.append(desc) or (lambda done, total: None), "trial #3 fold 2/5")
+    assert factory is not None and callable(factory("class weights"))
+    assert made == ["trial #3 fold 2/5: class weights"]
+    assert labelled(None, "anything") is None  # no factory: the steps stay silent

@@ -16,9 +16,10 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-__all__ = ["ProgressFn", "progress"]
+__all__ = ["ProgressFn", "StepProgress", "labelled", "progress"]
 
 ProgressFn = Callable[[int, int], None]
+StepProgress = Callable[[str], ProgressFn | None]  # ``factory(description)``: a step's callback, or None
 
 
 class _Lines:
@@ -91,3 +92,11 @@ def _is_terminal(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):  # a closed or file-like object without a descriptor
         return False
+
+
+def labelled(factory: StepProgress | None, label: str) -> StepProgress | None:
+    """``factory`` with ``label`` leading every step's description (e.g. ``"trial #3 fold 2/5"``), so that
+    the lines of a step run inside a fold say which fold they belong to; None stays None."""
+    if factory is None:
+        return None
+    return lambda desc: factory(f"{label}: {desc}")

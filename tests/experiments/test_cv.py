@@ -81,7 +81,8 @@ def test_cv_cli_runs_grouped_folds(tmp_path: Path, capsys) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main([*argv, "--markdown", str(md)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "[1/3] ycor fold 1/3" in printed and "ETA" in printed and "[3/3]" in printed
     res = json.loads(out.read_text())
     assert "partial" not in res and res["folds"] == 3 and res["best"] == "ycor"
@@ -110,6 +111,14 @@ def test_cv_cli_runs_grouped_folds(tmp_path: Path, capsys) -> None:
     assert sorted(held_out) == sorted(groups)
     # one feature store over train ∪ val serves every fold: only the first fold runs the backbone
     assert [r["cache_built"] for r in rows] == [True, False, False]
+    # the steps before a fold's first epoch report progress, named by fold (a log gets plain lines):
+    # the store is built in fold 1 only, the class weights are counted in every fold
+    assert re.search(
+        r"^ycor fold 1/3: backbone pass \(feature cache\): \d+/\d+ img done in ", captured.err, re.M
+    )
+    assert "fold 2/3: backbone pass" not in captured.err and "fold 3/3: backbone pass" not in captured.err
+    for fold in (1, 2, 3):
+        assert re.search(rf"^ycor fold {fold}/3: class weights: 4/4 img done in ", captured.err, re.M)
     mious = [r["miou"] for r in rows]
     assert entry["miou_mean"] == pytest.approx(np.mean(mious))
     assert entry["miou_std"] == pytest.approx(np.std(mious, ddof=1))

@@ -62,7 +62,7 @@ def _fold_runner(miou: float, *, ran: list | None = None, stop_in_fold: int | No
     """A stand-in for ``cv.run_fold``: every fold scores ``miou``; the worker stops (KeyboardInterrupt) on
     entering fold ``stop_in_fold``; the folds it runs are appended to ``ran``."""
 
-    def run(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None):
+    def run(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None, progress=None):
         if stop_in_fold == fold.index + 1:
             raise KeyboardInterrupt
         if ran is not None:
@@ -185,7 +185,7 @@ def test_a_trial_behind_after_its_first_fold_is_pruned(ycor: Path, tmp_path: Pat
     params = parse_space({"train.lr": {"choice": [0.3, 0.2, 0.1, 0.4]}})
     ran: list[tuple[float, int]] = []
 
-    def fake_fold(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None):
+    def fake_fold(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None, progress=None):
         ran.append((cfg.train.lr, fold.index + 1))
         return {"fold": fold.index + 1, "miou": cfg.train.lr, "per_class_iou": {"a": cfg.train.lr}}
 
@@ -321,7 +321,7 @@ def test_a_retry_runs_before_the_points_queued_ahead_of_it(ycor: Path, tmp_path:
 
     stopped = _fold_runner(0.5, stop_in_fold=1)  # the worker stops in the first trial's first fold
 
-    def fold(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None):
+    def fold(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None, progress=None):
         if fold.index == 0:
             order.append(round(cfg.train.lr, 1))
         return {"fold": fold.index + 1, "miou": 0.5, "per_class_iou": {"a": 0.5}}
@@ -351,7 +351,13 @@ def test_three_trials_leaderboard_plots_best_recipe_and_ensemble(ycor: Path, tmp
         warnings.simplefilter("ignore")
         argv = _argv(ycor, tmp_path, "--json", str(out), "--pruner", "none", "--ensemble-top", "2")
         assert main(argv) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    # the shared store is built once, in the first trial's first fold, and says so by trial and fold
+    assert re.search(
+        r"^trial #0 fold 1/2: backbone pass \(feature cache\): \d+/\d+ img done in ", captured.err, re.M
+    )
+    assert captured.err.count("backbone pass (feature cache)") == 1
     assert (
         "[trial 1/3]" in printed
         and "[trial 3/3]" in printed

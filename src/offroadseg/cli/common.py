@@ -9,7 +9,13 @@ import math
 from pathlib import Path
 
 from offroadseg.errors import ConfigError
-from offroadseg.progress import progress  # noqa: F401 (the commands' progress callbacks)
+from offroadseg.progress import ProgressFn, progress
+
+
+def fold_progress(desc: str) -> ProgressFn:
+    """Progress of a step inside a ``cv`` or ``tune`` fold (class weights, a feature-store build): a bar on
+    a terminal, one line a minute in a log (a study's log runs for hours; a store build for minutes)."""
+    return progress(desc, every_s=60.0)
 
 
 def write_json(path: str | None, payload: dict) -> None:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from offroadseg.atomic import atomic_write_text
-from offroadseg.cli.common import add_set_option, fmt, write_json
+from offroadseg.cli.common import add_set_option, fmt, fold_progress, write_json
 from offroadseg.metrics import json_ready
 
 
@@ -181,6 +181,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         keep_checkpoints=args.keep_checkpoints,
         on_fold=on_fold,
         on_epoch=lambda event: print(epoch_line(event["name"], event), flush=True),
+        progress=fold_progress,
     )
     md = print_cv(res)
     if res["best"]:

@@ -32,6 +32,7 @@ from offroadseg.data.datasets import list_samples, read_split_table, split_file_
 from offroadseg.data.folds import Fold, make_folds, split_file_text
 from offroadseg.errors import ConfigError
 from offroadseg.metrics import best_epoch
+from offroadseg.progress import StepProgress, labelled
 
 __all__ = ["cross_validate", "fold_config", "plan_folds", "run_fold", "summarize_folds"]
 
@@ -87,13 +88,14 @@ def run_fold(
     *,
     keep_checkpoints: bool,
     on_epoch: Callable[[dict], None] | None = None,
+    progress: StepProgress | None = None,
 ) -> dict:
     """Train and score one fold; ``on_epoch(row)`` after each of its validation epochs (history row
-    plus ``epochs``)."""
+    plus ``epochs``); ``progress(description)`` for its steps before the first epoch (a store build)."""
     from offroadseg.experiments.scoring import train_and_score  # noqa: PLC0415 (torch/lightning when running)
 
     fcfg = fold_config(cfg, fold, run_dir)
-    run = train_and_score(fcfg, on_epoch=on_epoch)
+    run = train_and_score(fcfg, on_epoch=on_epoch, progress=progress)
     result, scores, no_tta_scores = run.result, run.scores, run.scores_no_tta
     no_tta = no_tta_scores["miou"] if no_tta_scores else None
     scored_with, fit_s, eval_s = run.scored_with, run.fit_s, run.eval_s
@@ -212,6 +214,7 @@ def cross_validate(
     keep_checkpoints: bool = False,
     on_fold: Callable[[dict, dict], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    progress: StepProgress | None = None,
 ) -> dict:
     """Grouped K-fold CV of each config; runs go to ``<work_dir>/<name>/fold<i>``.
 
@@ -223,11 +226,13 @@ def cross_validate(
         work_dir: where the fold runs go.
         rare_class: the class reported per fold (default: the least-labelled one).
         keep_checkpoints: keep each fold's ``checkpoints/`` (deleted after scoring by default).
-        on_fold: ``on_fold(progress, result_so_far)`` after every fold: ``progress`` has
+        on_fold: ``on_fold(done, result_so_far)`` after every fold: ``done`` has
             ``name``, ``fold``, ``folds``, ``row``, ``done``, ``total``, ``elapsed_s``, ``eta_s``;
             ``result_so_far`` is the return value with the folds done so far (for partial JSON).
-        on_epoch: ``on_epoch(progress)`` after every validation epoch of a fold: ``name``, ``fold``,
+        on_epoch: ``on_epoch(event)`` after every validation epoch of a fold: ``name``, ``fold``,
             ``folds`` and the epoch's history row plus ``epochs`` (the most the fold may take).
+        progress: ``progress(description)`` makes the callback of a fold's step before its first
+            epoch (class weights, a feature-store build); descriptions lead with ``"<name> fold i/k"``.
 
     Returns:
         ``folds``, ``gap``, ``seed``, ``configs``: one entry per config with its settings
@@ -267,6 +272,7 @@ def cross_validate(
                 on_epoch=None
                 if on_epoch is None
                 else partial(epoch_event, on_epoch, name=name, fold=fold.index + 1, folds=k),
+                progress=labelled(progress, f"{name} fold {fold.index + 1}/{k}"),
             )
             entry["fold_rows"].append(row)
             entry["scored_with"] = row["scored_with"]
@@ -276,7 +282,7 @@ def cross_validate(
             fold_times.append(row["total_s"] - row["cache_build_s"])
             eta = float(np.mean(fold_times)) * (total - done)
             if on_fold is not None:
-                progress = {
+                fold_done = {
                     "name": name,
                     "fold": fold.index + 1,
                     "folds": k,
@@ -286,7 +292,7 @@ def cross_validate(
                     "elapsed_s": time.perf_counter() - start,
                     "eta_s": eta,
                 }
-                on_fold(progress, result)
+                on_fold(fold_done, result)
     scored = [
         c for c in result["configs"] if c.get("miou_mean") is not None and not math.isnan(c["miou_mean"])
     ]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from offroadseg.config import Config
 from offroadseg.devices import accelerator_device
+from offroadseg.progress import StepProgress
 from offroadseg.training.run import TrainResult, train
 
 __all__ = ["ScoredRun", "train_and_score"]
@@ -28,12 +29,18 @@ class ScoredRun:
     eval_s: float
 
 
-def train_and_score(cfg: Config, *, on_epoch: Callable[[dict], None] | None = None) -> ScoredRun:
+def train_and_score(
+    cfg: Config,
+    *,
+    on_epoch: Callable[[dict], None] | None = None,
+    progress: StepProgress | None = None,
+) -> ScoredRun:
     """``train(cfg)``; with ``eval.tta`` other than ``none``, the selected checkpoint scored again on the
     val split with that TTA, on the device training used (the loaded config carries the split file).
-    ``on_epoch`` gets every validation epoch's history row (see :func:`offroadseg.training.run.train`)."""
+    ``on_epoch`` gets every validation epoch's history row and ``progress`` makes the callbacks of the
+    steps before the first epoch (class weights, cache builds; see :func:`offroadseg.training.run.train`)."""
     start = time.perf_counter()
-    result = train(cfg, on_epoch=on_epoch)
+    result = train(cfg, on_epoch=on_epoch, progress=progress)
     fit_s = time.perf_counter() - start
     mode = cfg.train.checkpoint
     scores = no_tta = result.val_scores

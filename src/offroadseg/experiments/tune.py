@@ -47,6 +47,7 @@ from offroadseg.experiments.tune_store import (
 )
 from offroadseg.models.archs import ARCHS
 from offroadseg.models.backbone import hidden_states_needed, resolve_layers
+from offroadseg.progress import StepProgress, labelled
 
 __all__ = [
     "TuneOptions",
@@ -164,6 +165,7 @@ def run_tune(
     *,
     on_event: Callable[[dict], None] | None = None,
     run_fold: Callable | None = None,
+    progress: StepProgress | None = None,
 ) -> dict:
     """Run (or continue) a study until N trials are complete or pruned, or ``minutes`` pass.
 
@@ -175,6 +177,8 @@ def run_tune(
             ``epoch`` (a fold's validation epoch) | ``fold`` | ``trial`` | ``stop``;
             the ``start`` event carries the opened Optuna study as ``handle``.
         run_fold: the fold runner (default :func:`offroadseg.experiments.cv.run_fold`; tests may pass another).
+        progress: ``progress(description)`` makes the callback of a fold's step before its first epoch
+            (class weights, a feature-store build); descriptions lead with ``"trial #n fold i/k"``.
 
     Returns:
         ``study`` name, ``handle`` (the Optuna study), ``trials_counted``, ``stopped`` (why),
@@ -286,6 +290,9 @@ def run_tune(
                             trial=trial.number,
                             fold=fold.index + 1,
                             folds=opts.folds,
+                        ),
+                        progress=labelled(
+                            progress, f"trial #{trial.number} fold {fold.index + 1}/{opts.folds}"
                         ),
                     )
                 except ConfigError as exc:  # a combination the model refuses (e.g. LoRA on cached blocks)

@@ -34,6 +34,7 @@ from offroadseg.data.datasets import Sample, SegmentationDataset
 from offroadseg.data.transforms import build_train_transform, photometric_or_geometric
 from offroadseg.devices import accelerator_device
 from offroadseg.errors import ConfigError
+from offroadseg.progress import StepProgress
 from offroadseg.taxonomy import Taxonomy
 from offroadseg.training.datamodule import SegDataModule, default_workers
 from offroadseg.training.features import (
@@ -136,7 +137,7 @@ def attach_caches(
     dm: SegDataModule,
     module,
     *,
-    progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
+    progress: StepProgress | None = None,
 ) -> CacheReport:
     """Swap the datamodule's datasets for cached ones when the config asks for it.
 

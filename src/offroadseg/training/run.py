@@ -19,7 +19,7 @@ from offroadseg.data.stats import count_pixels
 from offroadseg.errors import ConfigError
 from offroadseg.losses import class_weights_from_counts
 from offroadseg.metrics import SegmentationScores, best_epoch, json_ready
-from offroadseg.progress import ProgressFn
+from offroadseg.progress import ProgressFn, StepProgress
 from offroadseg.training.callbacks import (
     AtomicCheckpointIO,
     EpochReport,
@@ -180,7 +180,7 @@ def train(
     *,
     resume: bool = False,
     force: bool = False,
-    progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
+    progress: StepProgress | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train from a config; writes everything into ``cfg.run.dir``.
