@@ -131,6 +131,9 @@ def test_train_evaluate_score_roundtrip(capsys, data, tmp_path):
     code, out, _ = _run(capsys, "train", cfg, "--json", tmp_path / "t.json")
     assert code == 0 and "mIoU" in out
     result = json.loads((tmp_path / "t.json").read_text())
+    # run.progress: false shows no bar: a line per validation epoch says where training is
+    line = f"    train epoch 1/1: val mIoU {result['history'][0]['val_miou']:.4f} ("
+    assert line in out, out
     code, out, _ = _run(
         capsys, "evaluate", result["best_checkpoint"], "--split", "val", "--json", tmp_path / "e.json"
     )

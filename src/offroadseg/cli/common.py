@@ -12,9 +12,10 @@ from offroadseg.errors import ConfigError
 from offroadseg.progress import ProgressFn, progress
 
 
-def fold_progress(desc: str) -> ProgressFn:
-    """Progress of a step inside a ``cv`` or ``tune`` fold (class weights, a feature-store build): a bar on
-    a terminal, one line a minute in a log (a study's log runs for hours; a store build for minutes)."""
+def quiet_progress(desc: str) -> ProgressFn:
+    """Progress of a long step where no training bar is shown (``cv``, ``tune``, ``train`` with
+    ``run.progress=false``): class weights, a feature-store build. A bar on a terminal, one line a minute in
+    a log (a study's log runs for hours; a store build for minutes)."""
     return progress(desc, every_s=60.0)
 
 

@@ -12,8 +12,10 @@ from offroadseg.cli.common import (
     fmt,
     print_scores,
     progress,
+    quiet_progress,
     write_json,
 )
+from offroadseg.cli.cv import epoch_line
 from offroadseg.cli.predict import (
     add_engine_arguments,
     add_ensemble_argument,
@@ -41,7 +43,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"cv` or `tune`; train on train+val only for the final model)"
         )
     start = time.perf_counter()
-    result = train(cfg, resume=args.resume, force=args.force, progress=progress if cfg.run.progress else None)
+    if cfg.run.progress:  # Lightning's bar shows the batches and each epoch's figures
+        result = train(cfg, resume=args.resume, force=args.force, progress=progress)
+    else:  # no bar (a log, a script): a line per validation epoch and for each long step
+        result = train(
+            cfg,
+            resume=args.resume,
+            force=args.force,
+            progress=quiet_progress,
+            on_epoch=lambda event: print(epoch_line("train", event), flush=True),
+        )
     if result.best_checkpoint is None and result.history == []:
         return 0  # a non-zero DDP rank
     took = time.perf_counter() - start

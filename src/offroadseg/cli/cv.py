@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from offroadseg.atomic import atomic_write_text
-from offroadseg.cli.common import add_set_option, fmt, fold_progress, write_json
+from offroadseg.cli.common import add_set_option, fmt, quiet_progress, write_json
 from offroadseg.metrics import json_ready
 
 
@@ -46,13 +46,15 @@ def fold_line(progress: dict) -> str:
 
 
 def epoch_line(label: str, event: dict) -> str:
-    """One progress line per validation epoch of a fold (``cv`` and ``tune`` show no bar): its val mIoU,
-    the epoch's time and when the fold's training ends at that pace (early stopping may end it sooner)."""
+    """One progress line per validation epoch of a run without a bar (a ``cv`` or ``tune`` fold, ``train``
+    with ``run.progress=false``): its val mIoU, the epoch's time and when training ends at that pace (early
+    stopping may end it sooner). ``label`` names the run; an event with ``fold`` names the fold too."""
     epoch_s = event.get("epoch_time_s")
     left = (event["epochs"] - event["epoch"]) * epoch_s if epoch_s is not None else None
     ends = f"; training ends in ~{seconds(left)}" if left else ""
+    where = f"{label} fold {event['fold']}/{event['folds']}" if "fold" in event else label
     return (
-        f"    {label} fold {event['fold']}/{event['folds']} epoch {event['epoch']}/{event['epochs']}: "
+        f"    {where} epoch {event['epoch']}/{event['epochs']}: "
         f"val mIoU {fmt(event.get('val_miou'))} ({seconds(epoch_s)} an epoch{ends})"
     )
 
@@ -181,7 +183,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         keep_checkpoints=args.keep_checkpoints,
         on_fold=on_fold,
         on_epoch=lambda event: print(epoch_line(event["name"], event), flush=True),
-        progress=fold_progress,
+        progress=quiet_progress,
     )
     md = print_cv(res)
     if res["best"]:

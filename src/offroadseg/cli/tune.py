@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from offroadseg.cli.common import add_set_option, fmt, fold_progress
+from offroadseg.cli.common import add_set_option, fmt, quiet_progress
 from offroadseg.cli.cv import epoch_line
 
 __all__ = ["register"]
@@ -153,7 +153,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 json_path=args.json,
             )
 
-    result = run_tune(base, params, opts, on_event=on_event, progress=fold_progress)
+    result = run_tune(base, params, opts, on_event=on_event, progress=quiet_progress)
     study = result["handle"]
     payload = write_outputs(
         study, out, base_config=configs[0], command=command, overrides=given, json_path=args.json
