@@ -418,7 +418,9 @@ def _spawn(argv: list[str]) -> subprocess.Popen:
     )
 
 
-def _wait_for(pred, timeout: float = 120.0) -> None:
+def _wait_for(pred, timeout: float = 600.0) -> None:
+    """Until ``pred()`` holds: a precondition, not a timing check (a worker at nice 19 beside a study on 2
+    cores took over 120 s to reach its second trial), so the limit only stops a worker that never gets there."""
     end = time.time() + timeout
     while time.time() < end:
         try:
