@@ -43,16 +43,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"cv` or `tune`; train on train+val only for the final model)"
         )
     start = time.perf_counter()
-    if cfg.run.progress:  # Lightning's bar shows the batches and each epoch's figures
-        result = train(cfg, resume=args.resume, force=args.force, progress=progress)
-    else:  # no bar (a log, a script): a line per validation epoch and for each long step
-        result = train(
-            cfg,
-            resume=args.resume,
-            force=args.force,
-            progress=quiet_progress,
-            on_epoch=lambda event: print(epoch_line("train", event), flush=True),
-        )
+    # with Lightning's bar (run.progress) the bar shows the epochs; without it (a log, a script) a line per
+    # validation epoch, and long steps report a line a minute
+    quiet = not cfg.run.progress
+    result = train(
+        cfg,
+        resume=args.resume,
+        force=args.force,
+        progress=quiet_progress if quiet else progress,
+        on_epoch=(lambda event: print(epoch_line("train", event), flush=True)) if quiet else None,
+    )
     if result.best_checkpoint is None and result.history == []:
         return 0  # a non-zero DDP rank
     took = time.perf_counter() - start
