@@ -174,6 +174,72 @@ def test_bad_storage_and_a_study_of_another_space_are_one_line(ycor: Path, tmp_p
     assert [t.number for t in _trials(tmp_path)] == done  # nothing of the study lost or added
 
 
+def _without_trials(argv: list[str]) -> list[str]:
+    i = argv.index("--trials")
+    return argv[:i] + argv[i + 2 :]
+
+
+def test_report_writes_the_board_of_a_study_as_it_is_and_touches_nothing(
+    ycor: Path, tmp_path: Path, capsys
+) -> None:
+    """``--report``: the leaderboard of the study now, a trial of a dead worker left RUNNING (not failed,
+    not queued again: it may be another machine's), no trial run; a missing database or study, or another
+    space, is one line (exit 2) and creates nothing."""
+    import socket
+
+    from offroadseg.config import parse_override, read_config_dict, set_dotted
+    from offroadseg.experiments.tune import TuneOptions, _suggest, run_tune
+
+    argv = _argv(ycor, tmp_path, study="rep")
+    items = argv[1 : argv.index("--space")]
+    base = read_config_dict(items[0])
+    for text in items[1:]:
+        set_dotted(base, *parse_override(text))
+    params = load_space(tmp_path / "space.yaml", base)
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    opts = TuneOptions(trials=1, folds=2, storage=storage, study="rep", work_dir=str(tmp_path / "runs"))
+    run_tune(base, params, opts, run_fold=_fold_runner(0.5))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    study = optuna.load_study(study_name="rep", storage=storage)
+    dead = study.ask()
+    _suggest(dead, params)
+    dead.set_user_attr("pid", gone.pid)
+    dead.set_user_attr("host", socket.gethostname())
+    before = [(t.number, t.state.name) for t in _trials(tmp_path, "rep")]
+    assert before == [(0, "COMPLETE"), (1, "RUNNING")]
+
+    out = tmp_path / "board"
+    capsys.readouterr()
+    assert main([*_without_trials(argv), "--report", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "tune: report only: 1 trials counted; no trial runs, nothing is recovered" in printed
+    assert "1 complete, 0 pruned, 0 infeasible, 0 failed; 1 counted, 1 running" in printed
+    assert [(t.number, t.state.name) for t in _trials(tmp_path, "rep")] == before
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert [(r["trial"], r["state"]) for r in board["leaderboard"]] == [(0, "complete"), (1, "running")]
+    assert board["best"]["cv_mean"] == pytest.approx(0.5) and "--report" not in board["command"]
+    assert (out / "best.yaml").is_file()
+
+    missing = tmp_path / "none.db"
+    bad_db = [a if not a.startswith("sqlite:") else f"sqlite:///{missing}" for a in argv]
+    bad_name = [a if a != "rep" else "nope" for a in argv]
+    (tmp_path / "space2.yaml").write_text("train.lr: {float: [1.0e-4, 1.0e-1], log: true}\n")
+    bad_space = [a if not a.endswith("space.yaml") else str(tmp_path / "space2.yaml") for a in argv]
+    for bad, message in [
+        (bad_db, f"no database at {missing}; fix: the --storage of the study's own command"),
+        (bad_name, "--study 'nope' is not in"),
+        (bad_space, "was made with another space; its trials would not compare; fix: the config, overrides"),
+    ]:
+        assert main([*bad, "--report", "--out", str(tmp_path / "board2")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not missing.exists() and not (tmp_path / "board2").exists()
+    assert [(t.number, t.state.name) for t in _trials(tmp_path, "rep")] == before
+    assert main(_without_trials(argv)) == 2  # running needs --trials
+    assert "--trials N is required" in capsys.readouterr().err
+
+
 # -- a whole study --------------------------------------------------------------------------------------
 
 

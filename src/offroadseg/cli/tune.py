@@ -86,8 +86,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from offroadseg.errors import ConfigError
     from offroadseg.experiments.leaderboard import write_outputs
     from offroadseg.experiments.space import load_space
-    from offroadseg.experiments.tune import TuneOptions, run_tune
+    from offroadseg.experiments.tune import TuneOptions, open_for_report, run_tune, trials_counted
 
+    if args.trials is None and not args.report:
+        raise ConfigError(
+            "tune: --trials N is required (how many trials the study should count); fix: --trials 30"
+        )
     configs = [i for i in args.items if "=" not in i]
     overrides = [i for i in args.items if "=" in i] + args.overrides
     if len(configs) != 1:
@@ -112,7 +116,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             raise ConfigError(f"--enqueue {path}: must be a YAML list of mappings (dotted key -> value)")
     exclude = tuple(c.strip() for c in (args.exclude_classes or "").split(",") if c.strip())
     opts = TuneOptions(
-        trials=args.trials,
+        trials=args.trials or 1,
         folds=args.folds,
         storage=args.storage,
         study=args.study,
@@ -125,8 +129,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         keep_checkpoints=args.keep_checkpoints or bool(args.ensemble_top),
     )
     out = Path(args.out or Path(args.work_dir) / args.study)
-    command = (
-        "offroadseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = (  # the study's own command: a report's flag is not part of it
+        "offroadseg " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--report")
         if sys.argv[1:2] == ["tune"]
         else "offroadseg tune"
     )
@@ -134,6 +138,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         f"tune: {configs[0]} over {len(params)} keys ({', '.join(p.key for p in params)}), {args.folds} grouped folds, "
         f"{args.pruner} pruning; study {args.study!r} in {args.storage}; outputs in {out}"
     )
+    if args.report:
+        study = open_for_report(base, params, opts)
+        counted_now = trials_counted(study)
+        print(f"tune: report only: {counted_now} trials counted; no trial runs, nothing is recovered")
 
     opened: dict = {}  # the study run_tune opened (its start event carries it)
 
@@ -153,8 +161,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 json_path=args.json,
             )
 
-    result = run_tune(base, params, opts, on_event=on_event, progress=quiet_progress)
-    study = result["handle"]
+    if not args.report:
+        result = run_tune(base, params, opts, on_event=on_event, progress=quiet_progress)
+        study, counted_now = result["handle"], result["trials_counted"]
     payload = write_outputs(
         study, out, base_config=configs[0], command=command, overrides=given, json_path=args.json
     )
@@ -183,7 +192,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     best = payload["best"]
     print(
         f"tune: {payload['complete']} complete, {payload['pruned']} pruned, {payload['infeasible']} infeasible, "
-        f"{payload['failed']} failed; {result['trials_counted']}/{args.trials} counted"
+        f"{payload['failed']} failed; {counted_now}"
+        + (f"/{args.trials}" if args.trials else "")
+        + " counted"
+        + (f", {payload['running']} running" if payload["running"] else "")
     )
     if best:
         print(f"best: trial #{best['trial']} CV {fmt(best['cv_mean'])} -> {payload['best_config']}")
@@ -208,7 +220,7 @@ def register(sub) -> None:
         "items", nargs="+", metavar="CONFIG|KEY=VALUE", help="the base config, then dotted overrides"
     )
     p.add_argument("--space", required=True, help="search space YAML: dotted key -> {int|float|choice: ...}")
-    p.add_argument("--trials", type=int, required=True, help="stop when N trials are complete or pruned")
+    p.add_argument("--trials", type=int, help="stop when N trials are complete or pruned (not with --report)")
     p.add_argument("--minutes", type=float, default=None, help="start no new trial after M minutes")
     p.add_argument(
         "--storage", default="sqlite:///runs/tune.db", help="study database URL (default: %(default)s)"
@@ -242,6 +254,12 @@ def register(sub) -> None:
         default=0,
         metavar="K",
         help="also score the ensemble of the K best complete trials by the same folds (keeps checkpoints)",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="only write the leaderboard, plots and best.yaml of the study as it is now: no trial runs, "
+        "nothing is recovered (safe while workers run)",
     )
     p.add_argument("--out", help="leaderboard, plots and best.yaml (default: <work-dir>/<study>)")
     p.add_argument("--json", help="also write the leaderboard JSON here")

@@ -52,10 +52,12 @@ from offroadseg.progress import StepProgress, labelled
 __all__ = [
     "TuneOptions",
     "ensemble_cv",
+    "open_for_report",
     "open_study",
     "run_tune",
     "space_store_blocks",
     "trial_config",
+    "trials_counted",
 ]
 
 
@@ -158,6 +160,23 @@ def fold_objective(row: dict, exclude: Sequence[str]) -> float | None:
     return float(sum(vals) / len(vals)) if vals else None
 
 
+def open_for_report(base: dict, params: Sequence[Param], opts: TuneOptions):
+    """The existing study of this config, space and folds, opened to read: no trial runs, nothing is
+    recovered or queued (a worker may be running it). A missing database or study, or one made with
+    another config/space/folds, is a one-line error."""
+    return open_study(
+        opts.storage,
+        opts.study,
+        fingerprint=fingerprint(base, params, opts.folds, opts.exclude),
+        create=False,
+    )
+
+
+def trials_counted(study) -> int:
+    """How many trials count toward ``--trials`` (:func:`counted`)."""
+    return sum(counted(t) for t in study.get_trials(deepcopy=False))
+
+
 def run_tune(
     base: dict,
     params: Sequence[Param],
@@ -226,7 +245,7 @@ def run_tune(
             "requeued": recovered["requeued"],
             "at_limit": recovered["at_limit"],
             "max_retries": MAX_RETRIES,
-            "done": sum(counted(t) for t in study.get_trials(deepcopy=False)),
+            "done": trials_counted(study),
             "store_blocks": store_blocks,
         }
     )
@@ -356,7 +375,7 @@ def run_tune(
             break
         failures_in_a_row = failures_in_a_row + 1 if last.state == TrialState.FAIL else 0
         trial_times.append(time.perf_counter() - t0)
-        done = sum(counted(t) for t in study.get_trials(deepcopy=False))
+        done = trials_counted(study)
         best = _best(study)
         left = max(0, opts.trials - done)
         emit(
@@ -379,7 +398,7 @@ def run_tune(
     return {
         "study": opts.study,
         "handle": study,
-        "trials_counted": sum(counted(t) for t in study.get_trials(deepcopy=False)),
+        "trials_counted": trials_counted(study),
         "stopped": stopped,
         "failed_recovered": recovered["failed"],
     }

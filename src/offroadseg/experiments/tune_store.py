@@ -64,12 +64,37 @@ def _canon(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
-def open_study(storage_url: str, name: str, *, fingerprint: dict | None, seed: int = 0, pruner: str = "sha"):
-    """Open (or create) a study; a study of the same name made for another config/space is refused."""
+def open_study(
+    storage_url: str,
+    name: str,
+    *,
+    fingerprint: dict | None,
+    seed: int = 0,
+    pruner: str = "sha",
+    create: bool = True,
+):
+    """Open (or create) a study; a study of the same name made for another config/space is refused.
+
+    ``create=False`` opens only a study that exists (a report of it): a missing database file or study
+    name is a one-line error, and nothing is written to the database."""
     import optuna  # noqa: PLC0415
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not create and storage_url.startswith("sqlite:///"):
+        path = Path(storage_url[len("sqlite:///") :])
+        if not path.is_file():
+            raise ConfigError(
+                f"--storage {storage_url}: no database at {path}; fix: the --storage of the study's own "
+                f"command (--report reads a study, it starts none)"
+            )
     storage = _storage(storage_url)
+    if not create:
+        names = [s.study_name for s in storage.get_all_studies()]
+        if name not in names:
+            raise ConfigError(
+                f"--study {name!r} is not in {storage_url} (it holds {', '.join(map(repr, names)) or 'no study'}); "
+                f"fix: the --study of the study's own command (--report reads a study, it starts none)"
+            )
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=8)
     if pruner == "sha":
         pruner_obj = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
@@ -89,6 +114,11 @@ def open_study(storage_url: str, name: str, *, fingerprint: dict | None, seed: i
     )
     if fingerprint is not None:
         saved = study.user_attrs.get("fingerprint")
+        if saved is None and not create:
+            raise ConfigError(
+                f"study {name!r} in {storage_url} was not made by offroadseg tune (it has no fingerprint); "
+                f"fix: optuna-dashboard {storage_url} shows any Optuna study"
+            )
         if saved is None:
             study.set_user_attr("fingerprint", json.loads(_canon(fingerprint)))
             study.set_user_attr("objective", OBJECTIVE)
@@ -99,9 +129,14 @@ def open_study(storage_url: str, name: str, *, fingerprint: dict | None, seed: i
                 if not _same(k, saved.get(k), fingerprint[k])
             ]
             if diff:
+                fix = (
+                    "pass a new --study NAME (the existing study is kept as it is)"
+                    if create
+                    else "the config, overrides, --space, --folds and --exclude-classes of the study's own command"
+                )
                 raise ConfigError(
                     f"study {name!r} in {storage_url} was made with another {' and '.join(diff)}; its trials "
-                    f"would not compare; fix: pass a new --study NAME (the existing study is kept as it is)"
+                    f"would not compare; fix: {fix}"
                 )
     retries_first(study)
     return study
