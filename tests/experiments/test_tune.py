@@ -339,6 +339,54 @@ def test_a_retried_trial_keeps_the_folds_its_predecessor_finished(ycor: Path, tm
     ]
 
 
+def test_stop_after_ends_the_study_at_a_fold_boundary_and_the_same_command_continues(
+    ycor: Path, tmp_path: Path, caplog, capsys
+) -> None:
+    """``--stop-after``: past the time, the fold under way is the last one run; its trial is kept (failed,
+    its folds stored, no Optuna traceback) and the next run continues it from the next fold."""
+    from offroadseg.cli.tune import _event_line
+    from offroadseg.experiments.tune import TuneOptions, run_tune
+
+    base = _tiny_base(ycor)
+    params = parse_space({"train.lr": {"choice": [0.3, 0.2]}})
+    ran: list[int] = []
+    slow = _fold_runner(0.4, ran=ran)
+
+    def slow_fold(*args, **kwargs):
+        time.sleep(0.6)
+        return slow(*args, **kwargs)
+
+    opts = TuneOptions(
+        trials=2, folds=3, storage=f"sqlite:///{tmp_path / 'tune.db'}", study="t", work_dir=str(tmp_path)
+    )
+    opts.enqueue = [{"train.lr": 0.3}, {"train.lr": 0.2}]
+    opts.stop_after = 0.5 / 60  # half a second: passes during fold 1
+    events: list[dict] = []
+    result = run_tune(base, params, opts, on_event=events.append, run_fold=slow_fold)
+    assert ran == [1]
+    trial = _trials(tmp_path, "t")[0]
+    assert trial.state.name == "FAIL" and trial.user_attrs["stopped_after_folds"] == 1
+    assert [r["fold"] for r in trial.user_attrs["fold_rows"]] == [1]
+    (ended,) = [e for e in events if e["kind"] == "trial"]
+    assert _event_line(ended).startswith(
+        "[trial 0/2] #0 stopped after 1 fold(s) (--stop-after; kept, continued by the next run); "
+    )
+    assert result["stopped"].endswith(
+        "trial #0 stopped after fold 1, its folds kept; the same command continues it"
+    )
+    assert "Trial 0 failed" not in capsys.readouterr().err
+    ran.clear()
+    opts.stop_after = None
+    run_tune(base, params, opts, run_fold=_fold_runner(0.4, ran=ran))
+    assert ran == [2, 3, 1, 2, 3]  # #0's retry from fold 2, then the second point
+    retry = next(t for t in _trials(tmp_path, "t") if t.user_attrs.get("retry_of") == 0)
+    kept = [r.get("reused_from") for r in retry.user_attrs["fold_rows"]]
+    assert retry.state.name == "COMPLETE" and kept == [0, None, None]
+    opts.stop_after = -1.0
+    with pytest.raises(ConfigError, match="--stop-after -1 must be a number of minutes >= 0"):
+        run_tune(base, params, opts, run_fold=_fold_runner(0.4))
+
+
 def test_a_retry_is_not_pruned_again_on_the_folds_its_predecessor_cleared(ycor: Path, tmp_path: Path) -> None:
     """Trials that reached rung 1 after the predecessor passed it must not prune the retry at rung 1."""
     from optuna.distributions import CategoricalDistribution

@@ -68,6 +68,8 @@ def _event_line(event: dict) -> str | None:
             state = f"infeasible ({event['infeasible'][:160]})"
         elif state == "pruned" and event.get("pruned_after"):
             state = f"pruned after {event['pruned_after']} fold(s)"
+        elif event.get("stopped_after"):
+            state = f"stopped after {event['stopped_after']} fold(s) (--stop-after; kept, continued by the next run)"
         value = f" CV {fmt(event['value'])}" if event["value"] is not None and state == "complete" else ""
         params = _values_text(event["params"])
         return (
@@ -121,6 +123,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         storage=args.storage,
         study=args.study,
         minutes=args.minutes,
+        stop_after=args.stop_after,
         work_dir=args.work_dir,
         exclude=exclude,
         pruner=args.pruner,
@@ -222,6 +225,14 @@ def register(sub) -> None:
     p.add_argument("--space", required=True, help="search space YAML: dotted key -> {int|float|choice: ...}")
     p.add_argument("--trials", type=int, help="stop when N trials are complete or pruned (not with --report)")
     p.add_argument("--minutes", type=float, default=None, help="start no new trial after M minutes")
+    p.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="after MINUTES, stop at the end of the fold under way (its trial keeps its folds; the same "
+        "command continues it)",
+    )
     p.add_argument(
         "--storage", default="sqlite:///runs/tune.db", help="study database URL (default: %(default)s)"
     )

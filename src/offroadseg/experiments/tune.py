@@ -23,6 +23,7 @@ keep every finished trial and continue to N.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -70,6 +71,7 @@ class TuneOptions:
     storage: str = "sqlite:///runs/tune.db"
     study: str = "tune"
     minutes: float | None = None  # no new trial after this many minutes
+    stop_after: float | None = None  # after this many minutes the fold under way is the last one run
     work_dir: str = "runs/tune"
     exclude: tuple[str, ...] = ()  # class names left out of the objective's mean
     pruner: str = "sha"  # sha | hyperband | none
@@ -80,6 +82,25 @@ class TuneOptions:
 
 class _Surplus(Exception):
     """A trial started after the study already had N trials (a racing worker): not run."""
+
+
+class _StopAfter(Exception):
+    """``stop_after`` minutes passed at the end of a fold: the trial stops there (failed, its folds kept;
+    the next run's recovery queues it again first and the retry starts at the next fold)."""
+
+
+class _QuietControlFlow(logging.Filter):
+    """Optuna logs every caught exception as a failed trial (two warnings, one with a traceback); the
+    trials in ``trials`` ended by an exception of ours that only steers the study (a surplus trial, a
+    stop at the time limit), which our own lines say instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trials: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(f"Trial {n} failed ") for n in self.trials)
 
 
 def _depth_and_layers(data: dict) -> tuple[int, list[int], int]:
@@ -213,6 +234,9 @@ def run_tune(
     base_cfg = config_from_dict(base, source="config")
     if opts.trials < 1:
         raise ConfigError(f"--trials {opts.trials} must be at least 1")
+    for flag, value in (("--minutes", opts.minutes), ("--stop-after", opts.stop_after)):
+        if value is not None and not value >= 0:
+            raise ConfigError(f"{flag} {value:g} must be a number of minutes >= 0")
     if opts.folds < 2:
         raise ConfigError(f"--folds {opts.folds} must be at least 2 (grouped cross-validation)")
     folds = cv.plan_folds(base_cfg, opts.folds, source="config")  # refuses the duality layout, too few groups
@@ -251,6 +275,7 @@ def run_tune(
     )
 
     current: list[int] = []
+    quiet = _QuietControlFlow()  # the trials our control-flow exceptions end
 
     def objective(trial) -> float:
         current.append(trial.number)
@@ -263,6 +288,7 @@ def run_tune(
         ]
         if len(earlier) >= opts.trials:
             trial.set_user_attr("surplus", True)
+            quiet.trials.add(trial.number)
             raise _Surplus()
         values = _suggest(trial, params)
         t0 = time.perf_counter()
@@ -343,6 +369,15 @@ def run_tune(
             if len(scores) < len(folds) and row.get("reused_from") is None and trial.should_prune():
                 trial.set_user_attr("pruned_after_folds", len(scores))
                 raise optuna.TrialPruned(f"after {len(scores)} folds: {running:.4f}")
+            if (
+                opts.stop_after is not None
+                and len(scores) < len(folds)
+                and row.get("reused_from") is None
+                and time.perf_counter() - start >= opts.stop_after * 60
+            ):
+                trial.set_user_attr("stopped_after_folds", len(scores))
+                quiet.trials.add(trial.number)
+                raise _StopAfter()
         return sum(scores) / len(scores)
 
     stopped = "trials"
@@ -360,13 +395,25 @@ def run_tune(
         if opts.minutes is not None and time.perf_counter() - start >= opts.minutes * 60:
             stopped = "minutes"
             break
+        if opts.stop_after is not None and time.perf_counter() - start >= opts.stop_after * 60:
+            stopped = f"--stop-after {opts.stop_after:g} min passed"
+            break
         if failures_in_a_row >= 3:
             stopped = "three trials in a row failed"
             break
         t0 = time.perf_counter()
-        study.optimize(
-            objective, n_trials=1, catch=(_Surplus, RuntimeError, ValueError, OSError, OffroadsegError)
-        )
+        handlers = logging.getLogger("optuna").handlers  # a filter acts where a record is handled
+        for handler in handlers:
+            handler.addFilter(quiet)
+        try:
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=(_Surplus, _StopAfter, RuntimeError, ValueError, OSError, OffroadsegError),
+            )
+        finally:
+            for handler in handlers:
+                handler.removeFilter(quiet)
         last = study.get_trials(deepcopy=False)[current[-1]] if current else None
         if last is None:
             continue
@@ -390,10 +437,17 @@ def run_tune(
                 "elapsed_s": time.perf_counter() - start,
                 "eta_s": (sum(trial_times) / len(trial_times)) * left,
                 "pruned_after": last.user_attrs.get("pruned_after_folds"),
+                "stopped_after": last.user_attrs.get("stopped_after_folds"),
                 "infeasible": last.user_attrs.get("infeasible"),
                 "params": decode_values(last.params),
             }
         )
+        if last.user_attrs.get("stopped_after_folds"):
+            stopped = (
+                f"--stop-after {opts.stop_after:g} min passed: trial #{last.number} stopped after fold "
+                f"{last.user_attrs['stopped_after_folds']}, its folds kept; the same command continues it"
+            )
+            break
     emit({"kind": "stop", "why": stopped})
     return {
         "study": opts.study,
