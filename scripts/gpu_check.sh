@@ -29,7 +29,7 @@
 #       --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
 #       "transformers>=4.47" "lightning>=2.4" "torchmetrics>=1.4" "albumentations==2.0.*" \
 #       "opencv-python-headless>=4.8" "pillow>=10" "matplotlib>=3.7" "pyyaml>=6" "safetensors>=0.4" \
-#       "platformdirs>=3" "tqdm>=4.60" "onnx>=1.15" "onnxruntime>=1.17" "pytest>=8"
+#       "platformdirs>=3" "tqdm>=4.60" "onnx>=1.15" "onnxruntime>=1.17" "peft>=0.11" "pytest>=8"
 #   rm -f scripts/wheels/torch-* scripts/wheels/nvidia_* scripts/wheels/triton-*   # the GPU machine has its own
 #
 # albumentations pulls binary dependencies (opencv, scipy, pydantic-core, simsimd, stringzilla, albucore):
@@ -101,8 +101,8 @@ need = {  # import name -> pip name
     "albumentations": "albumentations==2.0.*", "cv2": "opencv-python-headless>=4.8", "PIL": "pillow>=10",
     "matplotlib": "matplotlib>=3.7", "yaml": "pyyaml>=6", "safetensors": "safetensors>=0.4",
     "platformdirs": "platformdirs>=3", "tqdm": "tqdm>=4.60", "onnx": "onnx>=1.15",
-    "onnxruntime": "onnxruntime>=1.17", "pytest": "pytest>=8",
-}
+    "onnxruntime": "onnxruntime>=1.17", "peft": "peft>=0.11", "pytest": "pytest>=8",
+}  # peft: step 4's configs/duality_gpu.yaml puts LoRA adapters in the backbone
 print(" ".join(f"'{pip}'" for mod, pip in need.items() if importlib.util.find_spec(mod) is None))
 EOF
 )

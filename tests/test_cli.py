@@ -212,3 +212,28 @@ def test_an_error_raised_in_a_dataloader_worker_is_one_line(monkeypatch, capsys)
     assert main(["doctor", "."]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"offroadseg: error: {message}"
+
+
+def test_every_command_and_bench_prints_its_help():
+    """``--help`` of every command and sub-command formats (a bare ``%`` in a help text is a TypeError
+    in argparse, found in ``bench --help``)."""
+    import argparse
+    import contextlib
+    import io
+
+    from offroadseg.cli import build_parser
+
+    def walk(parser, path):
+        yield path
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, [*path, name])
+
+    paths = list(walk(build_parser(), []))
+    assert ["bench", "cache"] in paths and ["tune"] in paths
+    for path in paths:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
+            build_parser().parse_args([*path, "--help"])
+        assert done.value.code == 0 and out.getvalue().startswith("usage: "), path

@@ -52,7 +52,7 @@ def register(bench_sub) -> None:
     p = bench_sub.add_parser(
         "cache",
         help="feature-store build at fp32 vs the auto precision (bf16 on CPUs that have it): ratio, cosine, "
-        "% of peak",
+        "%% of peak",
     )
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.backbone.weights=random")

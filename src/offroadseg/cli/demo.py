@@ -77,7 +77,7 @@ def register(sub) -> None:
     d.add_argument(
         "overrides",
         nargs="*",
-        help="key=value changes to the demo preset (configs/demo.yaml); with --adapt, adapt.KEY=VALUE "
+        help="key=value changes to the demo preset (src/offroadseg/configs/demo.yaml); with --adapt, adapt.KEY=VALUE "
         "adaptation settings (docs/adapt.md), e.g. adapt.rounds=2",
     )
     d.add_argument(

@@ -2,7 +2,7 @@
 
 Stores are keyed on their inputs, files' sizes and mtimes included (:mod:`offroadseg.data.cache`), so
 a dataset copied again, another image size or another set of stored hidden states builds a new store
-and leaves the old one behind; a frame store of 1,000 YCOR frames at 644x336 is 9.3 GiB. Nothing
+and leaves the old one behind; a frame store of 1,001 YCOR frames at 644x336 is 9.24 GiB. Nothing
 removed them but ``rm``: this module lists every store under ``<root>/features`` and ``<root>/decoded``
 with its size, creation and last use (the manifest's mtime, touched by each open), and prunes the
 least recently used first. Converted weights (``<root>/weights``) are never touched.
