@@ -244,3 +244,43 @@ def test_the_content_key_ignores_the_taxonomy_name_and_nothing_else(toy: Path) -
 
     assert key(renamed, True) == key(tax, True) and key(renamed, False) != key(tax, False)
     assert key(fewer, True) != key(tax, True)
+
+
+def test_a_store_of_the_family_holding_more_parts_serves_and_old_stores_learn_their_family(
+    tmp_path: Path,
+) -> None:
+    """On a key miss, a whole store of the same family that holds a superset of the parts is opened (the
+    one with the fewest parts); a store opened by its key records its family (stores built before
+    families existed); another family, or a part no store holds, builds."""
+    from offroadseg.data.cache import Family, open_or_build_store
+
+    specs = {"a": ((2,), np.uint8)}
+    built: list[str] = []
+
+    def filler(name: str):
+        def fill(arr):
+            built.append(name)
+            arr["a"][:] = len(built)
+
+        return fill
+
+    def get(name: str, family: Family | None):
+        return open_or_build_store(tmp_path / name, f"key-{name}", lambda: specs, filler(name), family=family)
+
+    wide = get("wide", Family("f", (1, 2, 3, 4)))
+    narrow = get("narrow", Family("f", (2, 3)))
+    assert built == ["wide"] and narrow.path == wide.path  # served: nothing built
+    assert json.loads((wide.path / "manifest.json").read_text())["family"] == {
+        "key": "f",
+        "parts": [1, 2, 3, 4],
+    }
+    mid = get("mid", Family("f", (2, 3, 5)))  # part 5: no store holds it
+    assert built == ["wide", "mid"] and mid.path.name == "mid"
+    assert get("x", Family("f", (3,))).path.name == "mid"  # two hold part 3: the one with fewer parts
+    assert get("other", Family("g", (1,))).path.name == "other" and built[-1] == "other"
+    old = get("old", None)  # no family recorded
+    assert "family" not in json.loads((old.path / "manifest.json").read_text())
+    assert get("y", Family("h", (7,))).path.name == "y"  # not found: "old" has no family yet
+    assert get("old", Family("h", (7, 8))).path == old.path  # opened by its key: records its family
+    assert get("z", Family("h", (8,))).path == old.path
+    assert built == ["wide", "mid", "other", "old", "y"]

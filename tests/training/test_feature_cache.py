@@ -315,3 +315,28 @@ def test_bf16_store_on_a_bf16_cpu_has_its_own_key_and_matches_fp32(
             torch.from_numpy(b[name]), torch.from_numpy(a[name]), dim=-1
         )
         assert cosine.mean() > 0.999 and not np.array_equal(a[name], b[name]), name
+
+
+def test_a_store_holding_more_blocks_serves_a_config_that_needs_fewer(
+    toy: Path, tmp_path: Path, backbone_calls
+) -> None:
+    """A study's store (``data.cache.blocks`` a superset) serves ``train``/``cv`` of a config whose own
+    blocks it covers: no backbone pass, no second store; other backbone weights build their own."""
+    from offroadseg.training.caches import stored_blocks
+
+    calls = backbone_calls
+    small = _cfg(toy, tmp_path / "c", features=True)
+    needs = stored_blocks(small, _setup(small)[1])
+    wide = _cfg(toy, tmp_path / "c", features=True, blocks=sorted({0, *needs}))
+    dm, module = _setup(wide)
+    first = attach_caches(wide, dm, module)
+    assert calls[0] == 6 and all(s["built"] for s in first.stores)
+    dm, module = _setup(small)
+    second = attach_caches(small, dm, module)
+    assert calls[0] == 6 and not any(s["built"] for s in second.stores)
+    assert [s["path"] for s in second.stores] == [s["path"] for s in first.stores]
+    assert len(list((tmp_path / "c" / "features").iterdir())) == 1
+    assert torch.isfinite(_val_confusion(module, dm.val_dataset)).all()
+    other = _cfg(toy, tmp_path / "c", features=True, backbone={"weights": "random:1"})
+    third = attach_caches(other, *_setup(other))
+    assert calls[0] == 12 and all(s["built"] for s in third.stores)

@@ -59,6 +59,7 @@ __all__ = [
     "MANIFEST",
     "CacheWarning",
     "DecodedCache",
+    "Family",
     "FullLabels",
     "read_full_labels",
     "Store",
@@ -67,6 +68,7 @@ __all__ = [
     "cache_root",
     "decoded_key",
     "file_fingerprints",
+    "find_in_family",
     "folder_bytes",
     "read_manifest",
     "taxonomy_payload",
@@ -103,6 +105,20 @@ class Store:
     @property
     def nbytes(self) -> int:
         return sum(int(a.nbytes) for a in self.arrays.values())
+
+
+@dataclass(frozen=True)
+class Family:
+    """Stores that differ only in which parts they hold (a frame store's hidden states): ``key`` is their
+    common key without the parts; ``parts`` what this caller needs. A store of the family that holds a
+    superset of ``parts`` serves it (a study's shared store serves ``train``, ``cv`` and ``bench`` runs of
+    the configs it covers)."""
+
+    key: str
+    parts: tuple[int, ...]
+
+    def manifest_entry(self) -> dict:
+        return {"key": self.key, "parts": sorted(int(p) for p in self.parts)}
 
 
 def cache_root(directory: str | None) -> Path:
@@ -275,6 +291,7 @@ def build_store(
     fill: Fill,
     *,
     content_key: str | None = None,
+    family: dict | None = None,
 ) -> Store:
     """Build a store atomically and return it opened.
 
@@ -284,6 +301,7 @@ def build_store(
         specs: ``name -> (shape, dtype)`` of each array.
         fill: writes the arrays (given as writable memory maps); returns extra manifest metadata.
         content_key: the same inputs keyed by the files' content (recorded: see :func:`adopt_store`).
+        family: the store's :class:`Family` entry (recorded: see :func:`find_in_family`).
 
     Raises:
         DataError: the disk is full or not writable (nothing is left behind).
@@ -320,6 +338,7 @@ def build_store(
             "arrays": {n: {"shape": list(a.shape), "dtype": a.dtype.str} for n, a in arrays.items()},
             "meta": meta,
             **({"content_key": content_key} if content_key else {}),
+            **({"family": family} if family else {}),
         }
         del arrays
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))  # written last: marks a whole store
@@ -386,25 +405,74 @@ def adopt_store(path: Path, key: str, content_key: str) -> Store | None:
     return None
 
 
+def find_in_family(folder: Path, family: Family) -> Store | None:
+    """A whole store in ``folder`` of ``family`` that holds every part it needs (the one with the fewest
+    parts when several do), opened under its own key and path; None when there is none."""
+    if not folder.is_dir():
+        return None
+    found: list[tuple[int, str, Store]] = []
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        manifest = read_manifest(entry)
+        entry_family = manifest.get("family") if isinstance(manifest, dict) else None
+        if not isinstance(entry_family, dict) or entry_family.get("key") != family.key:
+            continue
+        held = {int(p) for p in entry_family.get("parts") or []}
+        if not set(family.parts) <= held:
+            continue
+        store = check_store(entry, manifest.get("key"))
+        if isinstance(store, Store):
+            found.append((len(held), entry.name, store))
+    if not found:
+        return None
+    store = min(found, key=lambda f: f[:2])[2]
+    _touch(store.path / MANIFEST)
+    return store
+
+
+def _record_family(store: Store, entry: dict) -> None:
+    """Write ``entry`` into the manifest of a store opened by its key, when it says otherwise (a store
+    built before families, or re-keyed by :func:`adopt_store`), so that its family finds it next time;
+    a read-only cache is used as it is."""
+    manifest = read_manifest(store.path)
+    if isinstance(manifest, str) or manifest.get("family") == entry:
+        return
+    manifest["family"] = entry
+    with contextlib.suppress(OSError):
+        atomic_write_text(store.path / MANIFEST, json.dumps(manifest, indent=1))
+
+
 def open_or_build_store(
     path: str | Path,
     key: str,
     specs: Callable[[], dict[str, tuple[tuple[int, ...], Any]]],
     fill: Fill,
     content_key: Callable[[], str] | None = None,
+    family: Family | None = None,
 ) -> Store:
-    """The store at ``path`` for ``key``: reused when whole and matching; else one built from files of
-    the same content, re-keyed (``content_key``, computed only then: it reads every file); else built."""
+    """The store at ``path`` for ``key``: reused when whole and matching; else a store of the same
+    ``family`` holding a superset of its parts; else one built from files of the same content, re-keyed
+    (``content_key``, computed only then: it reads every file); else built (its family recorded)."""
     path = Path(path)
+    entry = family.manifest_entry() if family is not None else None
     store = open_store(path, key)
     if store is not None:
+        if entry is not None:
+            _record_family(store, entry)
         return store
+    if family is not None:
+        served = find_in_family(path.parent, family)
+        if served is not None:
+            return served
     ckey = content_key() if content_key is not None else None
     if ckey is not None:
         adopted = adopt_store(path, key, ckey)
         if adopted is not None:
+            if entry is not None:
+                _record_family(adopted, entry)
             return adopted
-    return build_store(path, key, specs(), fill, content_key=ckey)
+    return build_store(path, key, specs(), fill, content_key=ckey, family=entry)
 
 
 # ---- label-resolution ids ---------------------------------------------------------------------

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from offroadseg.data.cache import (
+    Family,
     FullLabels,
     MappedStore,
     Store,
@@ -117,13 +118,18 @@ def feature_key(
     full_res: bool,
     precision: str = "fp32",
     content: bool = False,
+    family: bool = False,
 ) -> str:
     """What a frame store depends on: the frames, the resize, the stored hidden states and their weights,
     the views, the precision of the backbone pass; not the head's layers nor ``train_blocks`` (a store
     serves every config it covers). An fp32 pass adds no field, so stores keyed before the field existed
     (fp32 on the CPU) stay valid; a bf16- or fp16-built store has a key of its own. ``content``: the
-    frames by content and name instead of path and mtime (see :func:`~offroadseg.data.cache.adopt_store`)."""
+    frames by content and name instead of path and mtime (see :func:`~offroadseg.data.cache.adopt_store`).
+    ``family``: the key without the stored hidden states (:class:`~offroadseg.data.cache.Family`; pass
+    the digest of the whole backbone, so that every store of the family has the same weights)."""
     extra = {} if precision == "fp32" else {"precision": precision}
+    if family:
+        extra["family"] = True
     return hash_key(
         {
             **extra,
@@ -136,7 +142,7 @@ def feature_key(
             "backbone": backbone_name,
             "weights": weights,
             "digest": digest,
-            "blocks": sorted(int(b) for b in blocks),
+            "blocks": None if family else sorted(int(b) for b in blocks),
             "pad_mode": pad_mode,
             "dtype": np.dtype(FEATURE_DTYPE).str,
             "views": int(views),
@@ -234,6 +240,7 @@ def open_feature_store(
     *,
     key: str,
     content_key: Callable[[], str] | None = None,
+    family_key: str | None = None,
     blocks: Sequence[int],
     root: str | Path,
     image_size: tuple[int, int],
@@ -257,6 +264,8 @@ def open_feature_store(
         key: from :func:`feature_key`; the store lives in ``<root>/features/<key>``.
         content_key: computes the key of the same inputs by content (``feature_key(..., content=True)``):
             on a miss, a store built from identical files elsewhere or before a copy is re-keyed, not rebuilt.
+        family_key: ``feature_key(..., family=True)``: on a miss, a store of the same frames and settings
+            that holds a superset of ``blocks`` is read instead of building one (e.g. a study's store).
         blocks: the hidden-state indices to store (``0..L``).
         transform: the augmentation pipeline of views ``1..V-1`` (hflip excluded).
         precision: of the backbone pass, ``fp32`` | ``bf16`` | ``fp16`` (see
@@ -327,7 +336,8 @@ def open_feature_store(
     was_training = model.training
     model.eval()
     try:
-        return FrameStore(open_or_build_store(path, key, specs, fill, content_key), list(samples))
+        family = Family(family_key, tuple(int(b) for b in blocks)) if family_key else None
+        return FrameStore(open_or_build_store(path, key, specs, fill, content_key, family), list(samples))
     finally:
         model.train(was_training)
 
