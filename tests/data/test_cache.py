@@ -265,7 +265,9 @@ def test_a_store_of_the_family_holding_more_parts_serves_and_old_stores_learn_th
         return fill
 
     def get(name: str, family: Family | None):
-        return open_or_build_store(tmp_path / name, f"key-{name}", lambda: specs, filler(name), family=family)
+        return open_or_build_store(
+            tmp_path / name, f"key-{name}", lambda: specs, filler(name), family=family and (lambda: family)
+        )
 
     wide = get("wide", Family("f", (1, 2, 3, 4)))
     narrow = get("narrow", Family("f", (2, 3)))
@@ -284,3 +286,9 @@ def test_a_store_of_the_family_holding_more_parts_serves_and_old_stores_learn_th
     assert get("old", Family("h", (7, 8))).path == old.path  # opened by its key: records its family
     assert get("z", Family("h", (8,))).path == old.path
     assert built == ["wide", "mid", "other", "old", "y"]
+
+    def unused() -> Family:
+        raise AssertionError("a hit on a store with its family recorded computes no family key")
+
+    again = open_or_build_store(tmp_path / "wide", "key-wide", lambda: specs, filler("no"), family=unused)
+    assert again.path == wide.path

@@ -431,14 +431,15 @@ def find_in_family(folder: Path, family: Family) -> Store | None:
     return store
 
 
-def _record_family(store: Store, entry: dict) -> None:
-    """Write ``entry`` into the manifest of a store opened by its key, when it says otherwise (a store
-    built before families, or re-keyed by :func:`adopt_store`), so that its family finds it next time;
-    a read-only cache is used as it is."""
+def _record_family(store: Store, entry: Callable[[], dict], *, replace: bool) -> None:
+    """Write the family ``entry()`` into the manifest of a store opened by its key, so that its family
+    finds it next time: one built before families (``entry`` is computed only then), or every time with
+    ``replace`` (a store re-keyed by :func:`adopt_store` carries its old paths' family). A read-only cache
+    is used as it is."""
     manifest = read_manifest(store.path)
-    if isinstance(manifest, str) or manifest.get("family") == entry:
+    if isinstance(manifest, str) or ("family" in manifest and not replace):
         return
-    manifest["family"] = entry
+    manifest["family"] = entry()
     with contextlib.suppress(OSError):
         atomic_write_text(store.path / MANIFEST, json.dumps(manifest, indent=1))
 
@@ -449,30 +450,33 @@ def open_or_build_store(
     specs: Callable[[], dict[str, tuple[tuple[int, ...], Any]]],
     fill: Fill,
     content_key: Callable[[], str] | None = None,
-    family: Family | None = None,
+    family: Callable[[], Family] | None = None,
 ) -> Store:
     """The store at ``path`` for ``key``: reused when whole and matching; else a store of the same
     ``family`` holding a superset of its parts; else one built from files of the same content, re-keyed
-    (``content_key``, computed only then: it reads every file); else built (its family recorded)."""
+    (``content_key``, computed only then: it reads every file); else built (its family recorded).
+    ``family`` is computed only on a miss, or once for a store that has no family recorded."""
     path = Path(path)
-    entry = family.manifest_entry() if family is not None else None
     store = open_store(path, key)
     if store is not None:
-        if entry is not None:
-            _record_family(store, entry)
+        if family is not None:
+            _record_family(store, lambda: family().manifest_entry(), replace=False)
         return store
-    if family is not None:
-        served = find_in_family(path.parent, family)
+    fam = family() if family is not None else None
+    if fam is not None:
+        served = find_in_family(path.parent, fam)
         if served is not None:
             return served
     ckey = content_key() if content_key is not None else None
     if ckey is not None:
         adopted = adopt_store(path, key, ckey)
         if adopted is not None:
-            if entry is not None:
-                _record_family(adopted, entry)
+            if fam is not None:
+                _record_family(adopted, fam.manifest_entry, replace=True)
             return adopted
-    return build_store(path, key, specs(), fill, content_key=ckey, family=entry)
+    return build_store(
+        path, key, specs(), fill, content_key=ckey, family=fam.manifest_entry() if fam else None
+    )
 
 
 # ---- label-resolution ids ---------------------------------------------------------------------

@@ -277,6 +277,10 @@ def run_tune(
     current: list[int] = []
     quiet = _QuietControlFlow()  # the trials our control-flow exceptions end
 
+    def past(minutes: float | None) -> bool:
+        """``minutes`` (--minutes, --stop-after) given and passed since this run started."""
+        return minutes is not None and time.perf_counter() - start >= minutes * 60
+
     def objective(trial) -> float:
         current.append(trial.number)
         trial.set_user_attr("host", socket.gethostname())
@@ -369,12 +373,7 @@ def run_tune(
             if len(scores) < len(folds) and row.get("reused_from") is None and trial.should_prune():
                 trial.set_user_attr("pruned_after_folds", len(scores))
                 raise optuna.TrialPruned(f"after {len(scores)} folds: {running:.4f}")
-            if (
-                opts.stop_after is not None
-                and len(scores) < len(folds)
-                and row.get("reused_from") is None
-                and time.perf_counter() - start >= opts.stop_after * 60
-            ):
+            if len(scores) < len(folds) and row.get("reused_from") is None and past(opts.stop_after):
                 trial.set_user_attr("stopped_after_folds", len(scores))
                 quiet.trials.add(trial.number)
                 raise _StopAfter()
@@ -392,10 +391,10 @@ def run_tune(
         if done + running >= opts.trials and running:
             stopped = "other workers hold the remaining trials"
             break
-        if opts.minutes is not None and time.perf_counter() - start >= opts.minutes * 60:
+        if past(opts.minutes):
             stopped = "minutes"
             break
-        if opts.stop_after is not None and time.perf_counter() - start >= opts.stop_after * 60:
+        if past(opts.stop_after):
             stopped = f"--stop-after {opts.stop_after:g} min passed"
             break
         if failures_in_a_row >= 3:

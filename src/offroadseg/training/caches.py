@@ -329,9 +329,12 @@ def _open_frames(cfg, module, frames, loader, taxonomy: Taxonomy, *, workers: in
         precision=precision,
     )
     key = keyed()
-    # the same without the stored blocks, over the whole backbone's weights: a store of the same frames
-    # and settings holding a superset of these blocks (a study's shared store) is read, not rebuilt
-    family_key = keyed(blocks=[], digest=cache_digest(model, [len(model.backbone.blocks)]), family=True)
+
+    def family_key() -> str:
+        """The key without the stored blocks, over the whole backbone's weights: a store of the same
+        frames and settings holding a superset of these blocks (a study's shared store) serves."""
+        return keyed(blocks=[], digest=cache_digest(model, [len(model.backbone.blocks)]), family=True)
+
     # A batch that fits: a ViT forward in inference mode holds only one block's activations.
     batch = 16 if device.type == "cuda" else max(1, cfg.eval.batch_size)
     model.to(device)

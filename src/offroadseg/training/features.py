@@ -240,7 +240,7 @@ def open_feature_store(
     *,
     key: str,
     content_key: Callable[[], str] | None = None,
-    family_key: str | None = None,
+    family_key: Callable[[], str] | None = None,
     blocks: Sequence[int],
     root: str | Path,
     image_size: tuple[int, int],
@@ -264,8 +264,9 @@ def open_feature_store(
         key: from :func:`feature_key`; the store lives in ``<root>/features/<key>``.
         content_key: computes the key of the same inputs by content (``feature_key(..., content=True)``):
             on a miss, a store built from identical files elsewhere or before a copy is re-keyed, not rebuilt.
-        family_key: ``feature_key(..., family=True)``: on a miss, a store of the same frames and settings
-            that holds a superset of ``blocks`` is read instead of building one (e.g. a study's store).
+        family_key: computes ``feature_key(..., family=True)`` (it hashes the whole backbone: only on a
+            miss, or once for a store without a family): on a miss, a store of the same frames and
+            settings that holds a superset of ``blocks`` is read instead of building one (e.g. a study's).
         blocks: the hidden-state indices to store (``0..L``).
         transform: the augmentation pipeline of views ``1..V-1`` (hflip excluded).
         precision: of the backbone pass, ``fp32`` | ``bf16`` | ``fp16`` (see
@@ -336,7 +337,7 @@ def open_feature_store(
     was_training = model.training
     model.eval()
     try:
-        family = Family(family_key, tuple(int(b) for b in blocks)) if family_key else None
+        family = (lambda: Family(family_key(), tuple(int(b) for b in blocks))) if family_key else None
         return FrameStore(open_or_build_store(path, key, specs, fill, content_key, family), list(samples))
     finally:
         model.train(was_training)
