@@ -62,7 +62,7 @@ def _fold_runner(miou: float, *, ran: list | None = None, stop_in_fold: int | No
     """A stand-in for ``cv.run_fold``: every fold scores ``miou``; the worker stops (KeyboardInterrupt) on
     entering fold ``stop_in_fold``; the folds it runs are appended to ``ran``."""
 
-    def run(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None, progress=None):
+    def run(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None, progress=None, resume=False):
         if stop_in_fold == fold.index + 1:
             raise KeyboardInterrupt
         if ran is not None:
@@ -251,7 +251,7 @@ def test_a_trial_behind_after_its_first_fold_is_pruned(ycor: Path, tmp_path: Pat
     params = parse_space({"train.lr": {"choice": [0.3, 0.2, 0.1, 0.4]}})
     ran: list[tuple[float, int]] = []
 
-    def fake_fold(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None, progress=None):
+    def fake_fold(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None, progress=None, resume=False):
         ran.append((cfg.train.lr, fold.index + 1))
         return {"fold": fold.index + 1, "miou": cfg.train.lr, "per_class_iou": {"a": cfg.train.lr}}
 
@@ -336,6 +336,98 @@ def test_a_retried_trial_keeps_the_folds_its_predecessor_finished(ycor: Path, tm
     assert [(r["trial"], r["state"]) for r in board] == [
         (row["trial"], "complete"),
         (0, f"fail after 1 fold(s), retried as #{row['trial']}"),
+    ]
+
+
+class _Stopped(Exception):
+    """The worker's end mid-epoch, raised from a progress callback (a kill leaves the same files)."""
+
+
+@pytest.mark.slow
+def test_a_retry_continues_the_fold_its_predecessor_left_after_its_last_epoch(
+    ycor: Path, tmp_path: Path
+) -> None:
+    """A worker stopped in fold 1's second (last) epoch: the retry runs that epoch only, in the folder the
+    fold ran in, from the checkpoint of epoch 1, and the trial scores what an uninterrupted one scores."""
+    from offroadseg.config import parse_override, set_dotted
+    from offroadseg.experiments import cv
+    from offroadseg.experiments.tune import TuneOptions, run_tune
+
+    base = _tiny_base(ycor)
+    for text in ["train.epochs=2", f"data.cache.dir={tmp_path / 'cache'}"]:
+        set_dotted(base, *parse_override(text))
+    params = parse_space({"train.lr": {"choice": [2e-3]}})
+
+    def stopping(cfg, fold, k, run_dir, *, on_epoch, **kw):
+        def report(row):
+            on_epoch(row)
+            if row["epoch"] == 2:  # epoch 1's last.ckpt is on disk, epoch 2's is not yet
+                raise _Stopped
+
+        return cv.run_fold(cfg, fold, k, run_dir, on_epoch=report, **kw)
+
+    def options(study: str) -> TuneOptions:
+        return TuneOptions(
+            trials=1,
+            folds=2,
+            storage=f"sqlite:///{tmp_path / 'tune.db'}",
+            study=study,
+            work_dir=str(tmp_path),
+        )
+
+    with pytest.raises(_Stopped):
+        run_tune(base, params, options("a"), run_fold=stopping)
+    (stopped,) = _trials(tmp_path, "a")
+    fold_dir = tmp_path / "a" / "trial0000" / "fold1"
+    assert stopped.state.name == "FAIL" and stopped.user_attrs["fold_dirs"] == {"1": str(fold_dir)}
+    assert (fold_dir / "checkpoints" / "last.ckpt").is_file()
+    events: list[dict] = []
+    run_tune(base, params, options("a"), on_event=events.append)
+    (resume,) = [e for e in events if e["kind"] == "resume"]
+    assert resume == {
+        "kind": "resume",
+        "trial": 1,
+        "fold": 1,
+        "dir": str(fold_dir),
+        "from_trial": 0,
+        "epochs": 1,
+    }
+    assert [(e["fold"], e["epoch"]) for e in events if e["kind"] == "epoch"] == [(1, 2), (2, 1), (2, 2)]
+    from offroadseg.cli.tune import _event_line
+
+    assert _event_line(resume) == (
+        f"  trial #1 fold 1: continues trial #0's interrupted run after its epoch 1 ({fold_dir})"
+    )
+    retry = next(t for t in _trials(tmp_path, "a") if t.user_attrs.get("retry_of") == 0)
+    assert retry.state.name == "COMPLETE" and retry.user_attrs["fold_dirs"]["1"] == str(fold_dir)
+    rows = retry.user_attrs["fold_rows"]
+    assert [r.get("resumed_after_epochs") for r in rows] == [1, None] and [r["epochs"] for r in rows] == [
+        2,
+        2,
+    ]
+    # the same point, never stopped, in another study: the same fold scores
+    run_tune(base, params, options("b"))
+    (whole,) = _trials(tmp_path, "b")
+    assert [r["objective"] for r in rows] == pytest.approx(
+        [r["objective"] for r in whole.user_attrs["fold_rows"]], abs=1e-6
+    )
+    # a checkpoint that cannot be continued (here: damaged) is said, and the fold runs from the start
+    with pytest.raises(_Stopped):
+        run_tune(base, params, options("c"), run_fold=stopping)
+    last = tmp_path / "c" / "trial0000" / "fold1" / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"not a checkpoint")
+    events.clear()
+    run_tune(base, params, options("c"), on_event=events.append)
+    (refused,) = [e for e in events if e["kind"] == "resume"]
+    assert "not a readable checkpoint" in refused["epochs"]
+    assert _event_line(refused).startswith(
+        "  trial #1 fold 1: trial #0's interrupted run cannot be continued"
+    )
+    assert [(e["fold"], e["epoch"]) for e in events if e["kind"] == "epoch"] == [
+        (1, 1),
+        (1, 2),
+        (2, 1),
+        (2, 2),
     ]
 
 
@@ -435,7 +527,7 @@ def test_a_retry_runs_before_the_points_queued_ahead_of_it(ycor: Path, tmp_path:
 
     stopped = _fold_runner(0.5, stop_in_fold=1)  # the worker stops in the first trial's first fold
 
-    def fold(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None, progress=None):
+    def fold(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None, progress=None, resume=False):
         if fold.index == 0:
             order.append(round(cfg.train.lr, 1))
         return {"fold": fold.index + 1, "miou": 0.5, "per_class_iou": {"a": 0.5}}

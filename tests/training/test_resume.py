@@ -125,3 +125,19 @@ def test_nan_loss_stops_the_run_naming_step_and_files(toy_root, one_epoch, tmp_p
     assert last.read_bytes() == before  # the last good state, untouched
     state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("mode", ["best", "last"])
+def test_resuming_a_run_with_no_epoch_left_reports_its_scores(toy_root, one_epoch, tmp_path, mode):
+    """A run stopped after its last epoch's checkpoint but before its metrics (or resumed once more) has
+    nothing left to train: the resume still reports the scores of the model ``train.checkpoint`` selects."""
+    run = _copy(one_epoch, tmp_path)
+    before = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").unlink()
+    cfg = toy_config(toy_root, run, overrides=["train.epochs=1", f"train.checkpoint={mode}"])
+    result = train(cfg, resume=True, force=True)  # force: the fixture ran with train.checkpoint=best
+    assert [r["epoch"] for r in result.history] == [1]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val"] is not None and metrics["val"]["miou"] == pytest.approx(
+        before["val"]["miou"], abs=1e-9
+    )

@@ -58,6 +58,14 @@ def _event_line(event: dict) -> str | None:
         return f"  trial #{event['trial']} starts{retry}: {_values_text(event['values'])}"
     if kind == "epoch":
         return epoch_line(f"trial #{event['trial']}", event)
+    if kind == "resume":
+        where = f"  trial #{event['trial']} fold {event['fold']}"
+        if isinstance(event["epochs"], int):
+            return (
+                f"{where}: continues trial #{event['from_trial']}'s interrupted run after its epoch "
+                f"{event['epochs']} ({event['dir']})"
+            )
+        return f"{where}: trial #{event['from_trial']}'s interrupted run cannot be continued, runs from the start: {event['epochs']}"
     if kind == "trial":
         best = event["best"]
         best_text = (

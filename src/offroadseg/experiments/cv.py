@@ -34,7 +34,7 @@ from offroadseg.errors import ConfigError
 from offroadseg.metrics import best_epoch
 from offroadseg.progress import StepProgress, labelled
 
-__all__ = ["cross_validate", "fold_config", "plan_folds", "run_fold", "summarize_folds"]
+__all__ = ["cross_validate", "fold_config", "fold_resume_point", "plan_folds", "run_fold", "summarize_folds"]
 
 
 def plan_folds(
@@ -89,13 +89,16 @@ def run_fold(
     keep_checkpoints: bool,
     on_epoch: Callable[[dict], None] | None = None,
     progress: StepProgress | None = None,
+    resume: bool = False,
 ) -> dict:
     """Train and score one fold; ``on_epoch(row)`` after each of its validation epochs (history row
-    plus ``epochs``); ``progress(description)`` for its steps before the first epoch (a store build)."""
+    plus ``epochs``); ``progress(description)`` for its steps before the first epoch (a store build);
+    ``resume``: continue an interrupted run of this fold from ``<run_dir>/checkpoints/last.ckpt`` (see
+    :func:`fold_resume_point`)."""
     from offroadseg.experiments.scoring import train_and_score  # noqa: PLC0415 (torch/lightning when running)
 
     fcfg = fold_config(cfg, fold, run_dir)
-    run = train_and_score(fcfg, on_epoch=on_epoch, progress=progress)
+    run = train_and_score(fcfg, on_epoch=on_epoch, progress=progress, resume=resume)
     result, scores, no_tta_scores = run.result, run.scores, run.scores_no_tta
     no_tta = no_tta_scores["miou"] if no_tta_scores else None
     scored_with, fit_s, eval_s = run.scored_with, run.fit_s, run.eval_s
@@ -127,6 +130,26 @@ def run_fold(
         "eval_s": eval_s,
         "total_s": fit_s + eval_s,
     }
+
+
+def fold_resume_point(cfg: Config, fold: Fold, run_dir: str | Path) -> int | str | None:
+    """Whether an interrupted run of this fold in ``run_dir`` can be continued (``run_fold(resume=True)``).
+
+    Returns:
+        None when ``run_dir`` holds no ``checkpoints/last.ckpt``; the number of epochs it finished when the
+        checkpoint reads and was trained with this fold's config (the checks of ``train --resume``); else
+        the one-line reason it cannot be continued (a damaged file, another config).
+    """
+    from offroadseg.errors import ModelError  # noqa: PLC0415
+    from offroadseg.training.resume import check_resume  # noqa: PLC0415 (torch when resuming)
+
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return None
+    try:
+        return check_resume(fold_config(cfg, fold, run_dir), last)
+    except (ConfigError, ModelError) as exc:
+        return str(exc)
 
 
 def epoch_event(on_epoch: Callable[[dict], None], row: dict, **context) -> None:

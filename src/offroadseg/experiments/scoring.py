@@ -34,13 +34,15 @@ def train_and_score(
     *,
     on_epoch: Callable[[dict], None] | None = None,
     progress: StepProgress | None = None,
+    resume: bool = False,
 ) -> ScoredRun:
     """``train(cfg)``; with ``eval.tta`` other than ``none``, the selected checkpoint scored again on the
     val split with that TTA, on the device training used (the loaded config carries the split file).
     ``on_epoch`` gets every validation epoch's history row and ``progress`` makes the callbacks of the
-    steps before the first epoch (class weights, cache builds; see :func:`offroadseg.training.run.train`)."""
+    steps before the first epoch (class weights, cache builds; see :func:`offroadseg.training.run.train`);
+    ``resume`` continues ``<run.dir>/checkpoints/last.ckpt`` (``train --resume``)."""
     start = time.perf_counter()
-    result = train(cfg, on_epoch=on_epoch, progress=progress)
+    result = train(cfg, resume=resume, on_epoch=on_epoch, progress=progress)
     fit_s = time.perf_counter() - start
     mode = cfg.train.checkpoint
     scores = no_tta = result.val_scores

@@ -44,6 +44,7 @@ from offroadseg.experiments.tune_store import (
     finished_folds,
     inherit_rungs,
     open_study,
+    predecessor,
     recover_trials,
 )
 from offroadseg.models.archs import ARCHS
@@ -296,7 +297,7 @@ def run_tune(
             raise _Surplus()
         values = _suggest(trial, params)
         t0 = time.perf_counter()
-        run_root = Path(opts.work_dir) / opts.study / f"trial{trial.number:04d}"
+        run_root = trial_root(opts, trial.number)
         try:
             cfg = trial_config(base, values, store_blocks, run_root)
         except ConfigError as exc:
@@ -325,12 +326,24 @@ def run_tune(
                 row, value = {**done, "reused_from": trial.user_attrs["retry_of"]}, done["objective"]
                 reused_s += float(done.get("total_s") or 0.0)
             else:
+                fold_dir, resumed = run_root / f"fold{fold.index + 1}", None
+                point = resume_point(study, trial, cfg, fold, opts)
+                if point is not None:
+                    if isinstance(point["epochs"], int):
+                        fold_dir, resumed = Path(point["dir"]), point["epochs"]
+                    emit({"kind": "resume", "trial": trial.number, "fold": fold.index + 1, **point})
+                # where this fold runs: a retry of this trial continues it from there (resume_point)
+                trial.set_user_attr(
+                    "fold_dirs",
+                    {**(trial.user_attrs.get("fold_dirs") or {}), str(fold.index + 1): str(fold_dir)},
+                )
                 try:
                     row = run_fold(
                         cfg,
                         fold,
                         opts.folds,
-                        run_root / f"fold{fold.index + 1}",
+                        fold_dir,
+                        resume=resumed is not None,
                         keep_checkpoints=opts.keep_checkpoints,
                         on_epoch=partial(
                             cv.epoch_event,
@@ -347,6 +360,8 @@ def run_tune(
                 except ConfigError as exc:  # a combination the model refuses (e.g. LoRA on cached blocks)
                     trial.set_user_attr("infeasible", str(exc))
                     raise optuna.TrialPruned(f"infeasible: {exc}") from None
+                if resumed is not None:
+                    row = {**row, "resumed_after_epochs": resumed}
                 value = fold_objective(row, opts.exclude)
             if value is None or math.isnan(value):
                 raise OffroadsegError(f"trial {trial.number} fold {fold.index + 1}: no class scored")
@@ -457,6 +472,39 @@ def run_tune(
     }
 
 
+def trial_root(opts: TuneOptions, number: int) -> Path:
+    """The folder of trial ``number``'s fold runs: ``<work-dir>/<study>/trial<n>`` (``fold<i>`` in it)."""
+    return Path(opts.work_dir) / opts.study / f"trial{number:04d}"
+
+
+def resume_point(study, trial, cfg: Config, fold, opts: TuneOptions) -> dict | None:
+    """Where the failed trial a retry repeats (same values) left ``fold`` unfinished, to continue.
+
+    A worker killed mid-fold (kill -9, a session's end, a lost machine) leaves the fold's ``last.ckpt``,
+    written at the end of each epoch: its retry continues the fold from there, as ``train --resume`` does,
+    instead of from the start. The predecessor's folder is the one it recorded for the fold (a fold resumed
+    once runs in its first trial's folder), else its own ``trial<n>/fold<i>``; on another machine's disk
+    there is nothing to continue.
+
+    Returns:
+        None when there is nothing to continue; else ``dir``, ``from_trial`` and ``epochs``: the epochs the
+        checkpoint finished, or the one-line reason it cannot be continued (the fold then runs from the
+        start in the retry's own folder).
+    """
+    from offroadseg.experiments.cv import fold_resume_point  # noqa: PLC0415
+
+    origin = predecessor(study, trial)
+    if origin is None:
+        return None
+    number = fold.index + 1
+    recorded = (origin.user_attrs.get("fold_dirs") or {}).get(str(number))
+    run_dir = Path(recorded) if recorded else trial_root(opts, origin.number) / f"fold{number}"
+    epochs = fold_resume_point(cfg, fold, run_dir) if run_dir.is_dir() else None
+    if epochs is None:
+        return None
+    return {"dir": str(run_dir), "from_trial": origin.number, "epochs": epochs}
+
+
 def _best(study) -> dict | None:
     from optuna.trial import TrialState  # noqa: PLC0415
 
@@ -482,6 +530,8 @@ def _slim(row: dict, value: float) -> dict:
         "scored_with": row.get("scored_with"),
         "model_checkpoint": row.get("model_checkpoint"),
         **({"reused_from": row["reused_from"]} if row.get("reused_from") is not None else {}),
+        # continued from an interrupted run's checkpoint: train_s/total_s count the epochs after it only
+        **({"resumed_after_epochs": row["resumed_after_epochs"]} if row.get("resumed_after_epochs") else {}),
     }
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "fingerprint",
     "inherit_rungs",
     "open_study",
+    "predecessor",
     "recover_trials",
     "retries_first",
 ]
@@ -303,7 +304,7 @@ def counted(trial) -> bool:
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and not trial.user_attrs.get("surplus")
 
 
-def _predecessor(study, trial):
+def predecessor(study, trial):
     """The failed trial ``trial`` retries (``retry_of``), when it ran the same values; else None."""
     retry_of = trial.user_attrs.get("retry_of")
     if retry_of is None:
@@ -318,7 +319,7 @@ def inherit_rungs(study, trial) -> None:
     """Give a retry its predecessor's pruning state (the ``completed_rung_*`` marks successive halving and
     Hyperband keep per trial), so that it goes on from the rung its predecessor reached instead of being
     judged again at rung 0 against the trials that reached it since."""
-    origin = _predecessor(study, trial)
+    origin = predecessor(study, trial)
     if origin is None:
         return
     for key, value in origin.system_attrs.items():
@@ -333,7 +334,7 @@ def finished_folds(study, trial) -> dict[int, dict]:
     folds), so a fold its predecessor finished (trained, scored and stored) is reused, not re-run: a study
     stopped mid-trial loses at most the fold that was running. Follows a chain of retries.
     """
-    origin = _predecessor(study, trial)
+    origin = predecessor(study, trial)
     if origin is None:
         return {}
     return {

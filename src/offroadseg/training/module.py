@@ -217,6 +217,10 @@ class SegmentationModule(L.LightningModule):
             "best_val_confusion": (
                 self.best_val_scores.confusion_matrix.tolist() if self.best_val_scores is not None else None
             ),
+            # ... and the last epoch's: a resume with no epoch left to run reports the last model's scores
+            "last_val_confusion": (
+                self.last_val_scores.confusion_matrix.tolist() if self.last_val_scores is not None else None
+            ),
         }
         if self._source_digest is None:
             self._source_digest = source_digest(self.model)
@@ -228,6 +232,9 @@ class SegmentationModule(L.LightningModule):
         best = saved.get("best_val_confusion")
         if best is not None:
             self.best_val_scores = scores_from_confusion(torch.tensor(best, dtype=torch.int64))
+        last = saved.get("last_val_confusion")
+        if last is not None:
+            self.last_val_scores = scores_from_confusion(torch.tensor(last, dtype=torch.int64))
         restore_checkpoint(checkpoint, self.model, origin="the --resume checkpoint")
 
 

@@ -52,8 +52,11 @@ def _saved_config(last: Path, checkpoint: dict) -> dict | None:
     return yaml.safe_load(on_disk.read_text()) if on_disk.is_file() else None
 
 
-def check_resume(cfg: Config, last: Path, *, force: bool = False) -> None:
+def check_resume(cfg: Config, last: Path, *, force: bool = False) -> int:
     """Refuse a resume that cannot continue this run.
+
+    Returns:
+        The number of epochs ``last`` has finished (its history rows).
 
     Raises:
         ConfigError: no checkpoint, or the config differs (without ``force``).
@@ -73,9 +76,11 @@ def check_resume(cfg: Config, last: Path, *, force: bool = False) -> None:
             f"--resume: {last} is not a training checkpoint (no training state); "
             "fix: resume from the last.ckpt a run wrote, or train without --resume"
         )
+    history = (checkpoint.get("offroadseg") or {}).get("history")
+    finished = len(history) if isinstance(history, list) else int(checkpoint.get("epoch", -1)) + 1
     saved = _saved_config(last, checkpoint)
     if saved is None or force:
-        return
+        return finished
     diff = [d for d in config_diff(saved, cfg.to_dict()) if d[0] not in RESUMABLE_KEYS]
     if diff:
         listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, a, b in diff)
@@ -83,3 +88,4 @@ def check_resume(cfg: Config, last: Path, *, force: bool = False) -> None:
             f"--resume: the config differs from the one {last} was trained with: {listed}; "
             "fix: restore those values, or pass --force to resume with the new ones"
         )
+    return finished
