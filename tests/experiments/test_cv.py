@@ -127,6 +127,77 @@ def test_cv_cli_runs_grouped_folds(tmp_path: Path, capsys) -> None:
     assert "| ycor | last | none |" in md.read_text()
 
 
+class _Stopped(Exception):
+    """The invocation's end mid-epoch (a kill leaves the same files)."""
+
+
+@pytest.mark.slow
+def test_cv_resume_keeps_finished_folds_and_continues_the_interrupted_one(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """cv stopped in fold 2's second (last) epoch; `--resume` keeps fold 1, runs fold 2's epoch 2 only (from
+    epoch 1's checkpoint) and fold 3, and every fold scores what an uninterrupted cv scores."""
+    from offroadseg.experiments import cv as cv_module
+
+    root = make_ycor_like(tmp_path / "ycor", n_train=4, n_val=2, frame_ids=IDS)
+    common = ["--folds", "3", "--set", "eval.tta=none", "--set", f"data.cache.dir={tmp_path / 'cache'}"]
+    common += ["--set", "train.epochs=2", "--set", "train.checkpoint=last"]
+    real = cv_module.run_fold
+
+    def stopping(cfg, fold, k, run_dir, *, on_epoch, **kw):
+        def report(row):
+            on_epoch(row)
+            if fold.index == 1 and row["epoch"] == 2:  # epoch 1's last.ckpt is on disk, epoch 2's is not yet
+                raise _Stopped
+
+        return real(cfg, fold, k, run_dir, on_epoch=report, **kw)
+
+    monkeypatch.setattr(cv_module, "run_fold", stopping)
+    out = tmp_path / "cv.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*_argv(root, tmp_path, *common), "--json", str(out)]) == 1
+        fold_dir = tmp_path / "runs" / "ycor"
+        assert (fold_dir / "fold1" / "fold_row.json").is_file() and not (
+            fold_dir / "fold2" / "fold_row.json"
+        ).exists()
+        monkeypatch.setattr(cv_module, "run_fold", real)
+        capsys.readouterr()
+        assert main([*_argv(root, tmp_path, *common), "--json", str(out), "--resume"]) == 0
+        printed = capsys.readouterr().out
+        reference = tmp_path / "whole.json"
+        whole = [*_argv(root, tmp_path / "whole", *common), "--json", str(reference)]
+        assert main(whole) == 0
+    assert "ycor fold 1/3: mIoU" in printed and "kept from an earlier run (--resume)" in printed
+    assert re.search(
+        r"ycor fold 2/3: mIoU \S+ on 2 frames \(1 group\), train \d+ s after epoch 1 \(--resume\); ", printed
+    )
+    epochs = re.findall(r"ycor fold (\d)/3 epoch (\d)/2", printed)
+    assert epochs == [("2", "2"), ("3", "1"), ("3", "2")]  # fold 1 kept, fold 2 from its epoch 2
+    (entry,) = json.loads(out.read_text())["configs"]
+    rows = entry["fold_rows"]
+    assert [r.get("kept", False) for r in rows] == [True, False, False]
+    assert [r.get("resumed_after_epochs") for r in rows] == [None, 1, None] and [
+        r["epochs"] for r in rows
+    ] == [2] * 3
+    (ref,) = json.loads(reference.read_text())["configs"]
+    assert [r["miou"] for r in rows] == pytest.approx([r["miou"] for r in ref["fold_rows"]], abs=1e-6)
+    assert entry["miou_mean"] == pytest.approx(ref["miou_mean"], abs=1e-6)
+    # a finished fold is kept only for the same config (how it ran aside)
+    from offroadseg.config import load_config
+    from offroadseg.experiments.cv import kept_fold_row, plan_folds
+
+    overrides = [o for o in _argv(root, tmp_path)[2:] if "=" in o]  # the config's, then --set's
+    cfg = load_config(REPO / "configs" / "ycor.yaml", overrides + [o for o in common if "=" in o])
+    cfg.run.progress = False
+    fold = plan_folds(cfg, 3)[0]
+    assert kept_fold_row(cfg, fold, fold_dir / "fold1")["miou"] == rows[0]["miou"]
+    cfg.data.num_workers = 3  # how it runs
+    assert kept_fold_row(cfg, fold, fold_dir / "fold1") is not None
+    cfg.train.lr *= 2  # what it trains
+    assert kept_fold_row(cfg, fold, fold_dir / "fold1") is None
+
+
 @pytest.mark.slow
 def test_cv_scores_with_the_configs_tta(tmp_path: Path) -> None:
     from offroadseg.config import load_config

@@ -36,12 +36,19 @@ def fold_line(progress: dict) -> str:
     """One progress line per fold: its score, times and the ETA of the whole invocation."""
     row = progress["row"]
     build = f", cache build {seconds(row['cache_build_s'])}" if row["cache_built"] else ""
-    tta = f" ({row['scored_with']})" if "TTA" in row["scored_with"] else ""
+    tta = f" ({row['scored_with']})" if "no TTA" not in row["scored_with"] else ""  # scored again with TTA
+    if row.get("kept"):
+        how = "kept from an earlier run (--resume)"
+    elif row.get("resumed_after_epochs"):
+        how = f"train {seconds(row['train_s'])}{build} after epoch {row['resumed_after_epochs']} (--resume)"
+    else:
+        how = f"train {seconds(row['train_s'])}{build}"
+        if row.get("resume_refused"):
+            how += f" from the start ({row['resume_refused']})"
     return (
         f"  [{progress['done']}/{progress['total']}] {progress['name']} fold {progress['fold']}/{progress['folds']}: "
         f"mIoU {fmt(row['miou'])}{tta} on {row['val_frames']} frames ({_groups(len(row['val_groups']))}), "
-        f"train {seconds(row['train_s'])}{build}; elapsed {seconds(progress['elapsed_s'])}, "
-        f"ETA {seconds(progress['eta_s'])}"
+        f"{how}; elapsed {seconds(progress['elapsed_s'])}, ETA {seconds(progress['eta_s'])}"
     )
 
 
@@ -181,6 +188,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         work_dir=args.work_dir,
         rare_class=args.rare_class,
         keep_checkpoints=args.keep_checkpoints,
+        resume=args.resume,
         on_fold=on_fold,
         on_epoch=lambda event: print(epoch_line(event["name"], event), flush=True),
         progress=quiet_progress,
@@ -237,4 +245,10 @@ def register(sub) -> None:
     add_cv_arguments(p, folds_required=True)
     p.add_argument("--work-dir", default="runs/cv", help="fold runs go to <work-dir>/<config stem>/fold<i>")
     p.add_argument("--json", help="write the results as JSON to this file (partial results after every fold)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted cv in the same --work-dir: folds finished with the same config are kept, "
+        "a fold stopped mid-run goes on from its last finished epoch",
+    )
     p.set_defaults(func=cmd_cv)

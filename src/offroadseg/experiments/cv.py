@@ -17,6 +17,7 @@ TTA, and ``scored_with`` says which.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -31,10 +32,21 @@ from offroadseg.config import Config, config_from_dict
 from offroadseg.data.datasets import list_samples, read_split_table, split_file_path
 from offroadseg.data.folds import Fold, make_folds, split_file_text
 from offroadseg.errors import ConfigError
-from offroadseg.metrics import best_epoch
+from offroadseg.metrics import best_epoch, json_ready
 from offroadseg.progress import StepProgress, labelled
 
-__all__ = ["cross_validate", "fold_config", "fold_resume_point", "plan_folds", "run_fold", "summarize_folds"]
+__all__ = [
+    "FOLD_ROW_NAME",
+    "cross_validate",
+    "fold_config",
+    "fold_resume_point",
+    "kept_fold_row",
+    "plan_folds",
+    "run_fold",
+    "summarize_folds",
+]
+
+FOLD_ROW_NAME = "fold_row.json"  # a finished fold's row and its config, in the fold's folder: `cv --resume`
 
 
 def plan_folds(
@@ -152,6 +164,26 @@ def fold_resume_point(cfg: Config, fold: Fold, run_dir: str | Path) -> int | str
         return str(exc)
 
 
+def kept_fold_row(cfg: Config, fold: Fold, fold_dir: str | Path) -> dict | None:
+    """The row of this fold finished earlier in ``fold_dir`` (its ``fold_row.json``) with this config, up to
+    how it ran (run folder, progress, logger, workers, cache folder, data root: the keys ``train --resume``
+    may change, less ``train.epochs``), marked ``kept``; None when there is none or the config differs."""
+    from offroadseg.training.resume import RESUMABLE_KEYS, config_diff  # noqa: PLC0415 (torch)
+
+    path = Path(fold_dir) / FOLD_ROW_NAME
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):  # none, or a damaged file: the fold runs again
+        return None
+    if not isinstance(saved, dict) or not isinstance(saved.get("row"), dict):
+        return None
+    how_it_ran = RESUMABLE_KEYS - {"train.epochs"}
+    current = json.loads(json.dumps(json_ready(fold_config(cfg, fold, fold_dir).to_dict())))  # as saved
+    if any(key not in how_it_ran for key, _, _ in config_diff(saved.get("config") or {}, current)):
+        return None
+    return {**saved["row"], "kept": True}
+
+
 def epoch_event(on_epoch: Callable[[dict], None], row: dict, **context) -> None:
     """A fold's validation epoch as one progress event, for ``cv`` and ``tune`` alike: the epoch's history
     row (``epoch``, ``epochs``, ``val_miou``, ``epoch_time_s``, ...) plus where it ran (``fold``, ``folds``,
@@ -235,6 +267,7 @@ def cross_validate(
     work_dir: str | Path = "runs/cv",
     rare_class: str | None = None,
     keep_checkpoints: bool = False,
+    resume: bool = False,
     on_fold: Callable[[dict, dict], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     progress: StepProgress | None = None,
@@ -249,6 +282,10 @@ def cross_validate(
         work_dir: where the fold runs go.
         rare_class: the class reported per fold (default: the least-labelled one).
         keep_checkpoints: keep each fold's ``checkpoints/`` (deleted after scoring by default).
+        resume: continue an interrupted invocation with the same ``work_dir``: a fold finished with the
+            same config (``fold_row.json`` in its folder; it may have run elsewhere or with other workers)
+            is kept (its row has ``kept: true``), and a fold interrupted after an epoch goes on from its
+            ``last.ckpt`` (``resumed_after_epochs``; ``resume_refused`` says why one cannot be continued).
         on_fold: ``on_fold(done, result_so_far)`` after every fold: ``done`` has
             ``name``, ``fold``, ``folds``, ``row``, ``done``, ``total``, ``elapsed_s``, ``eta_s``;
             ``result_so_far`` is the return value with the folds done so far (for partial JSON).
@@ -286,24 +323,33 @@ def cross_validate(
         }
         result["configs"].append(entry)
         for fold in folds:
-            row = run_fold(
-                cfg,
-                fold,
-                k,
-                Path(work_dir) / name / f"fold{fold.index + 1}",
-                keep_checkpoints=keep_checkpoints,
-                on_epoch=None
-                if on_epoch is None
-                else partial(epoch_event, on_epoch, name=name, fold=fold.index + 1, folds=k),
-                progress=labelled(progress, f"{name} fold {fold.index + 1}/{k}"),
-            )
+            fold_dir = Path(work_dir) / name / f"fold{fold.index + 1}"
+            row = kept_fold_row(cfg, fold, fold_dir) if resume else None
+            if row is None:
+                point = fold_resume_point(cfg, fold, fold_dir) if resume else None
+                row = run_fold(
+                    cfg,
+                    fold,
+                    k,
+                    fold_dir,
+                    resume=isinstance(point, int),
+                    keep_checkpoints=keep_checkpoints,
+                    on_epoch=None
+                    if on_epoch is None
+                    else partial(epoch_event, on_epoch, name=name, fold=fold.index + 1, folds=k),
+                    progress=labelled(progress, f"{name} fold {fold.index + 1}/{k}"),
+                )
+                if point is not None:
+                    row["resumed_after_epochs" if isinstance(point, int) else "resume_refused"] = point
+                record = {"config": fold_config(cfg, fold, fold_dir).to_dict(), "row": row}
+                atomic_write_text(fold_dir / FOLD_ROW_NAME, json.dumps(json_ready(record), indent=2))
+                # the ETA leaves out cache builds: they happen once, not per fold
+                fold_times.append(row["total_s"] - row["cache_build_s"])
             entry["fold_rows"].append(row)
             entry["scored_with"] = row["scored_with"]
             entry.update(summarize_folds(entry["fold_rows"], rare_class=rare_class))
             done += 1
-            # the ETA leaves out cache builds: they happen once, not per fold
-            fold_times.append(row["total_s"] - row["cache_build_s"])
-            eta = float(np.mean(fold_times)) * (total - done)
+            eta = float(np.mean(fold_times)) * (total - done) if fold_times else None
             if on_fold is not None:
                 fold_done = {
                     "name": name,
