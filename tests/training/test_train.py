@@ -1,5 +1,7 @@
+import csv
 import json
 import math
+import warnings
 
 import lightning as L
 import pytest
@@ -80,8 +82,16 @@ def test_head_learns_on_toy_data(toy_root, tmp_path):
 def test_resume_continues_from_last(toy_root, tmp_path):
     run = tmp_path / "r"
     train(toy_config(toy_root, run, overrides=["train.epochs=1"]))
-    result = train(toy_config(toy_root, run, overrides=["train.epochs=2"]), resume=True)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = train(toy_config(toy_root, run, overrides=["train.epochs=2"]), resume=True)
     assert [h["epoch"] for h in result.history] == [1, 2]
+    # the run's folder is not empty, as a resume expects: no warning that it is (nor that logs "will be
+    # deleted": Lightning's CSV writer appends, and the first run's rows stay)
+    assert not [w for w in seen if "exists and is not empty" in str(w.message)]
+    with open(run / "logs" / "metrics.csv") as f:
+        epochs = {row["epoch"] for row in csv.DictReader(f) if row.get("val_miou")}
+    assert epochs == {"0", "1"}
 
 
 def test_resume_without_checkpoint_is_an_error(toy_root, tmp_path):

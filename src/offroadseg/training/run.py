@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import warnings
 from collections.abc import Callable
@@ -11,6 +12,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from offroadseg.atomic import atomic_write_text
@@ -76,8 +79,31 @@ def build_module(cfg: Config, dm: SegDataModule, class_weights: list[float] | No
     )
 
 
-def _logger(cfg: Config, run_dir: Path):
-    """Lightning logger of ``run.logger``: CSV (always available) or TensorBoard event files."""
+class _AppendingCSVWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes the ``logs/metrics.csv`` it finds when it starts, so a resumed run
+    lost the rows of its first epochs; this one keeps the file and appends to it under its header."""
+
+    def _check_log_dir_exists(self) -> None:  # called by __init__: instead of deleting, adopt the header
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = list(next(csv.reader(f), []))
+
+
+class _ResumedCSVLogger(CSVLogger):
+    """``CSVLogger`` for a resumed run: its writer appends to the run's ``metrics.csv``."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingCSVWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def _logger(cfg: Config, run_dir: Path, *, resume: bool = False):
+    """Lightning logger of ``run.logger``: CSV (always available; a resume appends) or TensorBoard event
+    files (a resume adds a file)."""
     if cfg.run.logger == "tensorboard":
         try:
             import tensorboard  # noqa: F401, PLC0415 (an optional extra)
@@ -87,16 +113,19 @@ def _logger(cfg: Config, run_dir: Path):
                 "fix: pip install 'offroadseg[tensorboard]' or use run.logger=csv"
             ) from None
         return TensorBoardLogger(run_dir, name="logs", version="", default_hp_metric=False)
-    return CSVLogger(run_dir, name="logs", version="")
+    return (_ResumedCSVLogger if resume else CSVLogger)(run_dir, name="logs", version="")
 
 
-def build_trainer(cfg: Config, run_dir: Path, *, extra_callbacks: list | None = None) -> L.Trainer:
+def build_trainer(
+    cfg: Config, run_dir: Path, *, extra_callbacks: list | None = None, resume: bool = False
+) -> L.Trainer:
     """A Lightning Trainer with the run directory's checkpoints, history and log.
 
     Two checkpoint callbacks: ``best.ckpt`` when val mIoU improves, and ``last.ckpt`` at the end
     of every epoch (Lightning's ``save_last`` only copies the latest *saved* checkpoint, which
     with ``save_top_k=1`` is the best one). ``last`` is listed second so the file carries the
-    best-checkpoint callback's updated state (best score) for a resume.
+    best-checkpoint callback's updated state (best score) for a resume; with ``resume`` the CSV log
+    appends to the run's ``logs/metrics.csv``.
     """
     t = cfg.train
     ckpt_dir = run_dir / "checkpoints"
@@ -141,7 +170,7 @@ def build_trainer(cfg: Config, run_dir: Path, *, extra_callbacks: list | None = 
         # "warn": ops without a deterministic kernel (CUDA bilinear-upsample backward) warn, not stop
         deterministic="warn" if t.deterministic else None,
         benchmark=False if t.deterministic else None,
-        logger=_logger(cfg, run_dir),
+        logger=_logger(cfg, run_dir, resume=resume),
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.run.progress,
@@ -214,10 +243,13 @@ def train(
     from offroadseg.training.caches import attach_caches  # noqa: PLC0415 (keeps import light)
 
     cache_report = attach_caches(cfg, dm, module, progress=progress)
-    trainer = build_trainer(cfg, run_dir, extra_callbacks=[EpochReport(on_epoch)] if on_epoch else None)
+    extra = [EpochReport(on_epoch)] if on_epoch else None
+    trainer = build_trainer(cfg, run_dir, extra_callbacks=extra, resume=resume)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+        if resume:  # the run's own folders: a resume expects them full (and the CSV log appends)
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=False)
     if not trainer.is_global_zero:
         return TrainResult(run_dir, None, None, None)
