@@ -75,7 +75,7 @@ def test_records_per_fold_then_resumes(ycor_root, tmp_path, monkeypatch, capsys)
     # fold 1 is recorded; fold 2 trains, then its adaptation is interrupted: no record for it
     assert _run(_argv(ycor_root, out, *ADAPT, "--only-folds", "1,2")) == 2
     assert [r["fold"] for r in json.loads((out / "adapt_cv.json").read_text())["records"]] == [1]
-    assert (out / "fold2" / "train_row.json").is_file()
+    assert (out / "fold2" / "train" / "fold_row.json").is_file()
 
     # the rerun skips fold 1 and reuses fold 2's finished training: training again would fail
     def no_training(*_a, **_k):
@@ -86,7 +86,10 @@ def test_records_per_fold_then_resumes(ycor_root, tmp_path, monkeypatch, capsys)
     capsys.readouterr()
     assert _run(_argv(ycor_root, out, *ADAPT, "--only-folds", "2,1", "--json", str(tmp_path / "r.json"))) == 0
     printed = capsys.readouterr().out
-    assert "fold 1/3: already recorded" in printed and "fold 2/3: reusing its finished training" in printed
+    assert (
+        "fold 1/3: already recorded" in printed
+        and "fold 2/3: training on 4 frames (2 held out): kept, finished earlier" in printed
+    )
     assert "| 1/3 | 2 |" in printed and "| 2/3 | 2 |" in printed
     res = json.loads((out / "adapt_cv.json").read_text())
     assert json.loads((tmp_path / "r.json").read_text())["records"] == res["records"]

@@ -152,6 +152,13 @@ def test_cv_resume_keeps_finished_folds_and_continues_the_interrupted_one(
 
         return real(cfg, fold, k, run_dir, on_epoch=report, **kw)
 
+    from offroadseg.config import load_config
+    from offroadseg.experiments.cv import fold_resume_point, kept_fold_row, plan_folds
+
+    overrides = [o for o in _argv(root, tmp_path)[2:] if "=" in o]  # the config's, then --set's
+    cfg = load_config(REPO / "configs" / "ycor.yaml", overrides + [o for o in common if "=" in o])
+    cfg.run.progress = False
+    folds = plan_folds(cfg, 3)
     monkeypatch.setattr(cv_module, "run_fold", stopping)
     out = tmp_path / "cv.json"
     with warnings.catch_warnings():
@@ -161,6 +168,10 @@ def test_cv_resume_keeps_finished_folds_and_continues_the_interrupted_one(
         assert (fold_dir / "fold1" / "fold_row.json").is_file() and not (
             fold_dir / "fold2" / "fold_row.json"
         ).exists()
+        # fold 2's checkpoint continues fold 2, not a fold of other frames (a split file names the same path)
+        assert fold_resume_point(cfg, folds[1], fold_dir / "fold2") == 1
+        assert "another split of the frames" in fold_resume_point(cfg, folds[0], fold_dir / "fold2")
+        assert fold_resume_point(cfg, folds[1], fold_dir / "fold2") == 1  # the refusal left it as it was
         monkeypatch.setattr(cv_module, "run_fold", real)
         capsys.readouterr()
         assert main([*_argv(root, tmp_path, *common), "--json", str(out), "--resume"]) == 0
@@ -183,14 +194,9 @@ def test_cv_resume_keeps_finished_folds_and_continues_the_interrupted_one(
     (ref,) = json.loads(reference.read_text())["configs"]
     assert [r["miou"] for r in rows] == pytest.approx([r["miou"] for r in ref["fold_rows"]], abs=1e-6)
     assert entry["miou_mean"] == pytest.approx(ref["miou_mean"], abs=1e-6)
-    # a finished fold is kept only for the same config (how it ran aside)
-    from offroadseg.config import load_config
-    from offroadseg.experiments.cv import kept_fold_row, plan_folds
-
-    overrides = [o for o in _argv(root, tmp_path)[2:] if "=" in o]  # the config's, then --set's
-    cfg = load_config(REPO / "configs" / "ycor.yaml", overrides + [o for o in common if "=" in o])
-    cfg.run.progress = False
-    fold = plan_folds(cfg, 3)[0]
+    # a finished fold is kept only for the same frames and config (how it ran aside)
+    fold = folds[0]
+    assert kept_fold_row(cfg, folds[1], fold_dir / "fold1") is None
     assert kept_fold_row(cfg, fold, fold_dir / "fold1")["miou"] == rows[0]["miou"]
     cfg.data.num_workers = 3  # how it runs
     assert kept_fold_row(cfg, fold, fold_dir / "fold1") is not None

@@ -43,6 +43,7 @@ __all__ = [
     "kept_fold_row",
     "plan_folds",
     "run_fold",
+    "run_or_keep_fold",
     "summarize_folds",
 ]
 
@@ -77,6 +78,16 @@ def plan_folds(
     return make_folds(names, k, gap=d.group_gap if gap is None else gap, seed=seed, groups=groups)
 
 
+def _split_text(fold: Fold) -> str:
+    """The fold's split file: its frames as ``train`` and ``val``, which frame is which."""
+    return split_file_text(fold, train_split="train", val_split="val")
+
+
+def _as_saved(cfg: Config) -> dict:
+    """A config as its JSON record reads back (tuples become lists), to compare with one."""
+    return json.loads(json.dumps(json_ready(cfg.to_dict())))
+
+
 def fold_config(cfg: Config, fold: Fold, run_dir: str | Path) -> Config:
     """The config of one fold: its own split file (written into ``run_dir``) and run directory."""
     run_dir = Path(run_dir)
@@ -84,7 +95,7 @@ def fold_config(cfg: Config, fold: Fold, run_dir: str | Path) -> Config:
     split_path = (run_dir / "cv_split.tsv").resolve()
     # the fold's own split names: a base that trains on a union (train_split: train+val) must train on
     # the fold's training frames only, never on its held-out ones
-    atomic_write_text(split_path, split_file_text(fold, train_split="train", val_split="val"))
+    atomic_write_text(split_path, _split_text(fold))
     out = config_from_dict(cfg.to_dict())
     out.data.train_split, out.data.val_split = "train", "val"
     out.data.split_file = str(split_path)
@@ -106,9 +117,15 @@ def run_fold(
     """Train and score one fold; ``on_epoch(row)`` after each of its validation epochs (history row
     plus ``epochs``); ``progress(description)`` for its steps before the first epoch (a store build);
     ``resume``: continue an interrupted run of this fold from ``<run_dir>/checkpoints/last.ckpt`` (see
-    :func:`fold_resume_point`)."""
+    :func:`fold_resume_point`). A finished fold's row, config and split are recorded in
+    ``<run_dir>/fold_row.json`` (see :func:`kept_fold_row`)."""
     from offroadseg.experiments.scoring import train_and_score  # noqa: PLC0415 (torch/lightning when running)
 
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    if not resume:  # a fresh start leaves nothing of an earlier run here to be kept or continued later
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (run_dir / FOLD_ROW_NAME).unlink(missing_ok=True)
     fcfg = fold_config(cfg, fold, run_dir)
     run = train_and_score(fcfg, on_epoch=on_epoch, progress=progress, resume=resume)
     result, scores, no_tta_scores = run.result, run.scores, run.scores_no_tta
@@ -116,8 +133,8 @@ def run_fold(
     scored_with, fit_s, eval_s = run.scored_with, run.fit_s, run.eval_s
     caches = result.caches or {}
     if not keep_checkpoints:  # each holds the backbone too: 5 folds x N configs add up
-        shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
-    return {
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    row = {
         "fold": fold.index + 1,
         "folds": k,
         "val_frames": len(fold.val),
@@ -141,7 +158,56 @@ def run_fold(
         "train_s": fit_s - float(caches.get("setup_s", 0.0)),
         "eval_s": eval_s,
         "total_s": fit_s + eval_s,
+        "wall_s": time.perf_counter() - start,
     }
+    record = {"config": _as_saved(fcfg), "split": _split_text(fold), "row": row}
+    atomic_write_text(run_dir / FOLD_ROW_NAME, json.dumps(json_ready(record), indent=2))
+    return row
+
+
+def run_or_keep_fold(
+    cfg: Config,
+    fold: Fold,
+    k: int,
+    run_dir: Path,
+    *,
+    keep_checkpoints: bool,
+    on_epoch: Callable[[dict], None] | None = None,
+    progress: StepProgress | None = None,
+    say: Callable[[str], None] | None = None,
+) -> dict:
+    """:func:`run_fold` that goes on from where an earlier invocation left this fold in ``run_dir``.
+
+    The row of the fold finished there with this config and split (:func:`kept_fold_row`, ``kept``; its
+    checkpoint must still be there with ``keep_checkpoints``); else the fold continued from its
+    ``last.ckpt`` (:func:`fold_resume_point`, ``resumed_after_epochs``); else run from the start
+    (``resume_refused``: why a checkpoint there could not be continued). ``say`` gets one line saying which.
+    """
+    say = say or (lambda _m: None)
+    row = kept_fold_row(cfg, fold, run_dir, checkpoint=keep_checkpoints)
+    if row is not None:
+        say(f"kept, finished earlier ({row['run_dir']})")
+        return row
+    point = fold_resume_point(cfg, fold, run_dir)
+    if isinstance(point, int):
+        say(f"continues an interrupted run after its epoch {point} ({run_dir})")
+    elif point is not None:
+        say(f"from the start (an interrupted run cannot be continued: {point})")
+    else:
+        say("starts")
+    row = run_fold(
+        cfg,
+        fold,
+        k,
+        run_dir,
+        resume=isinstance(point, int),
+        keep_checkpoints=keep_checkpoints,
+        on_epoch=on_epoch,
+        progress=progress,
+    )
+    if point is not None:
+        row["resumed_after_epochs" if isinstance(point, int) else "resume_refused"] = point
+    return row
 
 
 def fold_resume_point(cfg: Config, fold: Fold, run_dir: str | Path) -> int | str | None:
@@ -149,8 +215,10 @@ def fold_resume_point(cfg: Config, fold: Fold, run_dir: str | Path) -> int | str
 
     Returns:
         None when ``run_dir`` holds no ``checkpoints/last.ckpt``; the number of epochs it finished when the
-        checkpoint reads and was trained with this fold's config (the checks of ``train --resume``); else
-        the one-line reason it cannot be continued (a damaged file, another config).
+        checkpoint reads and was trained with this fold's config and split (the checks of ``train
+        --resume``, and the run's ``cv_split.tsv``: a fresh :func:`run_fold` deletes the checkpoints of an
+        earlier run before it writes its split); else the one-line reason it cannot be continued (a damaged
+        file, another config, other frames in the fold).
     """
     from offroadseg.errors import ModelError  # noqa: PLC0415
     from offroadseg.training.resume import check_resume  # noqa: PLC0415 (torch when resuming)
@@ -158,16 +226,20 @@ def fold_resume_point(cfg: Config, fold: Fold, run_dir: str | Path) -> int | str
     last = Path(run_dir) / "checkpoints" / "last.ckpt"
     if not last.is_file():
         return None
+    split = Path(run_dir) / "cv_split.tsv"
+    if not split.is_file() or split.read_text() != _split_text(fold):
+        return f"{last} was trained on another split of the frames (other folds, seed or gap)"
     try:
         return check_resume(fold_config(cfg, fold, run_dir), last)
     except (ConfigError, ModelError) as exc:
         return str(exc)
 
 
-def kept_fold_row(cfg: Config, fold: Fold, fold_dir: str | Path) -> dict | None:
+def kept_fold_row(cfg: Config, fold: Fold, fold_dir: str | Path, *, checkpoint: bool = False) -> dict | None:
     """The row of this fold finished earlier in ``fold_dir`` (its ``fold_row.json``) with this config, up to
     how it ran (run folder, progress, logger, workers, cache folder, data root: the keys ``train --resume``
-    may change, less ``train.epochs``), marked ``kept``; None when there is none or the config differs."""
+    may change, less ``train.epochs``), and this split of the frames, marked ``kept``; None when there is
+    none, the config or split differs, or (``checkpoint``) the row's model checkpoint is gone."""
     from offroadseg.training.resume import RESUMABLE_KEYS, config_diff  # noqa: PLC0415 (torch)
 
     path = Path(fold_dir) / FOLD_ROW_NAME
@@ -177,8 +249,12 @@ def kept_fold_row(cfg: Config, fold: Fold, fold_dir: str | Path) -> dict | None:
         return None
     if not isinstance(saved, dict) or not isinstance(saved.get("row"), dict):
         return None
+    if saved.get("split") != _split_text(fold):
+        return None
+    if checkpoint and not Path(str(saved["row"].get("model_checkpoint"))).is_file():
+        return None
     how_it_ran = RESUMABLE_KEYS - {"train.epochs"}
-    current = json.loads(json.dumps(json_ready(fold_config(cfg, fold, fold_dir).to_dict())))  # as saved
+    current = _as_saved(fold_config(cfg, fold, fold_dir))
     if any(key not in how_it_ran for key, _, _ in config_diff(saved.get("config") or {}, current)):
         return None
     return {**saved["row"], "kept": True}
@@ -323,27 +399,18 @@ def cross_validate(
         }
         result["configs"].append(entry)
         for fold in folds:
-            fold_dir = Path(work_dir) / name / f"fold{fold.index + 1}"
-            row = kept_fold_row(cfg, fold, fold_dir) if resume else None
-            if row is None:
-                point = fold_resume_point(cfg, fold, fold_dir) if resume else None
-                row = run_fold(
-                    cfg,
-                    fold,
-                    k,
-                    fold_dir,
-                    resume=isinstance(point, int),
-                    keep_checkpoints=keep_checkpoints,
-                    on_epoch=None
-                    if on_epoch is None
-                    else partial(epoch_event, on_epoch, name=name, fold=fold.index + 1, folds=k),
-                    progress=labelled(progress, f"{name} fold {fold.index + 1}/{k}"),
-                )
-                if point is not None:
-                    row["resumed_after_epochs" if isinstance(point, int) else "resume_refused"] = point
-                record = {"config": fold_config(cfg, fold, fold_dir).to_dict(), "row": row}
-                atomic_write_text(fold_dir / FOLD_ROW_NAME, json.dumps(json_ready(record), indent=2))
-                # the ETA leaves out cache builds: they happen once, not per fold
+            row = (run_or_keep_fold if resume else run_fold)(
+                cfg,
+                fold,
+                k,
+                Path(work_dir) / name / f"fold{fold.index + 1}",
+                keep_checkpoints=keep_checkpoints,
+                on_epoch=None
+                if on_epoch is None
+                else partial(epoch_event, on_epoch, name=name, fold=fold.index + 1, folds=k),
+                progress=labelled(progress, f"{name} fold {fold.index + 1}/{k}"),
+            )
+            if not row.get("kept"):  # the ETA leaves out cache builds: they happen once, not per fold
                 fold_times.append(row["total_s"] - row["cache_build_s"])
             entry["fold_rows"].append(row)
             entry["scored_with"] = row["scored_with"]

@@ -12,8 +12,9 @@ For each fold of the grouped folds ``offroadseg cv`` uses (:func:`~offroadseg.ex
 
 A record per fold (before, after, gain in points, seconds for training, adaptation and scoring, target
 frames, adaptation frames/min) is written atomically to ``<out>/adapt_cv.json`` after every fold; a
-rerun with the same ``out`` and the same setup skips the folds already recorded, and reuses the finished
-training of a fold whose adaptation or scoring was interrupted.
+rerun with the same ``out`` and the same setup skips the folds already recorded, keeps the finished
+training of a fold whose adaptation or scoring was interrupted, and continues an interrupted training from
+its last epoch (``cv.run_or_keep_fold``).
 
 The summary checks the issue's targets from the numbers: mean gain >= +2 points, no fold below -1
 point, and 1000 target frames adapted in <= 30 min (a linear extrapolation of the measured frames/min).
@@ -51,7 +52,6 @@ WORST_GAIN_FLOOR = -1.0  # points: no fold may lose more than this
 FRAMES_TARGET = 1000  # target frames ...
 MINUTES_TARGET = 30.0  # ... adapted within this many minutes (ViT-S, 2 cores)
 RESULT_NAME = "adapt_cv.json"  # the resumable record file inside --out
-TRAIN_ROW_NAME = "train_row.json"  # inside --out/fold<i>: a finished training, reused by a rerun
 SCORED_WITH = (
     "no TTA; predict's predictor at the mask's resolution, one confusion matrix over the held-out frames"
 )
@@ -146,33 +146,24 @@ def _score(checkpoints: dict[str, Path], samples, gt_dir: Path, device) -> dict:
     return scores
 
 
-def _train_fold(cfg: Config, fold, k: int, fold_dir: Path, setup: dict, say: Callable[[str], None]) -> dict:
-    """``run_fold``'s row, with ``wall_s``; a training finished by an earlier invocation of the same setup
-    (``fold_dir/train_row.json`` and its checkpoint) is reused (``reused``), so an interrupted adaptation
-    does not cost the training again."""
-    from offroadseg.experiments.cv import run_fold
-    from offroadseg.metrics import json_ready
+def _train_fold(cfg: Config, fold, k: int, fold_dir: Path, say: Callable[[str], None]) -> dict:
+    """``run_fold``'s row in ``fold_dir/train``; a training an earlier invocation finished there with the
+    same config and frames is kept (``kept``, so an interrupted adaptation does not cost the training
+    again) and one it left unfinished is continued from its last epoch (``cv.run_or_keep_fold``)."""
+    from offroadseg.experiments.cv import run_or_keep_fold
 
-    n, path = fold.index + 1, fold_dir / TRAIN_ROW_NAME
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        row = saved.get("row") or {}
-        ckpt = row.get("model_checkpoint")
-        if saved.get("setup") == json_ready(setup) and ckpt and Path(ckpt).is_file():
-            say(f"fold {n}/{k}: reusing its finished training ({ckpt})")
-            return {**row, "reused": True}
-    say(f"fold {n}/{k}: training on {len(fold.train)} frames ({len(fold.val)} held out)")
-    t = time.perf_counter()
-    row = run_fold(cfg, fold, k, fold_dir / "train", keep_checkpoints=True)
-    row["wall_s"] = time.perf_counter() - t
+    n = fold.index + 1
+    label = f"fold {n}/{k}: training on {len(fold.train)} frames ({len(fold.val)} held out)"
+    row = run_or_keep_fold(
+        cfg, fold, k, fold_dir / "train", keep_checkpoints=True, say=lambda m: say(f"{label}: {m}")
+    )
     if not row["model_checkpoint"]:
         raise OffroadsegError(f"fold {n}: training wrote no checkpoint in {fold_dir / 'train'}")
-    atomic_write_text(path, json.dumps(json_ready({"setup": setup, "row": row}), indent=2))
-    return {**row, "reused": False}
+    return row
 
 
 def run_adapt_fold(
-    cfg: Config, fold, k: int, fold_dir: Path, settings, *, setup: dict, say: Callable[[str], None]
+    cfg: Config, fold, k: int, fold_dir: Path, settings, *, say: Callable[[str], None]
 ) -> dict:
     """Train (or reuse the training of an interrupted invocation), adapt and score one fold; its record."""
     from offroadseg.devices import accelerator_device
@@ -180,7 +171,7 @@ def run_adapt_fold(
     from offroadseg.experiments.cv import fold_config
 
     n = fold.index + 1
-    row = _train_fold(cfg, fold, k, fold_dir, setup, say)
+    row = _train_fold(cfg, fold, k, fold_dir, say)
     train_s = row["wall_s"]
     checkpoint = Path(row["model_checkpoint"])
     samples = _held_out_samples(fold_config(cfg, fold, fold_dir / "train"), fold.val)
@@ -225,7 +216,7 @@ def run_adapt_fold(
         "collapsed": list(res.collapsed),
         "shipped_round": res.shipped_round,
         "scored_with": SCORED_WITH,
-        "training_reused": row["reused"],
+        "training_reused": bool(row.get("kept")),
         "seconds": {
             "train": train_s,
             "cache_build": row["cache_build_s"],
@@ -402,9 +393,7 @@ def bench_adapt_cv(
     for n in wanted:
         if n in done:
             continue
-        records.append(
-            run_adapt_fold(cfg, folds[n - 1], k, out / f"fold{n}", adapt_settings, setup=setup, say=say)
-        )
+        records.append(run_adapt_fold(cfg, folds[n - 1], k, out / f"fold{n}", adapt_settings, say=say))
         ran.append(n)
         write()
     return result
