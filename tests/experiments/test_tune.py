@@ -656,7 +656,7 @@ def test_kill_9_then_the_same_command_continues_the_study(ycor: Path, tmp_path: 
     again = _spawn(argv)
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0, out
-    assert "trials [1] of a dead worker marked failed; failed trials [1] queued again" in out
+    assert "trials [1] of a dead worker marked failed; failed trials [1] queued again" in out, out
     trials = {t.number: t for t in _trials(tmp_path)}
     assert (trials[0].state.name, trials[0].value) == before[0]  # the completed trial is kept as it was
     assert trials[1].state.name == "FAIL"
@@ -711,6 +711,27 @@ def test_recovery_reports_which_dead_trials_are_queued_again_and_which_are_at_th
     t.set_user_attr("dequeued_by_hand", "the sampler proposes anew")
     study.tell(t, state=optuna.trial.TrialState.FAIL)
     assert recover_trials(study) == {"failed": [], "requeued": [], "at_limit": []}
+
+
+def test_a_trial_whose_pid_went_to_a_later_process_is_dead() -> None:
+    """A pid alone does not name a process once a later one gets it: a running trial recorded with this
+    process's pid but another start time (its worker died, the pid was given again) is recovered; one
+    recorded with this process's own start time, or with no start time (older trials), is not."""
+    import socket
+
+    from offroadseg.experiments.tune_store import recover_trials
+    from offroadseg.processes import process_start
+
+    started = process_start(os.getpid())
+    if started is None:
+        pytest.skip("no /proc on this system: the pid alone decides")
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    for start in (started - 1, started, None):
+        t = study.ask(dist)
+        for key, value in {"pid": os.getpid(), "host": socket.gethostname(), "pid_start": start}.items():
+            t.set_user_attr(key, value)
+    assert recover_trials(study)["failed"] == [0]
 
 
 def test_a_retry_that_scored_a_fold_of_its_own_starts_a_new_count_of_retries() -> None:

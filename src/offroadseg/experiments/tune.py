@@ -49,6 +49,7 @@ from offroadseg.experiments.tune_store import (
 )
 from offroadseg.models.archs import ARCHS
 from offroadseg.models.backbone import hidden_states_needed, resolve_layers
+from offroadseg.processes import process_start
 from offroadseg.progress import StepProgress, labelled
 
 __all__ = [
@@ -286,6 +287,7 @@ def run_tune(
         current.append(trial.number)
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("pid_start", process_start(os.getpid()))  # a later process may get the pid
         earlier = [
             t
             for t in study.get_trials(deepcopy=False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import time
 import warnings
@@ -237,7 +236,8 @@ def _creation_lock(url: str):
 def recover_trials(study) -> dict[str, list[int]]:
     """Fail the trials whose worker is gone and queue their values again.
 
-    A running trial is dead when it ran on this host and its process is gone, or (any host) when
+    A running trial is dead when it ran on this host and its process is gone (the pid, and the start time
+    recorded with it where there is one), or (any host) when
     its heartbeat is older than the grace period. A failed trial is queued again once (up to
     ``MAX_RETRIES`` times along one chain of retries that scored no new fold: a trial that scored a fold
     of its own before it died made progress, so its retry starts a new count; a study stopped between
@@ -257,8 +257,9 @@ def recover_trials(study) -> dict[str, list[int]]:
     host = socket.gethostname()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid, on = t.user_attrs.get("pid"), t.user_attrs.get("host")
-        if on == host and isinstance(pid, int) and pid != os.getpid() and not pid_alive(pid):
+        pid, on, started = t.user_attrs.get("pid"), t.user_attrs.get("host"), t.user_attrs.get("pid_start")
+        # the pid and its process's start time: a pid alone may have gone to a later process (this one too)
+        if on == host and isinstance(pid, int) and not pid_alive(pid, started):
             try:
                 storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
                 failed.append(t.number)
