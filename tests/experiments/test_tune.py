@@ -375,8 +375,10 @@ def test_a_retry_continues_the_fold_its_predecessor_left_after_its_last_epoch(
             work_dir=str(tmp_path),
         )
 
+    first: list[dict] = []
     with pytest.raises(_Stopped):
-        run_tune(base, params, options("a"), run_fold=stopping)
+        run_tune(base, params, options("a"), on_event=first.append, run_fold=stopping)
+    (epoch_1,) = [e["epoch_time_s"] for e in first if e["kind"] == "epoch" and e["epoch"] == 1]
     (stopped,) = _trials(tmp_path, "a")
     fold_dir = tmp_path / "a" / "trial0000" / "fold1"
     assert stopped.state.name == "FAIL" and stopped.user_attrs["fold_dirs"] == {"1": str(fold_dir)}
@@ -405,6 +407,9 @@ def test_a_retry_continues_the_fold_its_predecessor_left_after_its_last_epoch(
         2,
         2,
     ]
+    # the trial's cost counts the epoch its predecessor trained, besides its own time
+    assert rows[0]["resumed_epochs_s"] == pytest.approx(epoch_1)
+    assert retry.user_attrs["cost_s"] >= epoch_1 + sum(r["total_s"] for r in rows)
     # the same point, never stopped, in another study: the same fold scores
     run_tune(base, params, options("b"))
     (whole,) = _trials(tmp_path, "b")

@@ -152,6 +152,7 @@ def run_fold(
         "epochs": len(result.history),
         "best_epoch": top[0] if (top := best_epoch(result.history)) else None,
         "history_val_miou": [h.get("val_miou") for h in result.history],
+        "history_epoch_s": [h.get("epoch_time_s") for h in result.history],
         "cache_build_s": float(caches.get("build_s", 0.0)),
         "cache_built": any(s.get("built") for s in caches.get("stores", [])),
         "cache_messages": list(caches.get("messages", [])),

@@ -320,6 +320,7 @@ def run_tune(
             }
         )
         reused_s = 0.0
+        carried_s = 0.0  # the epochs a resumed fold's predecessor trained before it stopped
         for fold in folds:
             done = reused.get(fold.index + 1)
             if done is not None and (
@@ -363,14 +364,16 @@ def run_tune(
                     trial.set_user_attr("infeasible", str(exc))
                     raise optuna.TrialPruned(f"infeasible: {exc}") from None
                 if resumed is not None:
-                    row = {**row, "resumed_after_epochs": resumed}
+                    before = sum(float(s or 0.0) for s in (row.get("history_epoch_s") or [])[:resumed])
+                    row = {**row, "resumed_after_epochs": resumed, "resumed_epochs_s": before}
+                    carried_s += before
                 value = fold_objective(row, opts.exclude)
             if value is None or math.isnan(value):
                 raise OffroadsegError(f"trial {trial.number} fold {fold.index + 1}: no class scored")
             scores.append(value)
             rows.append(_slim(row, value))
             trial.set_user_attr("fold_rows", rows)
-            trial.set_user_attr("cost_s", time.perf_counter() - t0 + reused_s)
+            trial.set_user_attr("cost_s", time.perf_counter() - t0 + reused_s + carried_s)
             running = sum(scores) / len(scores)
             trial.report(running, step=len(scores))
             emit(
@@ -533,7 +536,11 @@ def _slim(row: dict, value: float) -> dict:
         "model_checkpoint": row.get("model_checkpoint"),
         **({"reused_from": row["reused_from"]} if row.get("reused_from") is not None else {}),
         # continued from an interrupted run's checkpoint: train_s/total_s count the epochs after it only
-        **({"resumed_after_epochs": row["resumed_after_epochs"]} if row.get("resumed_after_epochs") else {}),
+        **(
+            {"resumed_after_epochs": row["resumed_after_epochs"], "resumed_epochs_s": row["resumed_epochs_s"]}
+            if row.get("resumed_after_epochs")
+            else {}
+        ),
     }
 
 
