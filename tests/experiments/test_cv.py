@@ -179,6 +179,12 @@ def test_cv_resume_keeps_finished_folds_and_continues_the_interrupted_one(
         reference = tmp_path / "whole.json"
         whole = [*_argv(root, tmp_path / "whole", *common), "--json", str(reference)]
         assert main(whole) == 0
+        assert "note:" not in capsys.readouterr().out  # a fresh work dir: nothing to say
+        # without --resume, a work dir with an earlier invocation's folds says how to keep them
+        assert main(_argv(root, tmp_path, *common)) == 0
+        again = capsys.readouterr().out
+        assert "cv: note: " in again and "holds folds an earlier invocation ran for ycor" in again
+        assert "add --resume" in again and "kept from an earlier run" not in again
     assert "ycor fold 1/3: mIoU" in printed and "kept from an earlier run (--resume)" in printed
     assert re.search(
         r"ycor fold 2/3: mIoU \S+ on 2 frames \(1 group\), train \d+ s after epoch 1 \(--resume\); ", printed

@@ -158,7 +158,7 @@ def write_markdown(path: str | None, text: str) -> None:
 def cmd_cv(args: argparse.Namespace) -> int:
     from offroadseg.config import load_config
     from offroadseg.errors import ConfigError
-    from offroadseg.experiments.cv import cross_validate
+    from offroadseg.experiments.cv import FOLD_ROW_NAME, cross_validate
 
     configs, overrides = split_positionals(args.items)
     overrides += args.overrides
@@ -173,6 +173,20 @@ def cmd_cv(args: argparse.Namespace) -> int:
         f"cv: {len(entries)} config(s) x {args.folds} folds ({', '.join(configs)}); runs under "
         f"{args.work_dir}/<config>/fold<i>"
     )
+    if not args.resume:  # an earlier invocation's folds would be run again: say how to keep them
+        earlier = sorted(
+            {
+                name
+                for name, _ in entries
+                for fold in Path(args.work_dir, name).glob("fold*")
+                if (fold / FOLD_ROW_NAME).is_file() or (fold / "checkpoints" / "last.ckpt").is_file()
+            }
+        )
+        if earlier:
+            print(
+                f"cv: note: {args.work_dir} holds folds an earlier invocation ran for {', '.join(earlier)}; they "
+                "run again (add --resume to keep the finished ones and continue an interrupted one)"
+            )
 
     def on_fold(progress: dict, so_far: dict) -> None:
         print(fold_line(progress), flush=True)
