@@ -62,7 +62,7 @@ def _fold_runner(miou: float, *, ran: list | None = None, stop_in_fold: int | No
     """A stand-in for ``cv.run_fold``: every fold scores ``miou``; the worker stops (KeyboardInterrupt) on
     entering fold ``stop_in_fold``; the folds it runs are appended to ``ran``."""
 
-    def run(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None, progress=None, resume=False):
+    def run(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None, progress=None, resume_after=None):
         if stop_in_fold == fold.index + 1:
             raise KeyboardInterrupt
         if ran is not None:
@@ -251,7 +251,9 @@ def test_a_trial_behind_after_its_first_fold_is_pruned(ycor: Path, tmp_path: Pat
     params = parse_space({"train.lr": {"choice": [0.3, 0.2, 0.1, 0.4]}})
     ran: list[tuple[float, int]] = []
 
-    def fake_fold(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None, progress=None, resume=False):
+    def fake_fold(
+        cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None, progress=None, resume_after=None
+    ):
         ran.append((cfg.train.lr, fold.index + 1))
         return {"fold": fold.index + 1, "miou": cfg.train.lr, "per_class_iou": {"a": cfg.train.lr}}
 
@@ -532,7 +534,7 @@ def test_a_retry_runs_before_the_points_queued_ahead_of_it(ycor: Path, tmp_path:
 
     stopped = _fold_runner(0.5, stop_in_fold=1)  # the worker stops in the first trial's first fold
 
-    def fold(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None, progress=None, resume=False):
+    def fold(cfg, fold, k, run_dir, *, keep_checkpoints, on_epoch=None, progress=None, resume_after=None):
         if fold.index == 0:
             order.append(round(cfg.train.lr, 1))
         return {"fold": fold.index + 1, "miou": 0.5, "per_class_iou": {"a": 0.5}}

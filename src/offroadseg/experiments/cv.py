@@ -112,17 +112,20 @@ def run_fold(
     keep_checkpoints: bool,
     on_epoch: Callable[[dict], None] | None = None,
     progress: StepProgress | None = None,
-    resume: bool = False,
+    resume_after: int | None = None,
 ) -> dict:
     """Train and score one fold; ``on_epoch(row)`` after each of its validation epochs (history row
     plus ``epochs``); ``progress(description)`` for its steps before the first epoch (a store build);
-    ``resume``: continue an interrupted run of this fold from ``<run_dir>/checkpoints/last.ckpt`` (see
-    :func:`fold_resume_point`). A finished fold's row, config and split are recorded in
-    ``<run_dir>/fold_row.json`` (see :func:`kept_fold_row`)."""
+    ``resume_after``: continue an interrupted run of this fold from ``<run_dir>/checkpoints/last.ckpt``,
+    which finished that many epochs (:func:`fold_resume_point`); the row then has ``resumed_after_epochs``
+    and ``resumed_epochs_s`` (those epochs' time: ``train_s``/``total_s`` count the epochs after them). A
+    finished fold's row, config and split are recorded in ``<run_dir>/fold_row.json`` (see
+    :func:`kept_fold_row`)."""
     from offroadseg.experiments.scoring import train_and_score  # noqa: PLC0415 (torch/lightning when running)
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
+    resume = resume_after is not None
     if not resume:  # a fresh start leaves nothing of an earlier run here to be kept or continued later
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         (run_dir / FOLD_ROW_NAME).unlink(missing_ok=True)
@@ -161,6 +164,9 @@ def run_fold(
         "total_s": fit_s + eval_s,
         "wall_s": time.perf_counter() - start,
     }
+    if resume:
+        row["resumed_after_epochs"] = resume_after
+        row["resumed_epochs_s"] = sum(float(s or 0.0) for s in row["history_epoch_s"][:resume_after])
     record = {"config": _as_saved(fcfg), "split": _split_text(fold), "row": row}
     atomic_write_text(run_dir / FOLD_ROW_NAME, json.dumps(json_ready(record), indent=2))
     return row
@@ -201,18 +207,18 @@ def run_or_keep_fold(
         fold,
         k,
         run_dir,
-        resume=isinstance(point, int),
+        resume_after=point if isinstance(point, int) else None,
         keep_checkpoints=keep_checkpoints,
         on_epoch=on_epoch,
         progress=progress,
     )
-    if point is not None:
-        row["resumed_after_epochs" if isinstance(point, int) else "resume_refused"] = point
+    if isinstance(point, str):
+        row["resume_refused"] = point
     return row
 
 
 def fold_resume_point(cfg: Config, fold: Fold, run_dir: str | Path) -> int | str | None:
-    """Whether an interrupted run of this fold in ``run_dir`` can be continued (``run_fold(resume=True)``).
+    """Whether an interrupted run of this fold in ``run_dir`` can be continued (``run_fold(resume_after=)``).
 
     Returns:
         None when ``run_dir`` holds no ``checkpoints/last.ckpt``; the number of epochs it finished when the

@@ -346,7 +346,7 @@ def run_tune(
                         fold,
                         opts.folds,
                         fold_dir,
-                        resume=resumed is not None,
+                        resume_after=resumed,
                         keep_checkpoints=opts.keep_checkpoints,
                         on_epoch=partial(
                             cv.epoch_event,
@@ -363,10 +363,7 @@ def run_tune(
                 except ConfigError as exc:  # a combination the model refuses (e.g. LoRA on cached blocks)
                     trial.set_user_attr("infeasible", str(exc))
                     raise optuna.TrialPruned(f"infeasible: {exc}") from None
-                if resumed is not None:
-                    before = sum(float(s or 0.0) for s in (row.get("history_epoch_s") or [])[:resumed])
-                    row = {**row, "resumed_after_epochs": resumed, "resumed_epochs_s": before}
-                    carried_s += before
+                carried_s += float(row.get("resumed_epochs_s") or 0.0)
                 value = fold_objective(row, opts.exclude)
             if value is None or math.isnan(value):
                 raise OffroadsegError(f"trial {trial.number} fold {fold.index + 1}: no class scored")
