@@ -57,7 +57,9 @@ def heavy_training(model: ModelConfig) -> bool:
     adapted ViT blocks, or the DPT or UPerNet head, the matmuls and convolutions dominate and bf16
     autocast trains 1.7-2.5x faster per step (1.37x per epoch for 3 blocks under a linear head); one
     adapted block under a linear head was ~10 % slower per epoch (casts and bf16 element-wise ops
-    dominate), so lighter models stay fp32.
+    dominate), so lighter models stay fp32. On a Zen 4 EPYC (AVX512-BF16, no AMX) the steps gain about
+    as much: 1.4x for one or three blocks under a linear head, 2.1-2.4x with UPerNet or DPT
+    (docs/benchmarks.md, "The same on a CPU with AVX512-BF16 but no AMX").
     """
     backbone = model.backbone
     return backbone.train_blocks >= 2 or not backbone.frozen or model.head.name in ("dpt", "uper")

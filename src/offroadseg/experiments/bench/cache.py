@@ -116,6 +116,8 @@ def bench_cache(
     device = accelerator_device(cfg.train.accelerator)
     size = (int(cfg.data.image_size[0]), int(cfg.data.image_size[1]))
     builds: dict[str, dict] = {}
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)  # a new folder is made, as the other benches do
     with tempfile.TemporaryDirectory(prefix="bench_cache_", dir=work_dir) as tmp:
         for label, precision in (("fp32", "32"), ("auto", "auto")):
             run = copy.deepcopy(cfg)
