@@ -47,6 +47,27 @@ def test_unknown_values_can_be_ignored():
     assert ids.tolist() == [[255, 1]]
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_lookup_path_gives_what_the_general_path_gives(dtype, tmp_path):
+    # uint8 / uint16 masks take a lookup table; int64 masks the np.unique path: the same ids, and
+    # with unknown values the same refusal (naming the values and their pixels) or the same ignores
+    tsv = tmp_path / "classes.tsv"
+    tsv.write_text("id\tname\tR\tG\tB\n0\tvoid\t0\t0\t0\n3\ttrail\t10\t20\t30\n200\tsky\t0\t0\t255\n")
+    tax = load_taxonomy(tsv, ignore_values=[0])
+    rng = np.random.default_rng(0)
+    known = rng.choice(np.array([0, 3, 200], dtype=dtype), size=(37, 53))
+    assert (tax.encode(known) == tax.encode(known.astype(np.int64))).all()
+    assert set(np.unique(tax.encode(known)).tolist()) == {0, 1, 255}
+    odd = known.copy()
+    odd[5, 7], odd[9, :3] = 7, 199
+    fast, general = tax.encode(odd, unknown="ignore"), tax.encode(odd.astype(np.int64), unknown="ignore")
+    assert fast.dtype == general.dtype == np.uint8 and (fast == general).all()
+    assert fast[5, 7] == fast[9, 0] == 255
+    with pytest.raises(DataError, match=r"m\.png: .*7 \(1 px\), 199 \(3 px\)"):
+        tax.encode(odd, source="m.png")
+    assert tax.encode(np.zeros((0, 4), dtype=dtype)).shape == (0, 4)
+
+
 def test_ignore_values_map_to_ignore_index(tmp_path):
     tsv = tmp_path / "classes.tsv"
     tsv.write_text("id\tname\tR\tG\tB\n0\tvoid\t0\t0\t0\n1\ttrail\t10\t20\t30\n2\tsky\t0\t0\t255\n")

@@ -49,6 +49,7 @@ class Taxonomy:
     ignore_values: tuple[int, ...] = ()
     encoding: str = "value"
     _lut: dict = field(default_factory=dict, compare=False, repr=False)
+    _arrays: dict = field(default_factory=dict, compare=False, repr=False)  # lookup arrays by raw dtype
 
     def __post_init__(self) -> None:
         if not self.classes:
@@ -105,6 +106,17 @@ class Taxonomy:
             self._lut.update(table)
         return self._lut
 
+    def _value_lut(self, dtype: np.dtype) -> np.ndarray:
+        """int16 ``[2**bits]``: raw value -> train id (``ignore_index`` for ignored values), -1 where unknown."""
+        lut = self._arrays.get(dtype.str)
+        if lut is None:
+            lut = np.full(1 << (8 * dtype.itemsize), -1, dtype=np.int16)
+            for value, train_id in self._table().items():
+                if 0 <= value < lut.size:
+                    lut[value] = train_id
+            self._arrays[dtype.str] = lut
+        return lut
+
     def to_dict(self) -> dict:
         """Plain data (for checkpoints and run folders); :func:`taxonomy_from_dict` reverses it."""
         return {
@@ -131,6 +143,16 @@ class Taxonomy:
         Returns:
             uint8 [H, W] ids in 0..K-1 or ``ignore_index``.
         """
+        if self.encoding == "value" and raw.ndim == 2 and raw.dtype.kind == "u" and raw.dtype.itemsize <= 2:
+            # uint8 / uint16 masks (every PNG): one table lookup per pixel, O(pixels); np.unique below
+            # sorts the pixels (~60 ms for a 1024x544 mask against ~2 ms). Unknown values fall through
+            # to the general path, which names them.
+            ids = self._value_lut(raw.dtype)[raw]
+            if ids.size == 0 or ids.min() >= 0:
+                return ids.astype(np.uint8)
+            if unknown == "ignore":
+                ids[ids < 0] = self.ignore_index
+                return ids.astype(np.uint8)
         keys, table = self._keys(raw, source)
         uniq, inverse = np.unique(keys, return_inverse=True)
         mapped = np.array([table.get(int(u), -1) for u in uniq], dtype=np.int64)
