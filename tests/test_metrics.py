@@ -10,6 +10,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from offroadseg.class_ids import class_ids
 from offroadseg.metrics import (
     BatchMeanIoU,
     ConfusionMatrixMetric,
@@ -182,3 +183,16 @@ def test_best_epoch_first_of_the_highest() -> None:
     assert best_epoch(history, "missing") is None and best_epoch([]) is None
     assert best_epoch([{"val_miou": 0.1}, {"val_miou": 0.3}]) == (2, 0.3)  # position when no epoch
     assert best_epoch([{"epoch": 1.5, "val_miou": 0.1}]) == (1.5, 0.1)
+
+
+def test_class_ids_is_the_argmax_first_maximum_on_ties():
+    logits = torch.tensor([[[[1.0, 2.0]], [[3.0, 2.0]], [[3.0, 0.0]]]])  # [1, 3, 1, 2]: ties at both pixels
+    assert class_ids(logits).tolist() == [[[1, 0]]]  # the first of the tied maxima, as argmax
+    assert class_ids(logits[0], dim=0).tolist() == [[1, 0]]
+    nan = logits.clone()
+    nan[0, 2, 0, 1] = float("nan")  # NaN counts as the maximum, as in argmax
+    assert class_ids(nan).tolist() == nan.argmax(1).tolist() == [[[1, 2]]]
+    rng = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(2, 8, 17, 23, generator=rng).to(dtype)
+        assert torch.equal(class_ids(x), x.argmax(1)) and torch.equal(class_ids(x[0], dim=0), x[0].argmax(0))

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from offroadseg.class_ids import class_ids
+
 __all__ = [
     "BatchMeanIoU",
     "ConfusionMatrixMetric",
@@ -48,7 +50,7 @@ def _as_long(x: Tensor | np.ndarray) -> Tensor:
 def _to_ids(pred: Tensor | np.ndarray, target: Tensor | np.ndarray) -> Tensor | np.ndarray:
     """Class ids from ``pred``: argmax over dim 1 when it is float logits ``[B, K, ...]``."""
     if isinstance(pred, Tensor) and pred.is_floating_point() and pred.ndim == np.ndim(target) + 1:
-        return pred.argmax(dim=1)
+        return class_ids(pred)
     return pred
 
 
@@ -357,14 +359,14 @@ def full_resolution_predictions(logits: Tensor, batch: dict) -> tuple[list[Tenso
     """
     full = batch.get("full_mask")
     if full is None:
-        return [logits.argmax(1)], [batch["mask"]]
+        return [class_ids(logits)], [batch["mask"]]
     if isinstance(full, Tensor):
         if tuple(full.shape[-2:]) != tuple(logits.shape[-2:]):
             logits = F.interpolate(logits, size=full.shape[-2:], mode="bilinear", align_corners=False)
-        return [logits.argmax(1)], [full]
+        return [class_ids(logits)], [full]
     preds, targets = [], []
     for i, mask in enumerate(full):
         up = F.interpolate(logits[i : i + 1], size=mask.shape[-2:], mode="bilinear", align_corners=False)
-        preds.append(up.argmax(1)[0])
+        preds.append(class_ids(up)[0])
         targets.append(mask)
     return preds, targets

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from offroadseg.class_ids import class_ids
 from offroadseg.config import Config
 from offroadseg.data.datasets import list_samples, load_ids, normalize, resize_image, resize_mask
 from offroadseg.data.io import IMAGE_SUFFIXES, read_image
@@ -216,7 +217,7 @@ def view_target(
         probs = frame_probs(model, frames, index, flip=flip, device=device)
         c, e = confidence_stats(probs)
         conf, ent = conf + c * len(index), ent + e * len(index)
-        preds.append(probs.argmax(1).to(torch.uint8).cpu().numpy())
+        preds.append(class_ids(probs).to(torch.uint8).cpu().numpy())
     return TargetView(np.concatenate(preds), conf / len(frames), ent / len(frames))
 
 

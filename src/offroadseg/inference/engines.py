@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from offroadseg.class_ids import class_ids
 from offroadseg.data.datasets import normalize, resize_image
 from offroadseg.errors import ConfigError, ModelError
 from offroadseg.machine import cpu_info
@@ -104,7 +105,7 @@ def argmax_agreement(a: Sequence[Tensor] | Tensor, b: Sequence[Tensor] | Tensor)
     for x, y in zip(a, b, strict=True):
         if x.shape != y.shape:
             raise ValueError(f"logits of different shapes: {tuple(x.shape)} and {tuple(y.shape)}")
-        same += int((x.argmax(1) == y.argmax(1)).sum())
+        same += int((class_ids(x) == class_ids(y)).sum())
         total += x.shape[0] * x.shape[-2] * x.shape[-1]
     return same / total
 

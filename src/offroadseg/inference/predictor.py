@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from offroadseg.class_ids import class_ids
 from offroadseg.data.datasets import IMAGENET_MEAN, IMAGENET_STD, resize_image
 from offroadseg.devices import pick_device
 from offroadseg.errors import ConfigError, close_matches
@@ -349,7 +350,9 @@ class Predictor:
         self, images: Sequence[np.ndarray], *, exclude: Sequence[int] | None = None
     ) -> list[np.ndarray]:
         """Class ids, uint8 ``[H, W]`` per image, at each image's own size (``exclude``: as in :meth:`scores`)."""
-        return [s.argmax(dim=0).to(torch.uint8).cpu().numpy() for s in self.scores(images, exclude=exclude)]
+        return [
+            class_ids(s, dim=0).to(torch.uint8).cpu().numpy() for s in self.scores(images, exclude=exclude)
+        ]
 
     def predict_one(self, image: np.ndarray, *, exclude: Sequence[int] | None = None) -> np.ndarray:
         """Class ids of one uint8 RGB image (``exclude``: as in :meth:`scores`)."""

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from offroadseg.class_ids import class_ids
+
 __all__ = ["PAD_MODES", "Segmentor"]
 
 PAD_MODES = ("replicate", "constant")
@@ -183,6 +185,6 @@ class Segmentor(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return self(images).argmax(dim=1)
+            return class_ids(self(images))
         finally:
             self.train(was_training)

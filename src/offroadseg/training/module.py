@@ -17,6 +17,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from offroadseg import __version__
+from offroadseg.class_ids import class_ids
 from offroadseg.config import Config, config_from_dict
 from offroadseg.losses import create_loss
 from offroadseg.metrics import (
@@ -108,7 +109,7 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         logits = self._logits(batch)
         loss = self.criterion(logits.float(), batch["mask"])
-        self.train_cm.update(logits.detach().argmax(1), batch["mask"])
+        self.train_cm.update(class_ids(logits.detach()), batch["mask"])
         self.train_loss_mean.update(loss.detach(), weight=len(batch["mask"]))
         self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["mask"]))
         return loss
