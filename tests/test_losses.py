@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from offroadseg import losses as losses_module
 from offroadseg.errors import ConfigError
 from offroadseg.losses import (
     LOSSES,
@@ -253,6 +254,35 @@ def test_lovasz_at_one_hot_is_one_minus_iou_of_present_classes() -> None:
         ious.append(inter / union)
     expected = sum(1 - i for i in ious) / 3
     assert lovasz_softmax_flat(probs, labels).item() == pytest.approx(expected)
+
+
+def _lovasz_one_class_at_a_time(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    losses = []
+    for c in labels.unique():
+        fg = (labels == c).to(probs.dtype)
+        errors = (fg - probs[:, c]).abs()
+        errors_sorted, perm = errors.sort(descending=True)
+        losses.append(torch.dot(errors_sorted, lovasz_grad(fg[perm])))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("chunk_classes", [1, 2, 100])
+def test_lovasz_classes_sorted_together_equal_one_class_at_a_time(monkeypatch, chunk_classes) -> None:
+    # the rows of one [classes, pixels] sort, in chunks of classes, give the per-class definition's
+    # value and gradient (class 2 absent: left out of the mean, as before)
+    g = torch.Generator().manual_seed(5)
+    labels = torch.randint(0, K, (300,), generator=g)
+    labels[labels == 2] = 1
+    logits = torch.randn(300, K, generator=g, dtype=torch.float64)
+    monkeypatch.setattr(losses_module, "_LOVASZ_CHUNK", chunk_classes * labels.numel())
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    got = lovasz_softmax_flat(a.softmax(1), labels)
+    want = _lovasz_one_class_at_a_time(b.softmax(1), labels)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(a.grad, b.grad)
 
 
 def test_lovasz_per_image_is_the_mean_of_images() -> None:
