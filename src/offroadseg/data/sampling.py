@@ -13,8 +13,10 @@ reproducible. A constant length matters: Lightning counts an epoch's batches onc
 one batch shorter than the first never reaches its validation.
 
 Class presence comes from the masks: the memory-mapped ``masks`` array of a decoded or
-feature store when the training dataset has one (the training-size masks the loss sees),
-else the label files, read once (:func:`offroadseg.data.stats.image_class_presence`).
+feature store when the training dataset is that whole store (the training-size masks the loss
+sees), else the label files, read once (:func:`offroadseg.data.stats.image_class_presence`,
+~2 ms a YCOR mask). A feature store is usually built for train + val and the training set is a
+subset of it, so the label files are what a run reads.
 """
 
 from __future__ import annotations
