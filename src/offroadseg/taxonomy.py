@@ -106,6 +106,13 @@ class Taxonomy:
             self._lut.update(table)
         return self._lut
 
+    def _by_value(self, raw: np.ndarray) -> bool:
+        """Whether ``raw`` is a single-channel uint8 / uint16 mask of raw values (every PNG): then its
+        values index a table or a bincount directly, in O(pixels), where the general path sorts them."""
+        return (
+            self.encoding == "value" and raw.ndim == 2 and raw.dtype.kind == "u" and raw.dtype.itemsize <= 2
+        )
+
     def _value_lut(self, dtype: np.dtype) -> np.ndarray:
         """int16 ``[2**bits]``: raw value -> train id (``ignore_index`` for ignored values), -1 where unknown."""
         lut = self._arrays.get(dtype.str)
@@ -143,10 +150,9 @@ class Taxonomy:
         Returns:
             uint8 [H, W] ids in 0..K-1 or ``ignore_index``.
         """
-        if self.encoding == "value" and raw.ndim == 2 and raw.dtype.kind == "u" and raw.dtype.itemsize <= 2:
-            # uint8 / uint16 masks (every PNG): one table lookup per pixel, O(pixels); np.unique below
-            # sorts the pixels (~60 ms for a 1024x544 mask against ~2 ms). Unknown values fall through
-            # to the general path, which names them.
+        if self._by_value(raw):
+            # one table lookup per pixel: ~2 ms for a 1024x544 mask, where np.unique below sorts the
+            # pixels (~60 ms). Unknown values fall through to the general path, which names them.
             ids = self._value_lut(raw.dtype)[raw]
             if ids.size == 0 or ids.min() >= 0:
                 return ids.astype(np.uint8)
@@ -206,12 +212,13 @@ class Taxonomy:
             (int64 ``[K]`` pixels per class, ignored pixels, ``{value: pixels}`` for the values (or
             colours) the taxonomy does not know, shown as in :meth:`encode`'s error).
         """
-        keys, table = self._keys(raw, source)
-        if self.encoding == "value" and raw.dtype.kind == "u" and raw.dtype.itemsize <= 2:
-            per_value = np.bincount(raw.ravel())  # O(pixels); np.unique would sort them
+        if self._by_value(raw):
+            table = self._table()
+            per_value = np.bincount(raw.ravel())  # no int64 copy of the mask, no sort
             uniq = np.flatnonzero(per_value)
             counts = per_value[uniq]
         else:
+            keys, table = self._keys(raw, source)  # checks the shape; the general path
             uniq, counts = np.unique(keys, return_counts=True)
         per_class = np.zeros(self.num_classes, dtype=np.int64)
         ignored, unknown = 0, {}
