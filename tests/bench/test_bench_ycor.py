@@ -78,6 +78,59 @@ def test_bench_ycor_function_with_overrides(tmp_path: Path) -> None:
     assert row["val_miou"] is not None and row["cache_build_s"] >= 0
 
 
+def test_bench_ycor_resume_keeps_finished_runs_of_the_same_config(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import offroadseg.experiments.bench.ycor as bench
+
+    root = make_ycor_like(tmp_path / "ycor", n_train=2, n_val=1)
+    config = str(REPO / "configs" / "ycor_linear.yaml")
+    argv = [
+        "bench",
+        "ycor",
+        config,
+        "--data",
+        str(root),
+        "--epochs",
+        "1",
+        "--work-dir",
+        str(tmp_path / "runs"),
+    ]
+    for override in TINY:
+        argv += ["--set", override]
+    out = tmp_path / "a.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*argv, "--json", str(out)]) == 0
+    first = json.loads(out.read_text())["rows"][0]
+    record = tmp_path / "runs" / "ycor_linear" / bench.BENCH_ROW_NAME
+    assert record.is_file() and "kept" not in first
+
+    trained = []
+    real_run_one = bench._run_one
+    monkeypatch.setattr(bench, "_run_one", lambda path, cfg: trained.append(path) or real_run_one(path, cfg))
+    capsys.readouterr()
+    assert main([*argv, "--resume", "--json", str(out)]) == 0  # the same config: kept, not trained
+    kept = json.loads(out.read_text())["rows"][0]
+    assert trained == [] and kept["kept"] is True
+    assert kept["val_miou"] == first["val_miou"] and kept["per_class_iou"] == first["per_class_iou"]
+    assert "kept from an earlier run (--resume)" in capsys.readouterr().out
+
+    with warnings.catch_warnings():  # another recipe (a learning rate) is trained, not kept
+        warnings.simplefilter("ignore")
+        assert main([*argv, "--resume", "--set", "train.lr=0.002", "--json", str(out)]) == 0
+    assert trained == [config] and "kept" not in json.loads(out.read_text())["rows"][0]
+
+    record.write_text("{not json")  # a damaged record: trained again, and rewritten
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*argv, "--json", str(out)]) == 0  # without --resume: a note says how to keep them
+    assert trained == [config, config] and json.loads(record.read_text())["row"]["name"] == "ycor_linear"
+    printed = capsys.readouterr().out
+    assert "holds runs an earlier invocation finished for ycor_linear" in printed and "--resume" in printed
+
+
 @pytest.mark.parametrize("name", YCOR_CONFIGS)
 def test_shipped_ycor_configs_load(name: str) -> None:
     from offroadseg.config import load_config

@@ -1,10 +1,12 @@
-"""``offroadseg bench ycor [CONFIG ...] [--data ROOT] [--json FILE] [--epochs N] [--folds K]``: real-data
+"""``offroadseg bench ycor [CONFIG ...] [--data ROOT] [--json FILE] [--epochs N] [--folds K] [--resume]``: real-data
 quality (YCOR val mIoU, per-class IoU, wall time) of each config in one run; with ``--folds K``
-also grouped K-fold cross-validation over train ∪ val (mean ± std), in one table."""
+also grouped K-fold cross-validation over train ∪ val (mean ± std), in one table; ``--resume`` keeps what
+an interrupted invocation finished in the same ``--work-dir``."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from offroadseg.cli.bench import machine_header
 from offroadseg.cli.common import fmt, write_json
@@ -101,6 +103,20 @@ def bench_markdown(res: dict) -> str:
     return text
 
 
+def earlier_runs(configs: list[str], work_dir: str) -> list[str]:
+    """The config stems with a val run or a fold that an earlier invocation finished under ``work_dir``."""
+    from offroadseg.experiments.bench.ycor import BENCH_ROW_NAME
+    from offroadseg.experiments.cv import FOLD_ROW_NAME
+
+    stems = [Path(c).stem for c in configs]
+    return [
+        s
+        for s in stems
+        if Path(work_dir, s, BENCH_ROW_NAME).is_file()
+        or any(Path(work_dir, "cv", s).glob(f"fold*/{FOLD_ROW_NAME}"))
+    ]
+
+
 def cmd_bench_ycor(args: argparse.Namespace) -> int:
     from offroadseg.experiments.bench.ycor import DEFAULT_CONFIGS, DEFAULT_CV_CONFIGS, bench_ycor
 
@@ -112,9 +128,19 @@ def cmd_bench_ycor(args: argparse.Namespace) -> int:
     )
     partial: dict = {"machine": machine, "rows": []}
 
+    if not args.resume:  # an earlier invocation's runs would be trained again: say how to keep them
+        earlier = earlier_runs(configs, args.work_dir)
+        if earlier:
+            print(
+                f"bench ycor: note: {args.work_dir} holds runs an earlier invocation finished for "
+                f"{', '.join(earlier)}; they run again (add --resume to keep the finished ones)"
+            )
+
     def on_config(path: str, row: dict) -> None:
         partial["rows"].append(row)
         note = f" (+ {row['tta']} TTA eval {_seconds(row['eval_s'])})" if row["tta"] != "none" else ""
+        if row.get("kept"):
+            note += ", kept from an earlier run (--resume)"
         print(
             f"  {row['name']}: val mIoU {fmt(row['val_miou'])}, best epoch {row['best_epoch']}/{row['epochs']}, "
             f"train {_seconds(row['train_s'])}, cache build {_seconds(row['cache_build_s'])}{note}",
@@ -142,6 +168,7 @@ def cmd_bench_ycor(args: argparse.Namespace) -> int:
         seed=args.seed,
         rare_class=args.rare_class,
         keep_checkpoints=args.keep_checkpoints,
+        resume=args.resume,
         on_fold=on_fold,
     )
     print_table(res)
@@ -181,4 +208,10 @@ def register(bench_sub) -> None:
     p.add_argument("--work-dir", default="runs/bench_ycor", help="runs go to <work-dir>/<config stem>")
     p.add_argument("--json", help="write the results as JSON to this file")
     add_cv_arguments(p, folds_required=False)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted bench in the same --work-dir: configs whose val run finished with the same "
+        "config are kept, and the folds go on as cv --resume",
+    )
     p.set_defaults(func=cmd_bench_ycor)

@@ -44,6 +44,8 @@ __all__ = [
     "plan_folds",
     "run_fold",
     "run_or_keep_fold",
+    "same_recipe",
+    "saved_config",
     "summarize_folds",
 ]
 
@@ -83,7 +85,7 @@ def _split_text(fold: Fold) -> str:
     return split_file_text(fold, train_split="train", val_split="val")
 
 
-def _as_saved(cfg: Config) -> dict:
+def saved_config(cfg: Config) -> dict:
     """A config as its JSON record reads back (tuples become lists), to compare with one."""
     return json.loads(json.dumps(json_ready(cfg.to_dict())))
 
@@ -167,7 +169,7 @@ def run_fold(
     if resume:
         row["resumed_after_epochs"] = resume_after
         row["resumed_epochs_s"] = sum(float(s or 0.0) for s in row["history_epoch_s"][:resume_after])
-    record = {"config": _as_saved(fcfg), "split": _split_text(fold), "row": row}
+    record = {"config": saved_config(fcfg), "split": _split_text(fold), "row": row}
     atomic_write_text(run_dir / FOLD_ROW_NAME, json.dumps(json_ready(record), indent=2))
     return row
 
@@ -247,8 +249,6 @@ def kept_fold_row(cfg: Config, fold: Fold, fold_dir: str | Path, *, checkpoint: 
     how it ran (run folder, progress, logger, workers, cache folder, data root: the keys ``train --resume``
     may change, less ``train.epochs``), and this split of the frames, marked ``kept``; None when there is
     none, the config or split differs, or (``checkpoint``) the row's model checkpoint is gone."""
-    from offroadseg.training.resume import RESUMABLE_KEYS, config_diff  # noqa: PLC0415 (torch)
-
     path = Path(fold_dir) / FOLD_ROW_NAME
     try:
         saved = json.loads(path.read_text())
@@ -260,11 +260,19 @@ def kept_fold_row(cfg: Config, fold: Fold, fold_dir: str | Path, *, checkpoint: 
         return None
     if checkpoint and not Path(str(saved["row"].get("model_checkpoint"))).is_file():
         return None
-    how_it_ran = RESUMABLE_KEYS - {"train.epochs"}
-    current = _as_saved(fold_config(cfg, fold, fold_dir))
-    if any(key not in how_it_ran for key, _, _ in config_diff(saved.get("config") or {}, current)):
+    if not same_recipe(saved.get("config"), fold_config(cfg, fold, fold_dir)):
         return None
     return {**saved["row"], "kept": True}
+
+
+def same_recipe(saved: dict | None, cfg: Config) -> bool:
+    """Whether a finished run's saved config (its JSON record) is ``cfg`` up to how it ran: run folder,
+    progress, logger, workers, cache folder, data root (the keys ``train --resume`` may change, less
+    ``train.epochs``). A run kept by ``cv --resume`` or ``bench ycor --resume`` must pass this."""
+    from offroadseg.training.resume import RESUMABLE_KEYS, config_diff  # noqa: PLC0415 (torch)
+
+    how_it_ran = RESUMABLE_KEYS - {"train.epochs"}
+    return not any(key not in how_it_ran for key, _, _ in config_diff(saved or {}, saved_config(cfg)))
 
 
 def epoch_event(on_epoch: Callable[[dict], None], row: dict, **context) -> None:

@@ -16,22 +16,39 @@ K-fold over train ∪ val, after the val runs, so the folds reuse the feature st
 (one store covers train ∪ val). The result's ``cv`` holds the mean ± std per config. The conv
 head is left out of the default CV list: at ~20 min/epoch on 2 CPU cores its 5 folds alone
 would take hours.
+
+Every finished val run leaves its row and config in ``<work_dir>/<config stem>/bench_row.json``:
+with ``resume=True`` a config whose row is there with the same config (up to how it ran, as
+``cv --resume`` decides) is not trained again (its row says ``kept``), and the folds go on as
+``cv --resume`` does.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from offroadseg.atomic import atomic_write_text
 from offroadseg.config import Config, load_config
 from offroadseg.devices import accelerator_device
 from offroadseg.errors import ConfigError, OffroadsegError
-from offroadseg.metrics import best_epoch
+from offroadseg.experiments.cv import same_recipe, saved_config
+from offroadseg.metrics import best_epoch, json_ready
 
-__all__ = ["DEFAULT_CONFIGS", "DEFAULT_CV_CONFIGS", "DEFAULT_ROOT", "bench_ycor", "check_root", "ycor_config"]
+__all__ = [
+    "BENCH_ROW_NAME",
+    "DEFAULT_CONFIGS",
+    "DEFAULT_CV_CONFIGS",
+    "DEFAULT_ROOT",
+    "bench_ycor",
+    "check_root",
+    "kept_bench_row",
+    "ycor_config",
+]
 
 DEFAULT_CONFIGS = (
     "configs/ycor_linear.yaml",
@@ -46,6 +63,7 @@ DEFAULT_CV_CONFIGS = (
     "configs/ycor_combo.yaml",
 )
 DEFAULT_ROOT = "../shared/data/ycor"
+BENCH_ROW_NAME = "bench_row.json"  # a finished val run's row and its config, in its run folder: `--resume`
 
 
 def check_root(root: str | Path) -> Path:
@@ -93,6 +111,7 @@ def bench_ycor(
     seed: int = 0,
     rare_class: str | None = None,
     keep_checkpoints: bool = False,
+    resume: bool = False,
     on_fold: Callable[[dict, dict], None] | None = None,
 ) -> dict:
     """Train each config on YCOR's train split and score it on val (and cross-validate it).
@@ -107,6 +126,9 @@ def bench_ycor(
         folds: also run grouped ``folds``-fold cross-validation of every config (None: off).
         gap, seed, rare_class, keep_checkpoints: the CV's grouping gap, fold seed, reported rare
             class and whether fold checkpoints stay (see :func:`offroadseg.experiments.cv.cross_validate`).
+        resume: continue an interrupted invocation with the same ``work_dir``: a val run finished there
+            with the same config is kept (:func:`kept_bench_row`, ``kept: true``), the folds go on as
+            ``cv --resume`` (kept, or continued from their last finished epoch).
         on_fold: ``on_fold(progress, cv_so_far)`` after every CV fold.
 
     Returns:
@@ -137,7 +159,7 @@ def bench_ycor(
             raise ConfigError(f"bench ycor --folds: configs share a file name ({stems}); fix: rename one")
     rows = []
     for path, cfg in zip(configs, cfgs, strict=True):
-        row = _run_one(str(path), cfg)
+        row = (kept_bench_row(cfg) if resume else None) or _run_one(str(path), cfg)
         rows.append(row)
         if on_config is not None:
             on_config(str(path), row)
@@ -162,6 +184,7 @@ def bench_ycor(
             work_dir=Path(work_dir) / "cv",
             rare_class=rare_class,
             keep_checkpoints=keep_checkpoints,
+            resume=resume,
             on_fold=on_fold,
         )
         res["best_cv"] = res["cv"]["best"]
@@ -177,6 +200,8 @@ def _run_one(path: str, cfg: Config) -> dict:
     from offroadseg.data.datasets import list_samples  # noqa: PLC0415
     from offroadseg.experiments.scoring import train_and_score  # noqa: PLC0415 (torch/lightning when running)
 
+    record = Path(cfg.run.dir) / BENCH_ROW_NAME
+    record.unlink(missing_ok=True)  # a run interrupted from here on must not leave an earlier run's row
     run = train_and_score(cfg)
     result, fit_s = run.result, run.fit_s
     caches = result.caches or {}
@@ -224,7 +249,23 @@ def _run_one(path: str, cfg: Config) -> dict:
             eval_s=run.eval_s,
         )
         row["total_s"] = fit_s + run.eval_s
+    atomic_write_text(record, json.dumps(json_ready({"config": saved_config(cfg), "row": row}), indent=2))
     return row
+
+
+def kept_bench_row(cfg: Config) -> dict | None:
+    """The row of the val run finished earlier in ``cfg.run.dir`` (its ``bench_row.json``) with this
+    config up to how it ran (:func:`offroadseg.experiments.cv.same_recipe`), marked ``kept``; None when
+    there is none, it is damaged, or the config differs."""
+    try:
+        saved = json.loads((Path(cfg.run.dir) / BENCH_ROW_NAME).read_text())
+    except (OSError, ValueError):  # none, or a damaged file: the config runs again
+        return None
+    if not isinstance(saved, dict) or not isinstance(saved.get("row"), dict):
+        return None
+    if not same_recipe(saved.get("config"), cfg):
+        return None
+    return {**saved["row"], "kept": True}
 
 
 def present_miou(scores: dict | None) -> float | None:
