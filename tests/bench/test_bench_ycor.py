@@ -108,7 +108,9 @@ def test_bench_ycor_resume_keeps_finished_runs_of_the_same_config(
 
     trained = []
     real_run_one = bench._run_one
-    monkeypatch.setattr(bench, "_run_one", lambda path, cfg: trained.append(path) or real_run_one(path, cfg))
+    monkeypatch.setattr(
+        bench, "_run_one", lambda path, cfg, **kw: trained.append(path) or real_run_one(path, cfg, **kw)
+    )
     capsys.readouterr()
     assert main([*argv, "--resume", "--json", str(out)]) == 0  # the same config: kept, not trained
     kept = json.loads(out.read_text())["rows"][0]
@@ -116,19 +118,31 @@ def test_bench_ycor_resume_keeps_finished_runs_of_the_same_config(
     assert kept["val_miou"] == first["val_miou"] and kept["per_class_iou"] == first["per_class_iou"]
     assert "kept from an earlier run (--resume)" in capsys.readouterr().out
 
-    with warnings.catch_warnings():  # another recipe (a learning rate) is trained, not kept
+    with warnings.catch_warnings():  # another recipe (a learning rate): neither kept nor continued
         warnings.simplefilter("ignore")
         assert main([*argv, "--resume", "--set", "train.lr=0.002", "--json", str(out)]) == 0
-    assert trained == [config] and "kept" not in json.loads(out.read_text())["rows"][0]
+    other = json.loads(out.read_text())["rows"][0]
+    assert trained == [config] and "kept" not in other and "resumed_after_epochs" not in other
+    assert "train.lr" in other["resume_refused"]
+
+    # more epochs of that recipe: its run goes on from the end of its epoch 1
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*argv, "--resume", "--set", "train.lr=0.002", "--epochs", "2", "--json", str(out)]) == 0
+    more = json.loads(out.read_text())["rows"][0]
+    assert more["resumed_after_epochs"] == 1 and len(more["history_val_miou"]) == 2
+    assert more["history_val_miou"][0] == other["history_val_miou"][0] and len(trained) == 2
+    assert "continued after epoch 1 (--resume)" in capsys.readouterr().out
 
     record.write_text("{not json")  # a damaged record: trained again, and rewritten
     capsys.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main([*argv, "--json", str(out)]) == 0  # without --resume: a note says how to keep them
-    assert trained == [config, config] and json.loads(record.read_text())["row"]["name"] == "ycor_linear"
+    assert len(trained) == 3 and json.loads(record.read_text())["row"]["name"] == "ycor_linear"
     printed = capsys.readouterr().out
-    assert "holds runs an earlier invocation finished for ycor_linear" in printed and "--resume" in printed
+    assert "holds runs an earlier invocation made for ycor_linear" in printed and "--resume" in printed
 
 
 @pytest.mark.parametrize("name", YCOR_CONFIGS)

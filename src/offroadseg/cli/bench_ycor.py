@@ -104,7 +104,8 @@ def bench_markdown(res: dict) -> str:
 
 
 def earlier_runs(configs: list[str], work_dir: str) -> list[str]:
-    """The config stems with a val run or a fold that an earlier invocation finished under ``work_dir``."""
+    """The config stems with a val run (finished or stopped after an epoch) or a finished fold that an
+    earlier invocation left under ``work_dir``."""
     from offroadseg.experiments.bench.ycor import BENCH_ROW_NAME
     from offroadseg.experiments.cv import FOLD_ROW_NAME
 
@@ -113,6 +114,7 @@ def earlier_runs(configs: list[str], work_dir: str) -> list[str]:
         s
         for s in stems
         if Path(work_dir, s, BENCH_ROW_NAME).is_file()
+        or Path(work_dir, s, "checkpoints", "last.ckpt").is_file()
         or any(Path(work_dir, "cv", s).glob(f"fold*/{FOLD_ROW_NAME}"))
     ]
 
@@ -132,8 +134,9 @@ def cmd_bench_ycor(args: argparse.Namespace) -> int:
         earlier = earlier_runs(configs, args.work_dir)
         if earlier:
             print(
-                f"bench ycor: note: {args.work_dir} holds runs an earlier invocation finished for "
-                f"{', '.join(earlier)}; they run again (add --resume to keep the finished ones)"
+                f"bench ycor: note: {args.work_dir} holds runs an earlier invocation made for "
+                f"{', '.join(earlier)}; they run again (add --resume to keep the finished ones and continue "
+                "an interrupted one)"
             )
 
     def on_config(path: str, row: dict) -> None:
@@ -141,6 +144,10 @@ def cmd_bench_ycor(args: argparse.Namespace) -> int:
         note = f" (+ {row['tta']} TTA eval {_seconds(row['eval_s'])})" if row["tta"] != "none" else ""
         if row.get("kept"):
             note += ", kept from an earlier run (--resume)"
+        elif row.get("resumed_after_epochs"):
+            note += f", continued after epoch {row['resumed_after_epochs']} (--resume)"
+        elif row.get("resume_refused"):
+            note += f", from the start ({row['resume_refused']})"
         print(
             f"  {row['name']}: val mIoU {fmt(row['val_miou'])}, best epoch {row['best_epoch']}/{row['epochs']}, "
             f"train {_seconds(row['train_s'])}, cache build {_seconds(row['cache_build_s'])}{note}",
@@ -212,6 +219,6 @@ def register(bench_sub) -> None:
         "--resume",
         action="store_true",
         help="continue an interrupted bench in the same --work-dir: configs whose val run finished with the same "
-        "config are kept, and the folds go on as cv --resume",
+        "config are kept, an interrupted one goes on from its last finished epoch, the folds go on as cv --resume",
     )
     p.set_defaults(func=cmd_bench_ycor)

@@ -42,6 +42,7 @@ __all__ = [
     "fold_resume_point",
     "kept_fold_row",
     "plan_folds",
+    "resume_point",
     "run_fold",
     "run_or_keep_fold",
     "same_recipe",
@@ -229,17 +230,27 @@ def fold_resume_point(cfg: Config, fold: Fold, run_dir: str | Path) -> int | str
         earlier run before it writes its split); else the one-line reason it cannot be continued (a damaged
         file, another config, other frames in the fold).
     """
-    from offroadseg.errors import ModelError  # noqa: PLC0415
-    from offroadseg.training.resume import check_resume  # noqa: PLC0415 (torch when resuming)
-
     last = Path(run_dir) / "checkpoints" / "last.ckpt"
     if not last.is_file():
         return None
     split = Path(run_dir) / "cv_split.tsv"
     if not split.is_file() or split.read_text() != _split_text(fold):
         return f"{last} was trained on another split of the frames (other folds, seed or gap)"
+    return resume_point(fold_config(cfg, fold, run_dir))
+
+
+def resume_point(cfg: Config) -> int | str | None:
+    """Whether an interrupted run in ``cfg.run.dir`` can be continued (``train --resume``): None when it
+    holds no ``checkpoints/last.ckpt``; the number of epochs that checkpoint finished when it reads and was
+    trained with this config (the checks of ``train --resume``); else the one-line reason it cannot be."""
+    from offroadseg.errors import ModelError  # noqa: PLC0415
+    from offroadseg.training.resume import check_resume  # noqa: PLC0415 (torch when resuming)
+
+    last = Path(cfg.run.dir) / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return None
     try:
-        return check_resume(fold_config(cfg, fold, run_dir), last)
+        return check_resume(cfg, last)
     except (ConfigError, ModelError) as exc:
         return str(exc)
 

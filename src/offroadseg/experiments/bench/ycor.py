@@ -19,8 +19,8 @@ would take hours.
 
 Every finished val run leaves its row and config in ``<work_dir>/<config stem>/bench_row.json``:
 with ``resume=True`` a config whose row is there with the same config (up to how it ran, as
-``cv --resume`` decides) is not trained again (its row says ``kept``), and the folds go on as
-``cv --resume`` does.
+``cv --resume`` decides) is not trained again (its row says ``kept``), an interrupted one goes on from
+its last finished epoch, and the folds go on as ``cv --resume`` does.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from offroadseg.atomic import atomic_write_text
 from offroadseg.config import Config, load_config
 from offroadseg.devices import accelerator_device
 from offroadseg.errors import ConfigError, OffroadsegError
-from offroadseg.experiments.cv import same_recipe, saved_config
+from offroadseg.experiments.cv import resume_point, same_recipe, saved_config
 from offroadseg.metrics import best_epoch, json_ready
 
 __all__ = [
@@ -127,8 +127,9 @@ def bench_ycor(
         gap, seed, rare_class, keep_checkpoints: the CV's grouping gap, fold seed, reported rare
             class and whether fold checkpoints stay (see :func:`offroadseg.experiments.cv.cross_validate`).
         resume: continue an interrupted invocation with the same ``work_dir``: a val run finished there
-            with the same config is kept (:func:`kept_bench_row`, ``kept: true``), the folds go on as
-            ``cv --resume`` (kept, or continued from their last finished epoch).
+            with the same config is kept (:func:`kept_bench_row`, ``kept: true``), one stopped after an
+            epoch goes on from its ``last.ckpt`` (``resumed_after_epochs``; ``resume_refused`` says why
+            one cannot), and the folds go on as ``cv --resume`` does.
         on_fold: ``on_fold(progress, cv_so_far)`` after every CV fold.
 
     Returns:
@@ -159,7 +160,12 @@ def bench_ycor(
             raise ConfigError(f"bench ycor --folds: configs share a file name ({stems}); fix: rename one")
     rows = []
     for path, cfg in zip(configs, cfgs, strict=True):
-        row = (kept_bench_row(cfg) if resume else None) or _run_one(str(path), cfg)
+        row = kept_bench_row(cfg) if resume else None
+        if row is None:
+            point = resume_point(cfg) if resume else None
+            row = _run_one(str(path), cfg, resume_after=point if isinstance(point, int) else None)
+            if isinstance(point, str):
+                row["resume_refused"] = point
         rows.append(row)
         if on_config is not None:
             on_config(str(path), row)
@@ -196,13 +202,15 @@ def _layers(cfg: Config) -> str:
     return f"last {layers}" if isinstance(layers, int) else ",".join(str(i) for i in layers)
 
 
-def _run_one(path: str, cfg: Config) -> dict:
+def _run_one(path: str, cfg: Config, *, resume_after: int | None = None) -> dict:
+    """Train and score one config; ``resume_after``: continue its interrupted run, whose ``last.ckpt``
+    finished that many epochs (the row then has ``resumed_after_epochs``)."""
     from offroadseg.data.datasets import list_samples  # noqa: PLC0415
     from offroadseg.experiments.scoring import train_and_score  # noqa: PLC0415 (torch/lightning when running)
 
     record = Path(cfg.run.dir) / BENCH_ROW_NAME
     record.unlink(missing_ok=True)  # a run interrupted from here on must not leave an earlier run's row
-    run = train_and_score(cfg)
+    run = train_and_score(cfg, resume=resume_after is not None)
     result, fit_s = run.result, run.fit_s
     caches = result.caches or {}
     scores = run.scores_no_tta
@@ -249,6 +257,8 @@ def _run_one(path: str, cfg: Config) -> dict:
             eval_s=run.eval_s,
         )
         row["total_s"] = fit_s + run.eval_s
+    if resume_after is not None:
+        row["resumed_after_epochs"] = resume_after
     atomic_write_text(record, json.dumps(json_ready({"config": saved_config(cfg), "row": row}), indent=2))
     return row
 
