@@ -104,18 +104,17 @@ def bench_markdown(res: dict) -> str:
 
 
 def earlier_runs(configs: list[str], work_dir: str) -> list[str]:
-    """The config stems with a val run (finished or stopped after an epoch) or a finished fold that an
-    earlier invocation left under ``work_dir``."""
+    """The config stems with a val run or a fold (finished or stopped after an epoch) that an earlier
+    invocation left under ``work_dir``."""
     from offroadseg.experiments.bench.ycor import BENCH_ROW_NAME
-    from offroadseg.experiments.cv import FOLD_ROW_NAME
+    from offroadseg.experiments.cv import left_a_run
 
     stems = [Path(c).stem for c in configs]
     return [
         s
         for s in stems
-        if Path(work_dir, s, BENCH_ROW_NAME).is_file()
-        or Path(work_dir, s, "checkpoints", "last.ckpt").is_file()
-        or any(Path(work_dir, "cv", s).glob(f"fold*/{FOLD_ROW_NAME}"))
+        if left_a_run(Path(work_dir, s), BENCH_ROW_NAME)
+        or any(left_a_run(fold) for fold in Path(work_dir, "cv", s).glob("fold*"))
     ]
 
 

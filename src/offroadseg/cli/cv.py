@@ -158,7 +158,7 @@ def write_markdown(path: str | None, text: str) -> None:
 def cmd_cv(args: argparse.Namespace) -> int:
     from offroadseg.config import load_config
     from offroadseg.errors import ConfigError
-    from offroadseg.experiments.cv import FOLD_ROW_NAME, cross_validate
+    from offroadseg.experiments.cv import cross_validate, left_a_run
 
     configs, overrides = split_positionals(args.items)
     overrides += args.overrides
@@ -179,7 +179,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
                 name
                 for name, _ in entries
                 for fold in Path(args.work_dir, name).glob("fold*")
-                if (fold / FOLD_ROW_NAME).is_file() or (fold / "checkpoints" / "last.ckpt").is_file()
+                if left_a_run(fold)
             }
         )
         if earlier:

@@ -41,13 +41,15 @@ __all__ = [
     "fold_config",
     "fold_resume_point",
     "kept_fold_row",
+    "left_a_run",
     "plan_folds",
+    "read_run_record",
     "resume_point",
     "run_fold",
     "run_or_keep_fold",
     "same_recipe",
-    "saved_config",
     "summarize_folds",
+    "write_run_record",
 ]
 
 FOLD_ROW_NAME = "fold_row.json"  # a finished fold's row and its config, in the fold's folder: `cv --resume`
@@ -86,7 +88,7 @@ def _split_text(fold: Fold) -> str:
     return split_file_text(fold, train_split="train", val_split="val")
 
 
-def saved_config(cfg: Config) -> dict:
+def _as_saved(cfg: Config) -> dict:
     """A config as its JSON record reads back (tuples become lists), to compare with one."""
     return json.loads(json.dumps(json_ready(cfg.to_dict())))
 
@@ -170,8 +172,7 @@ def run_fold(
     if resume:
         row["resumed_after_epochs"] = resume_after
         row["resumed_epochs_s"] = sum(float(s or 0.0) for s in row["history_epoch_s"][:resume_after])
-    record = {"config": saved_config(fcfg), "split": _split_text(fold), "row": row}
-    atomic_write_text(run_dir / FOLD_ROW_NAME, json.dumps(json_ready(record), indent=2))
+    write_run_record(run_dir / FOLD_ROW_NAME, fcfg, row, split=_split_text(fold))
     return row
 
 
@@ -260,20 +261,39 @@ def kept_fold_row(cfg: Config, fold: Fold, fold_dir: str | Path, *, checkpoint: 
     how it ran (run folder, progress, logger, workers, cache folder, data root: the keys ``train --resume``
     may change, less ``train.epochs``), and this split of the frames, marked ``kept``; None when there is
     none, the config or split differs, or (``checkpoint``) the row's model checkpoint is gone."""
-    path = Path(fold_dir) / FOLD_ROW_NAME
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):  # none, or a damaged file: the fold runs again
-        return None
-    if not isinstance(saved, dict) or not isinstance(saved.get("row"), dict):
-        return None
-    if saved.get("split") != _split_text(fold):
+    saved = read_run_record(Path(fold_dir) / FOLD_ROW_NAME)
+    if saved is None or saved.get("split") != _split_text(fold):
         return None
     if checkpoint and not Path(str(saved["row"].get("model_checkpoint"))).is_file():
         return None
     if not same_recipe(saved.get("config"), fold_config(cfg, fold, fold_dir)):
         return None
     return {**saved["row"], "kept": True}
+
+
+def write_run_record(path: Path, cfg: Config, row: dict, **extra: object) -> None:
+    """A finished run's record (atomic): its config as saved (:func:`_as_saved`), its row and ``extra``
+    (a fold's ``split``), read back by :func:`read_run_record` when a later invocation resumes."""
+    record = {"config": _as_saved(cfg), **extra, "row": row}
+    atomic_write_text(path, json.dumps(json_ready(record), indent=2))
+
+
+def read_run_record(path: Path) -> dict | None:
+    """The record :func:`write_run_record` left at ``path``; None when there is none or it is damaged (the
+    run then runs again)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or not isinstance(saved.get("row"), dict):
+        return None
+    return saved
+
+
+def left_a_run(run_dir: Path, record: str = FOLD_ROW_NAME) -> bool:
+    """Whether an earlier invocation left a run in ``run_dir``: finished (its ``record``) or stopped after an
+    epoch (``checkpoints/last.ckpt``); a new invocation without ``--resume`` trains it again."""
+    return (run_dir / record).is_file() or (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
 def same_recipe(saved: dict | None, cfg: Config) -> bool:
@@ -283,7 +303,7 @@ def same_recipe(saved: dict | None, cfg: Config) -> bool:
     from offroadseg.training.resume import RESUMABLE_KEYS, config_diff  # noqa: PLC0415 (torch)
 
     how_it_ran = RESUMABLE_KEYS - {"train.epochs"}
-    return not any(key not in how_it_ran for key, _, _ in config_diff(saved or {}, saved_config(cfg)))
+    return not any(key not in how_it_ran for key, _, _ in config_diff(saved or {}, _as_saved(cfg)))
 
 
 def epoch_event(on_epoch: Callable[[dict], None], row: dict, **context) -> None:

@@ -25,19 +25,17 @@ its last finished epoch, and the folds go on as ``cv --resume`` does.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from offroadseg.atomic import atomic_write_text
 from offroadseg.config import Config, load_config
 from offroadseg.devices import accelerator_device
 from offroadseg.errors import ConfigError, OffroadsegError
-from offroadseg.experiments.cv import resume_point, same_recipe, saved_config
-from offroadseg.metrics import best_epoch, json_ready
+from offroadseg.experiments.cv import read_run_record, resume_point, same_recipe, write_run_record
+from offroadseg.metrics import best_epoch
 
 __all__ = [
     "BENCH_ROW_NAME",
@@ -259,7 +257,7 @@ def _run_one(path: str, cfg: Config, *, resume_after: int | None = None) -> dict
         row["total_s"] = fit_s + run.eval_s
     if resume_after is not None:
         row["resumed_after_epochs"] = resume_after
-    atomic_write_text(record, json.dumps(json_ready({"config": saved_config(cfg), "row": row}), indent=2))
+    write_run_record(record, cfg, row)
     return row
 
 
@@ -267,13 +265,8 @@ def kept_bench_row(cfg: Config) -> dict | None:
     """The row of the val run finished earlier in ``cfg.run.dir`` (its ``bench_row.json``) with this
     config up to how it ran (:func:`offroadseg.experiments.cv.same_recipe`), marked ``kept``; None when
     there is none, it is damaged, or the config differs."""
-    try:
-        saved = json.loads((Path(cfg.run.dir) / BENCH_ROW_NAME).read_text())
-    except (OSError, ValueError):  # none, or a damaged file: the config runs again
-        return None
-    if not isinstance(saved, dict) or not isinstance(saved.get("row"), dict):
-        return None
-    if not same_recipe(saved.get("config"), cfg):
+    saved = read_run_record(Path(cfg.run.dir) / BENCH_ROW_NAME)
+    if saved is None or not same_recipe(saved.get("config"), cfg):
         return None
     return {**saved["row"], "kept": True}
 
